@@ -1,0 +1,143 @@
+"""The pynetdicom Application Entity: presentation contexts, handlers, sockets, limits.
+
+One AE serves every DIMSE service the adapter offers; each service is a plain handler function
+in its own module (store.py, ...), bound to its pynetdicom event here.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from dicom_adapter.logs import fields
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, _config, dimse_messages, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from .store import StoreService, handle_store
+
+log = logging.getLogger(__name__)
+
+# Receive C-STORE data sets straight into a file instead of memory (DESIGN invariant 4).
+_config.STORE_RECV_CHUNKED_DATASET = True
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    aet: str
+    port: int
+    host: str = "0.0.0.0"
+    allowed_calling_aets: frozenset[str] = field(default_factory=frozenset)
+    max_associations: int = 32
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+    network_timeout_s: float = 120.0
+    max_pdu_length: int = 0  # 0: no limit on what peers may send us
+
+
+class EdgeAssociationServer(ThreadedAssociationServer):
+    """Turns Nagle off on accepted sockets: DIMSE is request/response, delays cost throughput."""
+
+    def get_request(self):  # type: ignore[override]
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True)
+        return client, address
+
+
+def receive_into(folder: Path) -> None:
+    """Make pynetdicom write incoming data sets into `folder` (the spool's incoming/).
+
+    pynetdicom creates these files with tempfile.NamedTemporaryFile in the system temp folder,
+    which may be a RAM disk or another filesystem; in the spool they are on the same disk as
+    the queue, and a crash leaves them where the next start clears them.
+    """
+    dimse_messages.NamedTemporaryFile = partial(tempfile.NamedTemporaryFile, dir=str(folder))  # type: ignore[attr-defined]
+
+
+def build_ae(settings: ListenerSettings) -> AE:
+    ae = AE(ae_title=settings.aet)
+    ae.require_called_aet = True
+    if settings.allowed_calling_aets:
+        ae.require_calling_aet = sorted(settings.allowed_calling_aets)
+    ae.maximum_associations = settings.max_associations
+    ae.acse_timeout = settings.acse_timeout_s
+    ae.dimse_timeout = settings.dimse_timeout_s
+    ae.network_timeout = settings.network_timeout_s
+    ae.maximum_pdu_size = settings.max_pdu_length
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+def _log_association(event: evt.Event, what: str) -> None:
+    assoc = event.assoc
+    log.info(
+        what,
+        extra=fields(
+            calling_aet=assoc.requestor.ae_title,
+            called_aet=assoc.acceptor.ae_title,
+            peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
+        ),
+    )
+
+
+def _log_rejection(event: evt.Event) -> None:
+    assoc = event.assoc
+    log.warning(
+        "association rejected",
+        extra=fields(
+            calling_aet=assoc.requestor.ae_title,
+            peer=f"{assoc.requestor.address}:{assoc.requestor.port}",
+        ),
+    )
+
+
+class Listener:
+    """The running DIMSE listener; `stop_accepting` then `wait_idle` drains it gracefully."""
+
+    def __init__(self, settings: ListenerSettings, store: StoreService) -> None:
+        self.settings = settings
+        receive_into(store.spool.incoming)
+        self.ae = build_ae(settings)
+        handlers = [
+            (evt.EVT_C_STORE, handle_store, [store]),
+            (evt.EVT_ACCEPTED, _log_association, ["association accepted"]),
+            (evt.EVT_RELEASED, _log_association, ["association released"]),
+            (evt.EVT_ABORTED, _log_association, ["association aborted"]),
+            (evt.EVT_REJECTED, _log_rejection),
+        ]
+        self.server = self.ae.make_server(
+            (settings.host, settings.port), evt_handlers=handlers, server_class=EdgeAssociationServer
+        )
+        self._thread = threading.Thread(target=self.server.serve_forever, name="dimse-listener", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop_accepting(self) -> None:
+        """Close the listening socket; associations in progress carry on."""
+        # pynetdicom's own shutdown() also forgets the server in the AE; stop the socketserver
+        # loop and close the socket only.
+        socketserver.BaseServer.shutdown(self.server)
+        self.server.server_close()
+        self._thread.join(timeout=5)
+
+    def active_associations(self) -> int:
+        return len(self.server.active_associations)
+
+    def abort_all(self) -> None:
+        for assoc in self.server.active_associations:
+            assoc.abort()

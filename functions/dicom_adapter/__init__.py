@@ -1,0 +1,1 @@
+"""dicom-adapter's shared package: the code the edge listener and the Cloud Functions share."""

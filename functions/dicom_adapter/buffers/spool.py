@@ -1,0 +1,214 @@
+"""The spool directory: the local runtime's durable buffer and queue.
+
+Layout under the spool root:
+  incoming/  files being received or written (never uploaded; cleared at start)
+  queue/     acknowledged instances waiting for upload, one Part-10 file each
+  dead/      instances the store rejected for good: NAME.dcm with NAME.json saying why
+
+An entry reaches queue/ only by rename after its bytes and its directory were fsynced, so a
+file in queue/ is always complete, and one that is acknowledged is always in queue/ (or
+uploaded). Entry names sort by arrival time and carry the SOP Instance UID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import unquote, urlparse
+from datetime import datetime, timezone
+
+from ..events import BufferedInstance
+from ..part10 import read_file_meta, summarize_dataset
+
+INCOMING = "incoming"
+QUEUE = "queue"
+DEAD = "dead"
+SUFFIX = ".dcm"
+RECORD_SUFFIX = ".json"
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fp:
+        fp.write(data)
+        fp.flush()
+        os.fsync(fp.fileno())
+    os.replace(tmp, path)
+    fsync_directory(path.parent)
+
+
+def sop_instance_uid_of(name: str) -> str:
+    """The SOP Instance UID part of an entry name '<ns>-<uid>-<random>.dcm'."""
+    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    parts = stem.split("-")
+    return "-".join(parts[1:-1]) if len(parts) >= 3 else ""
+
+
+@dataclass(frozen=True)
+class SpoolStatus:
+    queued: int
+    queued_bytes: int
+    dead_letters: int
+    oldest_queued_age_s: float | None
+    incoming: int
+
+
+class Spool:
+    """A spool directory; safe for many threads of one process and for several processes."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+        self.incoming = self.root / INCOMING
+        self.queue = self.root / QUEUE
+        self.dead = self.root / DEAD
+        for folder in (self.incoming, self.queue, self.dead):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    # --- the edge's side -------------------------------------------------------------------
+
+    def new_entry_name(self, sop_instance_uid: str) -> str:
+        return f"{time.time_ns():019d}-{sop_instance_uid}-{secrets.token_hex(4)}{SUFFIX}"
+
+    def commit(self, partial: Path, name: str) -> Path:
+        """Make a fully written and fsynced file in incoming/ a queue entry, durably."""
+        final = self.queue / name
+        os.rename(partial, final)
+        fsync_directory(self.queue)
+        return final
+
+    def clear_incoming(self) -> int:
+        """Remove leftovers of receptions that never completed (no sender got an ack for them)."""
+        removed = 0
+        for path in self.incoming.iterdir():
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    # --- the queue -------------------------------------------------------------------------
+
+    def queued(self) -> list[Path]:
+        """Queue entries, oldest first."""
+        return sorted(p for p in self.queue.iterdir() if p.name.endswith(SUFFIX))
+
+    def uri(self, path: Path) -> str:
+        return path.resolve().as_uri()
+
+    def describe(self, path: Path) -> BufferedInstance:
+        """Rebuild the event of a queue entry from the file itself (after a restart or redrive)."""
+        size = path.stat().st_size
+        with open(path, "rb") as fp:
+            meta = read_file_meta(fp)
+            summary = summarize_dataset(fp, meta.dataset_offset, size, meta.transfer_syntax_uid)
+        return BufferedInstance(
+            buffer_uri=self.uri(path),
+            sop_class_uid=summary.sop_class_uid or meta.sop_class_uid,
+            sop_instance_uid=summary.sop_instance_uid or meta.sop_instance_uid,
+            study_instance_uid=summary.study_instance_uid,
+            series_instance_uid=summary.series_instance_uid,
+            transfer_syntax_uid=meta.transfer_syntax_uid,
+            calling_aet=meta.sending_aet or meta.source_aet,
+            called_aet=meta.receiving_aet,
+            size=size,
+            received_at=datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        )
+
+    # --- dead letters ----------------------------------------------------------------------
+
+    def dead_letters(self) -> list[tuple[Path, dict[str, Any]]]:
+        letters = []
+        for path in sorted(self.dead.iterdir()):
+            if not path.name.endswith(SUFFIX):
+                continue
+            letters.append((path, read_record(path.with_suffix(RECORD_SUFFIX))))
+        return letters
+
+    def redrive(self, sop_instance_uids: set[str] | None = None) -> list[Path]:
+        """Move dead letters (all, or those with these UIDs) back into the queue."""
+        moved = []
+        for path, _ in self.dead_letters():
+            if sop_instance_uids and sop_instance_uid_of(path.name) not in sop_instance_uids:
+                continue
+            target = self.queue / path.name
+            os.rename(path, target)
+            fsync_directory(self.queue)
+            path.with_suffix(RECORD_SUFFIX).unlink(missing_ok=True)
+            moved.append(target)
+        if moved:
+            fsync_directory(self.dead)
+        return moved
+
+    def status(self) -> SpoolStatus:
+        queued = self.queued()
+        sizes = 0
+        oldest: float | None = None
+        now = time.time()
+        for path in queued:
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            sizes += stat.st_size
+            age = now - stat.st_mtime
+            oldest = age if oldest is None else max(oldest, age)
+        return SpoolStatus(
+            queued=len(queued),
+            queued_bytes=sizes,
+            dead_letters=len(self.dead_letters()),
+            oldest_queued_age_s=oldest,
+            incoming=sum(1 for _ in self.incoming.iterdir()),
+        )
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class SpoolObject:
+    """A queue entry as the upload step sees it (the spool's `BufferedObject`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.uri = path.as_uri()
+
+    @classmethod
+    def from_uri(cls, uri: str) -> "SpoolObject":
+        return cls(Path(unquote(urlparse(uri).path)))
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+    def open_chunks(self) -> Iterator[bytes]:
+        with open(self.path, "rb") as fp:
+            while chunk := fp.read(1 << 20):
+                yield chunk
+
+    def complete(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def dead_letter(self, record: dict[str, Any]) -> None:
+        dead = self.path.parent.parent / DEAD
+        target = dead / self.path.name
+        # The record first: a dead letter without its reason would be a mystery to the operator.
+        _write_durably(target.with_suffix(RECORD_SUFFIX), json.dumps(record, indent=2).encode())
+        os.rename(self.path, target)
+        fsync_directory(dead)
+        fsync_directory(self.path.parent)

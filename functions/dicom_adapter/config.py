@@ -1,0 +1,74 @@
+"""Settings shared by the edge and the functions.
+
+The edge reads them from its command line (each flag also has an environment variable); a
+Cloud Function has no command line, so it reads the same names from its environment. Both end
+in one frozen `UploadSettings`, so the upload code sees one shape whatever the runtime.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+ENV_PREFIX = "DICOM_ADAPTER_"
+
+# Status codes worth another try: the store or the network is briefly unable, not unwilling.
+DEFAULT_RETRY_STATUS_CODES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def env_name(flag: str) -> str:
+    """The environment variable that stands for `--flag` (e.g. DICOM_ADAPTER_DIMSE_AET)."""
+    return ENV_PREFIX + flag.upper()
+
+
+def parse_status_codes(text: str | None) -> frozenset[int]:
+    """Parse '408,429,5xx'-style lists; empty or None means the defaults."""
+    if not text:
+        return DEFAULT_RETRY_STATUS_CODES
+    codes: set[int] = set()
+    for part in text.replace(";", ",").split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        if len(part) == 3 and part.endswith("xx") and part[0].isdigit():
+            base = int(part[0]) * 100
+            codes.update(range(base, base + 100))
+        else:
+            codes.add(int(part))
+    return frozenset(codes)
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    """How `stow_upload` talks to the DICOMweb store."""
+
+    dicomweb_address: str
+    stow_overwrite: bool = False
+    retry_status_codes: frozenset[int] = field(default=DEFAULT_RETRY_STATUS_CODES)
+    # Backoff between attempts inside one delivery, as the Google adapter's flags name them.
+    min_upload_delay_ms: int = 100
+    max_waiting_time_between_uploads_ms: int = 5000
+    attempts_per_delivery: int = 4
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 300.0
+    use_google_auth: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "UploadSettings":
+        env = os.environ if env is None else env
+        address = env.get(env_name("dicomweb_address"), "")
+        if not address:
+            raise ValueError(f"{env_name('dicomweb_address')} is not set")
+        return cls(
+            dicomweb_address=address,
+            stow_overwrite=_truthy(env.get(env_name("stow_overwrite"))),
+            retry_status_codes=parse_status_codes(env.get(env_name("http_error_codes_to_retry"))),
+            min_upload_delay_ms=int(env.get(env_name("min_upload_delay"), 100)),
+            max_waiting_time_between_uploads_ms=int(env.get(env_name("max_waiting_time_between_uploads"), 5000)),
+            use_google_auth=address.startswith("https://healthcare.googleapis.com/"),
+        )
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}

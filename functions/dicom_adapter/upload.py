@@ -1,0 +1,181 @@
+"""stow_upload: one buffered instance into the DICOM store, exactly as it was received.
+
+Given the event of a buffered instance, upload it by STOW-RS and then remove it from the
+buffer. Every delivery may be a repeat (at-least-once), so:
+  * a buffered object that is gone was handled by an earlier delivery: nothing to do;
+  * a store that already holds an instance with this UID is asked for it, and if its data set
+    is ours byte for byte the upload counts as done; if not, that is a conflict, reported
+    (or, with stow_overwrite, the stored one is deleted and ours stored);
+  * transient failures are retried here a few times with backoff and jitter, then raised so
+    the transport (Pub/Sub, or the local dispatcher) redelivers later;
+  * permanent rejections move the object to the dead letters with the reason, and log ERROR.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from cloudevents.http import CloudEvent
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_attempt, wait_random_exponential
+
+from .buffers import BufferedObject, open_buffered_object
+from .config import UploadSettings
+from .dicomweb import DicomWebAddress, DicomWebClient, StowOutcome, StowVerdict
+from .events import BufferedInstance, MalformedEvent, buffered_instance_from_cloud_event, utc_now
+from .logs import fields
+from .multipart import BodyPart
+from .part10 import DatasetDigester
+
+log = logging.getLogger(__name__)
+
+
+class TransientUploadError(RuntimeError):
+    """The store could not take the instance now; deliver the event again later."""
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """What became of one delivery (for the caller's counters and tests)."""
+
+    outcome: str  # stored | duplicate | overwritten | already_done | dead_lettered | malformed_event
+    detail: str = ""
+
+
+class Uploader:
+    def __init__(self, settings: UploadSettings, session: requests.Session | None = None) -> None:
+        self.settings = settings
+        self.client = DicomWebClient(
+            DicomWebAddress(settings.dicomweb_address),
+            session or _new_session(settings),
+            retry_status_codes=settings.retry_status_codes,
+            timeout=(settings.connect_timeout_s, settings.read_timeout_s),
+        )
+
+    def handle_cloud_event(self, cloud_event: CloudEvent, delivery_attempt: int = 1) -> UploadResult:
+        """The body of the `stow_upload` entry point."""
+        try:
+            instance = buffered_instance_from_cloud_event(cloud_event)
+        except MalformedEvent as exc:
+            # Nothing to upload and nothing to keep but the message: say so loudly and ack it.
+            log.error("dropping malformed buffered-instance event", extra=fields(reason=str(exc), event_id=cloud_event["id"]))
+            return UploadResult("malformed_event", str(exc))
+        return self.upload(instance, delivery_attempt)
+
+    def upload(self, instance: BufferedInstance, delivery_attempt: int = 1) -> UploadResult:
+        buffered = open_buffered_object(instance.buffer_uri)
+        if not buffered.exists():
+            log.info("already uploaded by an earlier delivery", extra=fields(**instance.log_fields()))
+            return UploadResult("already_done")
+        started = time.monotonic()
+        outcome = self._store_with_retries(buffered, instance)
+        if outcome.verdict is StowVerdict.ALREADY_EXISTS:
+            return self._resolve_existing(buffered, instance, outcome, delivery_attempt, started)
+        if outcome.verdict is StowVerdict.STORED:
+            buffered.complete()
+            log.info("stored", extra=fields(**instance.log_fields(), duration_ms=_ms_since(started), http_status=outcome.http_status))
+            return UploadResult("stored")
+        if outcome.verdict is StowVerdict.TRANSIENT:
+            log.warning("store unavailable, will retry", extra=fields(**instance.log_fields(), reason=outcome.reason, delivery_attempt=delivery_attempt))
+            raise TransientUploadError(outcome.reason)
+        return self._dead_letter(buffered, instance, outcome, delivery_attempt)
+
+    def _store_with_retries(self, buffered: BufferedObject, instance: BufferedInstance) -> StowOutcome:
+        part = BodyPart(buffered.size(), buffered.open_chunks)
+        retrying = Retrying(
+            retry=retry_if_result(lambda o: o.verdict is StowVerdict.TRANSIENT),
+            stop=stop_after_attempt(self.settings.attempts_per_delivery),
+            wait=wait_random_exponential(
+                multiplier=self.settings.min_upload_delay_ms / 1000,
+                max=self.settings.max_waiting_time_between_uploads_ms / 1000,
+            ),
+            reraise=False,
+        )
+        try:
+            return retrying(self.client.store_instance, part, instance.sop_instance_uid)
+        except RetryError as exc:
+            return exc.last_attempt.result()
+
+    def _resolve_existing(
+        self,
+        buffered: BufferedObject,
+        instance: BufferedInstance,
+        outcome: StowOutcome,
+        delivery_attempt: int,
+        started: float,
+    ) -> UploadResult:
+        try:
+            theirs = self.client.retrieve_dataset_digest(
+                instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
+            )
+        except requests.RequestException as exc:
+            raise TransientUploadError(f"could not compare with the stored instance: {exc}") from None
+        ours = DatasetDigester.of_chunks(buffered.open_chunks())
+        if theirs == ours:
+            buffered.complete()
+            log.info("identical instance already stored", extra=fields(**instance.log_fields(), duration_ms=_ms_since(started)))
+            return UploadResult("duplicate")
+        if not self.settings.stow_overwrite:
+            conflict = StowOutcome(
+                StowVerdict.REJECTED,
+                outcome.http_status,
+                "conflict: the store holds a different instance with this SOP Instance UID "
+                "(use --stow_overwrite to replace it)",
+                outcome.failure_reason,
+            )
+            return self._dead_letter(buffered, instance, conflict, delivery_attempt)
+        try:
+            self.client.delete_instance(instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid)
+        except requests.RequestException as exc:
+            raise TransientUploadError(f"could not delete the instance to overwrite it: {exc}") from None
+        again = self._store_with_retries(buffered, instance)
+        if again.verdict is StowVerdict.STORED:
+            buffered.complete()
+            log.warning("replaced a different stored instance (stow_overwrite)", extra=fields(**instance.log_fields(), duration_ms=_ms_since(started)))
+            return UploadResult("overwritten")
+        if again.verdict in (StowVerdict.TRANSIENT, StowVerdict.ALREADY_EXISTS):
+            raise TransientUploadError(f"overwrite did not complete: {again.reason}")
+        return self._dead_letter(buffered, instance, again, delivery_attempt)
+
+    def _dead_letter(
+        self, buffered: BufferedObject, instance: BufferedInstance, outcome: StowOutcome, delivery_attempt: int
+    ) -> UploadResult:
+        record: dict[str, Any] = {
+            "reason": outcome.reason,
+            "http_status": outcome.http_status,
+            "failure_reason": outcome.failure_reason,
+            "store": self.settings.dicomweb_address,
+            "delivery_attempt": delivery_attempt,
+            "attempts_in_last_delivery": self.settings.attempts_per_delivery if outcome.verdict is StowVerdict.TRANSIENT else None,
+            "received_at": instance.received_at,
+            "dead_lettered_at": utc_now(),
+            "event": instance.log_fields() | {"buffer_uri": instance.buffer_uri},
+            "redrive": f"dicom-adapter redrive --sop_instance_uid {instance.sop_instance_uid}",
+        }
+        buffered.dead_letter(record)
+        log.error(
+            "store rejected the instance; moved to dead letters",
+            extra=fields(**instance.log_fields(), reason=outcome.reason, http_status=outcome.http_status, store=self.settings.dicomweb_address),
+        )
+        return UploadResult("dead_lettered", outcome.reason)
+
+
+def _new_session(settings: UploadSettings) -> requests.Session:
+    if settings.use_google_auth:
+        import google.auth
+        from google.auth.transport.requests import AuthorizedSession
+
+        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+        return AuthorizedSession(credentials)
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
