@@ -313,7 +313,11 @@ class _InflatingReader(_Reader):
 
     def at_end(self) -> bool:
         self._fill(1)
-        return not self._buffer
+        if self._buffer:
+            return False
+        if not self._inflater.eof:
+            raise MalformedDataset("deflated data set ends before its deflate stream does")
+        return True
 
 
 class _Walker:

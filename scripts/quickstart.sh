@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Set everything up on a fresh Debian machine and run the local pipeline:
+#   Orthanc (DICOMweb store) on http://127.0.0.1:${ORTHANC_HTTP_PORT:-18042}/dicom-web
+#   dicom-adapter (AE ${DIMSE_AET:-DICOMADAPTER}) on DIMSE port ${DIMSE_PORT:-2575}
+# Send to it with e.g. `storescu -aec DICOMADAPTER 127.0.0.1 2575 image.dcm`. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-system-packages.sh
+python3 -m pip install --quiet --disable-pip-version-check -e .
+
+state=".quickstart"
+http_port="${ORTHANC_HTTP_PORT:-18042}"
+orthanc_dimse_port="${ORTHANC_DIMSE_PORT:-14242}"
+mkdir -p "$state/orthanc-storage" "$state/spool"
+cat > "$state/orthanc.json" <<JSON
+{
+  "Name": "dicom-adapter-quickstart",
+  "StorageDirectory": "$PWD/$state/orthanc-storage",
+  "IndexDirectory": "$PWD/$state/orthanc-storage",
+  "HttpPort": $http_port,
+  "DicomPort": $orthanc_dimse_port,
+  "DicomAet": "ORTHANC",
+  "RemoteAccessAllowed": false,
+  "AuthenticationEnabled": false,
+  "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],
+  "DicomWeb": { "Enable": true, "Root": "/dicom-web/" }
+}
+JSON
+/usr/sbin/Orthanc "$state/orthanc.json" > "$state/orthanc.log" 2>&1 &
+orthanc_pid=$!
+trap 'kill $orthanc_pid 2>/dev/null; wait $orthanc_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$http_port/system', timeout=1)" 2>/dev/null && break
+  sleep 0.2
+done
+echo "Orthanc is up: http://127.0.0.1:$http_port/ (log: $state/orthanc.log)"
+
+dicom-adapter local \
+  --dimse_aet "${DIMSE_AET:-DICOMADAPTER}" \
+  --dimse_port "${DIMSE_PORT:-2575}" \
+  --dicomweb_address "http://127.0.0.1:$http_port/dicom-web" \
+  --spool_dir "$state/spool" &
+adapter_pid=$!
+trap 'kill -TERM $adapter_pid 2>/dev/null; wait $adapter_pid 2>/dev/null || true; kill $orthanc_pid 2>/dev/null; wait $orthanc_pid 2>/dev/null || true' EXIT INT TERM
+wait $adapter_pid
