@@ -1,0 +1,105 @@
+"""The adapter under test, run as users run it: the `dicom-adapter local` command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .processes import ManagedProcess, free_port, wait_for_port
+
+ADAPTER_AET = "ADAPTER"
+
+
+def adapter_command() -> list[str]:
+    found = shutil.which("dicom-adapter")
+    return [found] if found else [sys.executable, "-c", "from edge_listener.cli import main; main()"]
+
+
+class LocalAdapter:
+    """`dicom-adapter local` on a free port with its own spool; restartable on the same port."""
+
+    def __init__(
+        self,
+        work_dir: Path,
+        dicomweb_address: str,
+        *,
+        aet: str = ADAPTER_AET,
+        extra_args: Sequence[str] = (),
+        extra_env: dict[str, str] | None = None,
+        name: str = "adapter",
+    ) -> None:
+        self.work_dir = Path(work_dir)
+        self.spool_dir = self.work_dir / "spool"
+        self.aet = aet
+        self.port = free_port()
+        self.dicomweb_address = dicomweb_address
+        self.extra_args = list(extra_args)
+        self.process = ManagedProcess(
+            self.command(),
+            log_dir=self.work_dir,
+            name=name,
+            extra_env={"PYTHONUNBUFFERED": "1", **(extra_env or {})},
+        )
+
+    def command(self) -> list[str]:
+        return adapter_command() + [
+            "local",
+            "--dimse_aet", self.aet,
+            "--dimse_port", str(self.port),
+            "--dimse_host", "127.0.0.1",
+            "--dicomweb_address", self.dicomweb_address,
+            "--spool_dir", str(self.spool_dir),
+            "--redelivery_max_delay", "2",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 60.0) -> "LocalAdapter":
+        self.process.start()
+        self.process.wait_for_output(r"\bready\b", timeout=timeout)
+        wait_for_port("127.0.0.1", self.port, timeout=timeout, process=self.process)
+        return self
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM and wait: the graceful drain path."""
+        return self.process.stop(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: the crash path."""
+        self.process.kill()
+
+    def queue_entries(self) -> list[Path]:
+        queue = self.spool_dir / "queue"
+        return sorted(queue.glob("*.dcm")) if queue.exists() else []
+
+    def dead_letters(self) -> list[Path]:
+        dead = self.spool_dir / "dead"
+        return sorted(dead.glob("*.dcm")) if dead.exists() else []
+
+    def incoming_files(self) -> list[Path]:
+        incoming = self.spool_dir / "incoming"
+        return sorted(incoming.iterdir()) if incoming.exists() else []
+
+    def wait_until_drained(self, timeout: float = 120.0) -> None:
+        """Until the upload queue is empty (everything uploaded or dead-lettered)."""
+        deadline = time.monotonic() + timeout
+        while self.queue_entries():
+            if not self.process.is_running():
+                raise RuntimeError(f"adapter exited while draining\n{self.process.output_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.queue_entries())} entries still queued after {timeout}s")
+            time.sleep(0.05)
+
+    def logs(self) -> str:
+        return self.process.output()
+
+    def __enter__(self) -> "LocalAdapter":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.is_running():
+            self.stop()
