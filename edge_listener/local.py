@@ -216,12 +216,15 @@ class LocalRuntime:
     def drain(self, association_timeout_s: float = 30.0, upload_timeout_s: float | None = None) -> None:
         """Stop accepting, let associations and uploads in progress finish, keep the rest queued."""
         self.listener.stop_accepting()
+        if self.listener.active_associations():
+            log.info("waiting for open associations to finish", extra=fields(count=self.listener.active_associations()))
         deadline = time.monotonic() + association_timeout_s
         while self.listener.active_associations() and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.listener.active_associations():
             log.warning("aborting associations still open after the drain timeout", extra=fields(count=self.listener.active_associations()))
             self.listener.abort_all()
+        log.info("listener closed; finishing uploads in progress")
         self.dispatcher.stop(upload_timeout_s)
         status = self.spool.status()
         log.info("stopped", extra=fields(queued=status.queued, dead_letters=status.dead_letters))

@@ -101,6 +101,26 @@ def _log_rejection(event: evt.Event) -> None:
     )
 
 
+def _discard_partial_reception(event: evt.Event) -> None:
+    """On connection close, delete the file of a C-STORE whose data set never fully arrived.
+
+    pynetdicom forgets (but keeps on disk) the file of a message cut off by an abort or a
+    dropped connection; nobody was acknowledged for it, so it goes now. (Anything that slips
+    past this is removed by Spool.clear_incoming at the next start.)
+    """
+    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+    partial_file = getattr(message, "_data_set_file", None)
+    if partial_file is None:
+        return
+    try:
+        partial_file.close()
+        Path(partial_file.name).unlink(missing_ok=True)
+    except OSError:
+        log.warning("could not remove a partial reception", extra=fields(path=str(partial_file.name)))
+    else:
+        log.warning("discarded a data set cut off mid-transfer", extra=fields(calling_aet=event.assoc.requestor.ae_title))
+
+
 class Listener:
     """The running DIMSE listener; `stop_accepting` then `wait_idle` drains it gracefully."""
 
@@ -114,6 +134,7 @@ class Listener:
             (evt.EVT_RELEASED, _log_association, ["association released"]),
             (evt.EVT_ABORTED, _log_association, ["association aborted"]),
             (evt.EVT_REJECTED, _log_rejection),
+            (evt.EVT_CONN_CLOSE, _discard_partial_reception),
         ]
         self.server = self.ae.make_server(
             (settings.host, settings.port), evt_handlers=handlers, server_class=EdgeAssociationServer
@@ -136,7 +157,8 @@ class Listener:
         self._thread.join(timeout=5)
 
     def active_associations(self) -> int:
-        return len(self.server.active_associations)
+        """Associations that are established (a connection that never negotiated does not count)."""
+        return sum(1 for assoc in self.server.active_associations if assoc.is_established)
 
     def abort_all(self) -> None:
         for assoc in self.server.active_associations:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .processes import ManagedProcess, free_port, wait_for_port
+from .processes import ManagedProcess, free_port
 
 ADAPTER_AET = "ADAPTER"
 
@@ -60,8 +60,9 @@ class LocalAdapter:
 
     def start(self, timeout: float = 60.0) -> "LocalAdapter":
         self.process.start()
+        # 'ready' is printed once the socket listens; probing the port with a bare TCP connect
+        # would only leave an association attempt for the adapter to time out.
         self.process.wait_for_output(r"\bready\b", timeout=timeout)
-        wait_for_port("127.0.0.1", self.port, timeout=timeout, process=self.process)
         return self
 
     def stop(self, timeout: float = 60.0) -> int | None:

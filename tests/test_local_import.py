@@ -1,0 +1,187 @@
+"""The import path on one machine, end to end with real peers.
+
+DCMTK and pynetdicom play the modalities, `dicom-adapter local` runs as a user runs it, and a
+real Orthanc with its DICOMweb plugin is the store. Orthanc keeps STOW-RS bodies verbatim, so
+what WADO-RS (transfer-syntax=*) returns is what the adapter uploaded.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from support.adapter import ADAPTER_AET, LocalAdapter, adapter_command
+from support.dcmtk import dcmsend, echoscu, storescu
+from support.dicom_files import (
+    dataset_bytes_after_meta,
+    make_ct_instance,
+    make_ct_series,
+    pydicom_corpus,
+    unique_by_sop_instance_uid,
+)
+from support.orthanc import Orthanc
+from support.sender import send_files
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Orthanc(tmp_path / "orthanc") as orthanc:
+        yield orthanc
+
+
+@pytest.fixture
+def adapter(tmp_path: Path, store: Orthanc):
+    with LocalAdapter(tmp_path / "adapter", store.dicomweb_url) as running:
+        yield running
+
+
+def _assert_byte_exact(store: Orthanc, sent: Path, study: str, series: str, sop: str, calling_aet: str) -> None:
+    stored = store.retrieve_instance_part10(study, series, sop)
+    assert dataset_bytes_after_meta(stored) == dataset_bytes_after_meta(sent), f"{sent.name}: data set differs"
+    meta = pydicom.dcmread(pydicom.filebase.DicomBytesIO(stored), stop_before_pixels=True).file_meta
+    sent_syntax = pydicom.filereader.read_file_meta_info(sent).TransferSyntaxUID
+    assert meta.TransferSyntaxUID == sent_syntax
+    assert meta.SourceApplicationEntityTitle == calling_aet
+
+
+def _corpus_rounds(extra: list) -> list[list]:
+    """The corpus split so that no round holds two files with the same SOP Instance UID
+    (pydicom ships one image in several transfer syntaxes under one UID)."""
+    remaining = [f for files in pydicom_corpus().values() for f in files] + extra
+    rounds = []
+    while remaining:
+        this_round = unique_by_sop_instance_uid(remaining)
+        rounds.append(this_round)
+        taken = {id(f) for f in this_round}
+        remaining = [f for f in remaining if id(f) not in taken]
+    return rounds
+
+
+def test_pydicom_corpus_arrives_byte_exact_in_every_transfer_syntax(tmp_path: Path, store: Orthanc, adapter: LocalAdapter):
+    syntaxes_seen: Counter[str] = Counter()
+    # pydicom's only deflated file lacks the pad byte PS3.5 A.5 requires; add a valid one.
+    deflated = make_ct_instance(tmp_path / "deflated.dcm", transfer_syntax="1.2.840.10008.1.2.1.99")
+    for round_files in _corpus_rounds([deflated]):
+        store.delete_all()
+        for start in range(0, len(round_files), 40):  # stay well under 128 presentation contexts
+            batch = round_files[start : start + 40]
+            results = send_files([f.path for f in batch], adapter.port, called_aet=ADAPTER_AET)
+            refused = [(r.path.name, hex(r.status or 0), r.error_comment) for r in results if r.status != 0]
+            assert not refused, refused
+        adapter.wait_until_drained()
+        assert not adapter.dead_letters(), adapter.logs()[-3000:]
+        for corpus_file in round_files:
+            _assert_byte_exact(
+                store,
+                corpus_file.path,
+                corpus_file.study_instance_uid,
+                corpus_file.series_instance_uid,
+                corpus_file.sop_instance_uid,
+                "PYSCU",
+            )
+            syntaxes_seen[corpus_file.transfer_syntax_uid] += 1
+    # The corpus must really cover the encodings the issue names.
+    for required in (
+        "1.2.840.10008.1.2",  # implicit VR LE
+        "1.2.840.10008.1.2.1",  # explicit VR LE
+        "1.2.840.10008.1.2.2",  # explicit VR BE
+        "1.2.840.10008.1.2.1.99",  # deflated
+        "1.2.840.10008.1.2.4.50",  # JPEG baseline
+        "1.2.840.10008.1.2.4.70",  # JPEG lossless SV1
+        "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+        "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+        "1.2.840.10008.1.2.5",  # RLE
+    ):
+        assert syntaxes_seen[required], f"no corpus file in {required}"
+
+
+def test_dcmtk_storescu_and_dcmsend_store_like_a_pacs(tmp_path: Path, store: Orthanc, adapter: LocalAdapter):
+    series = make_ct_series(tmp_path / "ct", 6)
+    echo = echoscu("127.0.0.1", adapter.port, called_aet=ADAPTER_AET)
+    assert echo.returncode == 0, echo.stdout + echo.stderr
+    first = storescu([i.path for i in series[:3]], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = dcmsend([i.path for i in series[3:]], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET)
+    assert second.returncode == 0, second.stdout + second.stderr
+    adapter.wait_until_drained()
+    assert store.list_sop_instance_uids() == sorted(i.sop_instance_uid for i in series)
+    for instance in series[:3]:
+        # storescu re-encodes nothing for uncompressed files without padding: still exact.
+        _assert_byte_exact(store, instance.path, instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid, "STORESCU")
+
+
+def test_wrong_called_ae_is_rejected(adapter: LocalAdapter):
+    echo = echoscu("127.0.0.1", adapter.port, called_aet="SOMEONEELSE")
+    assert echo.returncode != 0
+    assert "Called AE Title Not Recognized" in echo.stdout + echo.stderr
+
+
+def test_calling_ae_allow_list(tmp_path: Path, store: Orthanc):
+    dictionary = '[{"name": "KNOWN", "host": "127.0.0.1", "port": 11112}]'
+    with LocalAdapter(
+        tmp_path / "adapter", store.dicomweb_url, extra_args=["--require_known_calling_aet"], extra_env={"ENV_AETS_JSON": dictionary}
+    ) as adapter:
+        assert echoscu("127.0.0.1", adapter.port, called_aet=ADAPTER_AET, calling_aet="KNOWN").returncode == 0
+        refused = echoscu("127.0.0.1", adapter.port, called_aet=ADAPTER_AET, calling_aet="STRANGER")
+        assert refused.returncode != 0
+        assert "Calling AE Title Not Recognized" in refused.stdout + refused.stderr
+
+
+def test_store_down_during_send_loses_nothing(tmp_path: Path, store: Orthanc, adapter: LocalAdapter):
+    series = make_ct_series(tmp_path / "ct", 200, size_kb=20)
+    store.stop()
+    sent = storescu([i.path for i in series], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET)
+    assert sent.returncode == 0, sent.stdout[-2000:] + sent.stderr[-2000:]
+    assert len(adapter.queue_entries()) == 200
+    store.start()
+    adapter.wait_until_drained(timeout=180)
+    assert store.list_sop_instance_uids() == sorted(i.sop_instance_uid for i in series)
+    assert not adapter.dead_letters()
+
+
+def test_kill_9_after_acks_then_restart_uploads_everything_once(tmp_path: Path, store: Orthanc, adapter: LocalAdapter):
+    series = make_ct_series(tmp_path / "ct", 200, size_kb=20)
+    store.stop()  # hold the uploads back so the kill lands between ack and upload
+    sent = storescu([i.path for i in series], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET)
+    assert sent.returncode == 0
+    adapter.kill()
+    assert len(adapter.queue_entries()) == 200
+    store.start()
+    adapter.start()
+    adapter.wait_until_drained(timeout=180)
+    uids = store.list_sop_instance_uids()
+    assert uids == sorted(i.sop_instance_uid for i in series)
+    assert store.instance_count() == 200
+    assert "recovered queued instances from the spool" in adapter.logs()
+
+
+def test_kill_9_while_uploading(tmp_path: Path, store: Orthanc, adapter: LocalAdapter):
+    series = make_ct_series(tmp_path / "ct", 200, size_kb=20)
+    sent = storescu([i.path for i in series], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET)
+    assert sent.returncode == 0
+    adapter.kill()  # uploads run concurrently with the sends: some done, some not
+    adapter.start()
+    adapter.wait_until_drained(timeout=180)
+    assert store.list_sop_instance_uids() == sorted(i.sop_instance_uid for i in series)
+    for instance in series[::20]:
+        _assert_byte_exact(store, instance.path, instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid, "STORESCU")
+
+
+def test_sigterm_drains_and_exits_zero_keeping_the_queue(tmp_path: Path, store: Orthanc, adapter: LocalAdapter):
+    series = make_ct_series(tmp_path / "ct", 10, size_kb=10)
+    store.stop()
+    assert storescu([i.path for i in series], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
+    assert adapter.stop() == 0
+    assert len(adapter.queue_entries()) == 10
+    status = subprocess.run(
+        adapter_command() + ["status", "--spool_dir", str(adapter.spool_dir), "--json"], capture_output=True, text=True, check=True
+    )
+    assert '"queued": 10' in status.stdout
+    store.start()
+    adapter.start()
+    adapter.wait_until_drained()
+    assert store.instance_count() == 10
