@@ -139,7 +139,8 @@ class Dispatcher:
                 if self._stopping:
                     return
                 overflow_drained = self._overflowed and len(self._due) < self.settings.max_pending // 2
-            if overflow_drained or time.monotonic() - last >= self.settings.scan_interval_s:
+            due = time.monotonic() - last >= self.settings.scan_interval_s
+            if self.spool.take_rescan_request() or overflow_drained or due:
                 with self._cond:
                     self._overflowed = False
                 self.scan()

@@ -28,9 +28,8 @@ from support.sender import send_files
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    with Orthanc(tmp_path / "orthanc") as orthanc:
-        yield orthanc
+def store(fresh_orthanc: Orthanc) -> Orthanc:
+    return fresh_orthanc
 
 
 @pytest.fixture

@@ -23,7 +23,10 @@ REFERENCED_SOP_SEQUENCE = "00081199"
 REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
 WARNING_REASON = "00081196"
-# Failure reasons that mean "an instance with this UID is already there" (PS3.4 / PS3.18).
+# Failure reasons that mean "an instance with this UID is already there". The Healthcare API
+# answers 200 for an identical re-upload and 409 (failure reason 0x0110) for different content,
+# so for it the HTTP status decides; 45070 (0xB00E) is what Azure's DICOM service gives for any
+# existing instance, and 0x0111 the DIMSE "duplicate SOP instance" some gateways pass through.
 DUPLICATE_FAILURE_REASONS = frozenset({0x0111, 45070})
 
 

@@ -148,7 +148,20 @@ class Spool:
             moved.append(target)
         if moved:
             fsync_directory(self.dead)
+            self.rescan_marker.touch()
         return moved
+
+    @property
+    def rescan_marker(self) -> Path:
+        """Touched by redrive so a running dispatcher scans the queue now, not at its next tick."""
+        return self.root / "rescan.requested"
+
+    def take_rescan_request(self) -> bool:
+        try:
+            self.rescan_marker.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def status(self) -> SpoolStatus:
         queued = self.queued()
