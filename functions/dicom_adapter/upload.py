@@ -93,6 +93,15 @@ class Uploader:
                 max=self.settings.max_waiting_time_between_uploads_ms / 1000,
             ),
             reraise=False,
+            before_sleep=lambda state: log.warning(
+                "STOW-RS attempt failed, retrying",
+                extra=fields(
+                    **instance.log_fields(),
+                    reason=state.outcome.result().reason,
+                    attempt=state.attempt_number,
+                    retry_in_s=round(state.next_action.sleep, 2) if state.next_action else None,
+                ),
+            ),
         )
         try:
             return retrying(self.client.store_instance, part, instance.sop_instance_uid)

@@ -1,0 +1,53 @@
+"""No patient demographics in any log line, at any level (DESIGN invariant 5).
+
+Instances carry marker strings as PatientName, PatientID, BirthDate, AccessionNumber and more;
+they go through every path that logs (buffered, stored, refused as malformed, dead-lettered,
+conflict, retried), with --verbose, and the adapter's whole output must not contain a marker.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from support.adapter import ADAPTER_AET, LocalAdapter, adapter_command
+from support.dcmtk import storescu
+from support.dicom_files import MARKER_STRINGS, find_marker_phi, make_ct_instance, make_ct_series
+from support.healthcare_api_fake import HealthcareApiFake
+from support.sender import send_files
+
+
+def test_markers_never_reach_the_logs(tmp_path: Path, healthcare_fake: HealthcareApiFake):
+    series = make_ct_series(tmp_path / "ct", 5)
+    rejected = make_ct_instance(tmp_path / "rejected.dcm")
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(make_ct_instance(tmp_path / "whole.dcm").read_bytes()[:-500])
+    conflicting = make_ct_instance(
+        tmp_path / "conflict.dcm",
+        seed=99,
+        study_instance_uid=series[0].study_instance_uid,
+        series_instance_uid=series[0].series_instance_uid,
+        sop_instance_uid=series[0].sop_instance_uid,
+    )
+    assert MARKER_STRINGS[0].encode() in series[0].read_bytes()  # the markers really are in the files
+
+    healthcare_fake.reject_with(400, 0xA900, detail="rejected", sop_instance_uids={rejected.sop_instance_uid})
+    healthcare_fake.fail_next(2, 503)
+    with LocalAdapter(tmp_path / "adapter", healthcare_fake.url, extra_args=["--verbose"]) as adapter:
+        assert storescu([i.path for i in series], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
+        results = send_files([rejected.path, truncated, conflicting.path], adapter.port, called_aet=ADAPTER_AET)
+        assert [r.status for r in results] == [0, 0xC000, 0]
+        adapter.wait_until_drained(timeout=60)
+        assert len(adapter.dead_letters()) == 2  # the rejected one and the conflict
+        for command in (["status"], ["status", "--json"], ["redrive"]):
+            output = subprocess.run(
+                adapter_command() + [*command, "--spool_dir", str(adapter.spool_dir)], capture_output=True, text=True
+            )
+            assert find_marker_phi(output.stdout + output.stderr) == []
+        adapter.wait_until_drained(timeout=60)
+    logs = adapter.logs()
+    for path_taken in ("C-STORE refused", "moved to dead letters", "retrying", "stored", "buffered"):
+        assert path_taken in logs, path_taken
+    assert find_marker_phi(logs) == [], "demographics leaked into the adapter's logs"
+    for record in (adapter.spool_dir / "dead").glob("*.json"):
+        assert find_marker_phi(record.read_text()) == []
