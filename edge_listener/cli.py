@@ -55,6 +55,7 @@ def main() -> None:
 @flag("redelivery_max_delay", type=click.FloatRange(0.1), default=30.0, show_default=True, help="Longest wait before a failed delivery is tried again, in s.")
 @flag("upload_workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Concurrent uploads.")
 @flag("max_associations", type=click.IntRange(1, 1000), default=32, show_default=True, help="Most concurrent associations.")
+@flag("max_pdu_length", type=click.IntRange(4096, 16 << 20), default=262144, show_default=True, help="Largest PDU peers may send us, in bytes (memory per association).")
 @flag("drain_timeout", type=click.FloatRange(0), default=30.0, show_default=True, help="On SIGTERM, how long open associations may finish, in s.")
 @flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout.")
 @flag("verbose", is_flag=True, help="Debug logging (never data set contents).")
@@ -86,6 +87,7 @@ def local(**options: Any) -> None:
             host=options["dimse_host"],
             allowed_calling_aets=frozenset(peers) if options["require_known_calling_aet"] else frozenset(),
             max_associations=options["max_associations"],
+            max_pdu_length=options["max_pdu_length"],
         ),
         uploader.handle_cloud_event,
         DispatchSettings(workers=options["upload_workers"], retry_max_s=options["redelivery_max_delay"]),

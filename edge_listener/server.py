@@ -38,7 +38,10 @@ class ListenerSettings:
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 120.0
-    max_pdu_length: int = 0  # 0: no limit on what peers may send us
+    # The largest PDU we let peers send. pynetdicom reads a whole PDU into memory before it
+    # writes the data to disk, so "no limit" (0) would let a sender put a 1 GB instance in one
+    # PDU and in our RSS; 256 KiB keeps per-PDU overhead low and memory small.
+    max_pdu_length: int = 262144
 
 
 class EdgeAssociationServer(ThreadedAssociationServer):

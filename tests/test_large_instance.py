@@ -1,0 +1,35 @@
+"""Bounded memory (DESIGN invariant 4): a 1 GB instance passes through with a small, flat RSS.
+
+The adapter's peak RSS (its whole process tree, sampled every 50 ms) is the figure; the test
+prints it. The instance must also arrive byte-exact, compared by streamed hashes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from support.adapter import ADAPTER_AET, LocalAdapter
+from support.dicom_files import dataset_sha256_after_meta, write_large_instance
+from support.orthanc import Orthanc
+from support.processes import RssSampler
+from support.sender import send_files
+
+ONE_GB = 1 << 30
+RSS_CEILING = 200 << 20
+
+
+def test_one_gigabyte_instance_streams_through_with_small_rss(tmp_path: Path, fresh_orthanc: Orthanc):
+    big = write_large_instance(tmp_path / "big.dcm", ONE_GB, fill="random", seed=7)
+    assert big.size >= ONE_GB
+    with LocalAdapter(tmp_path / "adapter", fresh_orthanc.dicomweb_url) as adapter:
+        with RssSampler(adapter.process.pid) as sampler:
+            [result] = send_files([big.path], adapter.port, called_aet=ADAPTER_AET)
+            assert result.status == 0, result
+            adapter.wait_until_drained(timeout=600)
+        peak = sampler.peak_total_rss_bytes
+        print(f"\nadapter peak RSS while receiving and uploading a {big.size / 2**30:.2f} GiB instance: {peak / 2**20:.1f} MiB")
+        assert peak < RSS_CEILING, f"peak RSS {peak / 2**20:.0f} MiB"
+        assert not adapter.dead_letters(), adapter.logs()[-2000:]
+    stored = tmp_path / "stored.dcm"
+    fresh_orthanc.retrieve_instance_to_file(big.study_instance_uid, big.series_instance_uid, big.sop_instance_uid, stored)
+    assert dataset_sha256_after_meta(stored) == dataset_sha256_after_meta(big.path)
