@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from dicom_adapter.logs import fields
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, _config, dimse_messages, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, dimse_messages, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 # Receive C-STORE data sets straight into a file instead of memory (DESIGN invariant 4).
 _config.STORE_RECV_CHUNKED_DATASET = True
+# Accept every storage SOP class, private ones included (modalities send vendor classes such
+# as Siemens CSA Non-Image), in the first transfer syntax the sender proposes for it: the
+# adapter stores bytes, it never needs to decode them. Known non-storage classes (Verification,
+# and later Query/Retrieve) still negotiate against the supported contexts below.
+_config.UNRESTRICTED_STORAGE_SERVICE = True
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,6 @@ def build_ae(settings: ListenerSettings) -> AE:
     ae.dimse_timeout = settings.dimse_timeout_s
     ae.network_timeout = settings.network_timeout_s
     ae.maximum_pdu_size = settings.max_pdu_length
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     return ae
 
