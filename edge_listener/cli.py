@@ -19,7 +19,6 @@ from dicom_adapter.aets import AetDictionaryError, load_aet_dictionary
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.config import UploadSettings, env_name, parse_status_codes
 from dicom_adapter.logs import configure_logging, fields
-from dicom_adapter.upload import Uploader
 
 log = logging.getLogger("dicom_adapter.cli")
 
@@ -61,8 +60,10 @@ def main() -> None:
 @flag("verbose", is_flag=True, help="Debug logging (never data set contents).")
 def local(**options: Any) -> None:
     """Run the edge and the upload pipeline on this machine, with a spool directory as buffer."""
-    from .local import DispatchSettings, LocalRuntime
+    from .dispatcher import DispatchSettings
+    from .local import LocalRuntime
     from .server import ListenerSettings
+    from .upload_process import UploadProcessSettings
 
     configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
     try:
@@ -78,9 +79,7 @@ def local(**options: Any) -> None:
         min_upload_delay_ms=options["min_upload_delay"],
         max_waiting_time_between_uploads_ms=options["max_waiting_time_between_uploads"],
     )
-    uploader = Uploader(upload_settings)
     runtime = LocalRuntime(
-        Spool(options["spool_dir"]),
         ListenerSettings(
             aet=options["dimse_aet"],
             port=options["dimse_port"],
@@ -89,8 +88,13 @@ def local(**options: Any) -> None:
             max_associations=options["max_associations"],
             max_pdu_length=options["max_pdu_length"],
         ),
-        uploader.handle_cloud_event,
-        DispatchSettings(workers=options["upload_workers"], retry_max_s=options["redelivery_max_delay"]),
+        UploadProcessSettings(
+            spool_dir=options["spool_dir"],
+            upload=upload_settings,
+            dispatch=DispatchSettings(workers=options["upload_workers"], retry_max_s=options["redelivery_max_delay"]),
+            json_logs=options["log_format"] == "json",
+            verbose=options["verbose"],
+        ),
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -99,7 +103,8 @@ def local(**options: Any) -> None:
     log.info("ready", extra=fields(aet=options["dimse_aet"], port=runtime.listener.port, store=options["dicomweb_address"]))
     click.echo(f"dicom-adapter ready: {options['dimse_aet']} on {options['dimse_host']}:{runtime.listener.port}", err=False)
     sys.stdout.flush()
-    stop.wait()
+    while not stop.wait(1.0):
+        runtime.supervise()
     log.info("stopping: draining associations and uploads in progress")
     runtime.drain(association_timeout_s=options["drain_timeout"])
 

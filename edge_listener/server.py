@@ -145,7 +145,9 @@ class Listener:
         self.server = self.ae.make_server(
             (settings.host, settings.port), evt_handlers=handlers, server_class=EdgeAssociationServer
         )
-        self._thread = threading.Thread(target=self.server.serve_forever, name="dimse-listener", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, name="dimse-listener", daemon=True
+        )
 
     @property
     def port(self) -> int:

@@ -1,0 +1,198 @@
+"""The local stand-in for Pub/Sub: delivers spool queue entries to the upload code.
+
+It hands each entry to the `stow_upload` code as the CloudEvent Pub/Sub would deliver, with
+at-least-once delivery and jittered exponential backoff between deliveries that fail
+transiently. Entries are announced as they arrive; entries left from an earlier run or put
+back by `redrive` are found by scanning the queue folder. At most `max_pending` entries wait
+in memory; the rest wait on disk for a later scan, so a huge backlog costs no memory.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from cloudevents.http import CloudEvent
+from dicom_adapter.buffers.spool import Spool
+from dicom_adapter.events import BufferedInstance, buffered_instance_cloud_event
+from dicom_adapter.logs import fields
+from dicom_adapter.part10 import MalformedDataset
+from dicom_adapter.upload import TransientUploadError
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[CloudEvent, int], Any]
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    workers: int = 4
+    retry_min_s: float = 1.0
+    retry_max_s: float = 30.0
+    scan_interval_s: float = 10.0
+    # How many entries may wait in memory; the rest wait on disk for the next scan.
+    max_pending: int = 2000
+
+
+class Dispatcher:
+    """Delivers spool entries to `handle(cloud_event, delivery_attempt)` with worker threads."""
+
+    def __init__(self, spool: Spool, handle: EventHandler, settings: DispatchSettings) -> None:
+        self.spool = spool
+        self.handle = handle
+        self.settings = settings
+        self._cond = threading.Condition()
+        self._due: list[tuple[float, int, BufferedInstance]] = []  # heap by due time
+        self._sequence = itertools.count()
+        self._known: set[str] = set()  # entry names waiting in _due or being uploaded
+        self._attempts: dict[str, int] = {}
+        self._in_flight = 0
+        self._stopping = False
+        self._overflowed = False
+        self._threads: list[threading.Thread] = []
+        self.delivered = 0
+
+    # --- feeding -------------------------------------------------------------------------
+
+    def _push(self, instance: BufferedInstance, due: float) -> None:
+        name = _entry_name(instance)
+        if name in self._known:
+            return
+        self._known.add(name)
+        heapq.heappush(self._due, (due, next(self._sequence), instance))
+        self._cond.notify()
+
+    def announce_entry(self, name: str) -> None:
+        """A new entry is in the queue folder: read its event from the file and queue it."""
+        with self._cond:
+            if name in self._known:
+                return
+            if len(self._due) >= self.settings.max_pending:
+                self._overflowed = True  # it is safe on disk; a scan will find it
+                return
+        instance = self._describe(name)
+        if instance is not None:
+            with self._cond:
+                self._push(instance, time.monotonic())
+
+    def _describe(self, name: str) -> BufferedInstance | None:
+        try:
+            return self.spool.describe(self.spool.queue / name)
+        except FileNotFoundError:
+            return None  # uploaded meanwhile
+        except (MalformedDataset, OSError) as exc:
+            log.error("unreadable spool entry left in place", extra=fields(entry=name, reason=str(exc)))
+            return None
+
+    def scan(self) -> int:
+        """Queue every entry on disk that is not already waiting or in flight."""
+        found = 0
+        for path in self.spool.queued():
+            with self._cond:
+                if self._stopping or len(self._due) >= self.settings.max_pending:
+                    self._overflowed = self._overflowed or not self._stopping
+                    break
+                if path.name in self._known:
+                    continue
+            instance = self._describe(path.name)
+            if instance is not None:
+                with self._cond:
+                    self._push(instance, time.monotonic())
+                found += 1
+        return found
+
+    # --- running -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        recovered = self.scan()
+        if recovered:
+            log.info("recovered queued instances from the spool", extra=fields(count=recovered))
+        for index in range(self.settings.workers):
+            thread = threading.Thread(target=self._work, name=f"upload-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        scanner = threading.Thread(target=self._scan_periodically, name="spool-scanner", daemon=True)
+        scanner.start()
+        self._threads.append(scanner)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Let uploads in progress finish; leave everything not yet started in the spool."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    def idle(self) -> bool:
+        with self._cond:
+            return not self._due and self._in_flight == 0
+
+    def _scan_periodically(self) -> None:
+        last = time.monotonic()
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._cond.wait(timeout=1.0)
+                if self._stopping:
+                    return
+                overflow_drained = self._overflowed and len(self._due) < self.settings.max_pending // 2
+            due = time.monotonic() - last >= self.settings.scan_interval_s
+            if self.spool.take_rescan_request() or overflow_drained or due:
+                with self._cond:
+                    self._overflowed = False
+                self.scan()
+                last = time.monotonic()
+
+    def _next(self) -> BufferedInstance | None:
+        with self._cond:
+            while not self._stopping:
+                if self._due:
+                    wait = self._due[0][0] - time.monotonic()
+                    if wait <= 0:
+                        _, _, instance = heapq.heappop(self._due)
+                        self._in_flight += 1
+                        return instance
+                    self._cond.wait(timeout=wait)
+                else:
+                    self._cond.wait()
+            return None
+
+    def _work(self) -> None:
+        while (instance := self._next()) is not None:
+            name = _entry_name(instance)
+            attempt = self._attempts.get(name, 0) + 1
+            try:
+                self.handle(buffered_instance_cloud_event(instance), attempt)
+            except Exception as exc:
+                delay = self._backoff(attempt)
+                if not isinstance(exc, TransientUploadError):
+                    log.exception("upload failed unexpectedly; will retry", extra=fields(**instance.log_fields()))
+                log.info("upload postponed", extra=fields(sop_instance_uid=instance.sop_instance_uid, delivery_attempt=attempt, retry_in_s=round(delay, 1)))
+                with self._cond:
+                    self._attempts[name] = attempt
+                    self._in_flight -= 1
+                    self._known.discard(name)
+                    self._push(instance, time.monotonic() + delay)
+                continue
+            with self._cond:
+                self._attempts.pop(name, None)
+                self._known.discard(name)
+                self._in_flight -= 1
+                self.delivered += 1
+                self._cond.notify_all()
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.settings.retry_max_s, self.settings.retry_min_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def _entry_name(instance: BufferedInstance) -> str:
+    return instance.buffer_uri.rsplit("/", 1)[-1]

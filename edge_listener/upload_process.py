@@ -1,0 +1,110 @@
+"""The local runtime's upload side, in a process of its own: the stand-in for Cloud Functions.
+
+In the cloud the edge only receives and buffers, and uploads run elsewhere. Locally they run
+in a child process, for the same reason: the edge's receive path and the uploads are both
+Python, and in one process they would share one interpreter lock. The edge tells the child
+about each new queue entry by writing its name to a pipe; the spool is the durable queue, so
+a lost notice only delays an entry until the child's next scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from dicom_adapter.buffers.spool import Spool
+from dicom_adapter.config import UploadSettings
+from dicom_adapter.logs import configure_logging, fields
+from dicom_adapter.upload import Uploader
+
+from .dispatcher import Dispatcher, DispatchSettings
+
+log = logging.getLogger(__name__)
+_spawn = multiprocessing.get_context("spawn")
+
+
+@dataclass(frozen=True)
+class UploadProcessSettings:
+    spool_dir: str
+    upload: UploadSettings
+    dispatch: DispatchSettings
+    json_logs: bool = False
+    verbose: bool = False
+
+
+class UploadProcess:
+    """Parent-side handle: start the child, notify it of entries, stop it gracefully."""
+
+    def __init__(self, settings: UploadProcessSettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._writer: Connection | None = None
+        self._process: Any = None
+
+    def start(self) -> None:
+        reader, writer = _spawn.Pipe(duplex=False)
+        self._process = _spawn.Process(target=_child_main, args=(self.settings, reader), name="dicom-adapter-upload", daemon=False)
+        self._process.start()
+        reader.close()
+        # Never let a slow or dead child hold up a C-STORE: a notice that cannot be written now
+        # is dropped, and the child finds the entry by scanning.
+        os.set_blocking(writer.fileno(), False)
+        self._writer = writer
+
+    def notify(self, entry_name: str) -> None:
+        with self._lock:
+            if self._writer is None:
+                return
+            try:
+                self._writer.send_bytes(entry_name.encode())
+            except (BlockingIOError, BrokenPipeError, OSError):
+                pass
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def restart_if_dead(self) -> None:
+        if self._process is not None and not self._process.is_alive():
+            log.error("upload process exited unexpectedly; restarting it", extra=fields(exitcode=self._process.exitcode))
+            with self._lock:
+                if self._writer is not None:
+                    self._writer.close()
+            self.start()
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Close the pipe (the child's cue to finish uploads in progress and exit) and wait."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        if self._process is None:
+            return None
+        self._process.join(timeout)
+        if self._process.is_alive():
+            log.warning("upload process did not stop in time; terminating it")
+            self._process.terminate()
+            self._process.join(10)
+        return self._process.exitcode
+
+
+def _child_main(settings: UploadProcessSettings, reader: Connection) -> None:
+    # The parent handles SIGINT/SIGTERM and tells us to stop by closing the pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    configure_logging(json_format=settings.json_logs, verbose=settings.verbose)
+    uploader = Uploader(settings.upload)
+    dispatcher = Dispatcher(Spool(settings.spool_dir), uploader.handle_cloud_event, settings.dispatch)
+    dispatcher.start()
+    while True:
+        try:
+            name = reader.recv_bytes().decode()
+        except (EOFError, OSError):
+            break  # the edge closed the pipe (stopping) or died: either way, wind down
+        dispatcher.announce_entry(name)
+    dispatcher.stop()
