@@ -98,9 +98,10 @@ def test_every_cut_inside_the_data_set_is_found(transfer_syntax):
         complete += 1
     # A cut exactly between two top-level elements leaves a shorter but well-formed data set,
     # which no walk can tell from a complete one; every other cut must be caught. A deflate
-    # stream has an end marker, so there every cut is caught.
+    # stream has an end marker, so there every cut is caught but that of the NUL pad byte
+    # pydicom adds after an odd-length stream.
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
-        assert complete == 0
+        assert complete <= 1
     else:
         assert complete == len(ds) - 1
 
