@@ -346,8 +346,8 @@ def _group_sample(pgids: set[int]) -> tuple[int, int]:
     return rss, cpu
 
 
-def _all_ticks() -> dict[int, tuple[int, int, int]]:
-    """pid -> (pgrp, ppid, utime+stime+cutime+cstime) for every process now."""
+def _all_ticks() -> dict[int, tuple[int, int, int, int]]:
+    """pid -> (pgrp, ppid, utime+stime, cutime+cstime) for every process now."""
     out = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -356,21 +356,25 @@ def _all_ticks() -> dict[int, tuple[int, int, int]]:
             with open(f"/proc/{entry}/stat") as fh:
                 stat = fh.read()
             f = stat[stat.rindex(")") + 2 :].split()
-            out[int(entry)] = (int(f[2]), int(f[1]), sum(int(x) for x in f[11:15]))
+            out[int(entry)] = (int(f[2]), int(f[1]), int(f[11]) + int(f[12]),
+                               int(f[13]) + int(f[14]))
         except (OSError, ValueError, IndexError):
             continue
     return out
 
 
 def _others_ticks(before: dict, after: dict, ours: set[int]) -> int:
-    """CPU ticks used between two snapshots by user processes outside our process groups."""
+    """CPU ticks used between two snapshots by user processes outside our process groups.
+
+    Own CPU of processes alive at the end; reaped children only for processes born in between
+    (an older parent's cutime would bring in the whole life of a child that ended now)."""
     me = os.getpid()
     total = 0
-    for pid, (pgrp, ppid, ticks) in after.items():
+    for pid, (pgrp, ppid, own, kids) in after.items():
         if pgrp in ours or pid == me or pid == 2 or ppid == 2:  # ours, this script, kthreads
             continue
         prev = before.get(pid)
-        total += ticks - prev[2] if prev else ticks
+        total += own - prev[2] if prev else own + kids
     return max(0, total)
 
 
