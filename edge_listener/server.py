@@ -20,6 +20,7 @@ from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, dimse_messages, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from . import reactor_tuning
 from .store import StoreService, handle_store
 
 log = logging.getLogger(__name__)
@@ -133,9 +134,11 @@ class Listener:
     def __init__(self, settings: ListenerSettings, store: StoreService) -> None:
         self.settings = settings
         receive_into(store.spool.incoming)
+        reactor_tuning.install()
         self.ae = build_ae(settings)
         handlers = [
             (evt.EVT_C_STORE, handle_store, [store]),
+            (evt.EVT_DIMSE_RECV, reactor_tuning.mark_busy),
             (evt.EVT_ACCEPTED, _log_association, ["association accepted"]),
             (evt.EVT_RELEASED, _log_association, ["association released"]),
             (evt.EVT_ABORTED, _log_association, ["association aborted"]),

