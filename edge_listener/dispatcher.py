@@ -68,18 +68,13 @@ class Dispatcher:
         heapq.heappush(self._due, (due, next(self._sequence), instance))
         self._cond.notify()
 
-    def announce_entry(self, name: str) -> None:
-        """A new entry is in the queue folder: read its event from the file and queue it."""
+    def announce(self, instance: BufferedInstance) -> None:
+        """A new entry is in the queue folder (the edge's notice, sent after the fsync)."""
         with self._cond:
-            if name in self._known:
-                return
             if len(self._due) >= self.settings.max_pending:
                 self._overflowed = True  # it is safe on disk; a scan will find it
                 return
-        instance = self._describe(name)
-        if instance is not None:
-            with self._cond:
-                self._push(instance, time.monotonic())
+            self._push(instance, time.monotonic())
 
     def _describe(self, name: str) -> BufferedInstance | None:
         try:

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from dicom_adapter.buffers.spool import Spool
-from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
 
 from .server import Listener, ListenerSettings
@@ -32,10 +30,7 @@ class LocalRuntime:
         if cleared:
             log.info("cleared unfinished receptions from an earlier run", extra=fields(count=cleared))
         self.uploads = UploadProcess(upload_settings)
-        self.listener = Listener(listener_settings, StoreService(self.spool, self._announce))
-
-    def _announce(self, instance: BufferedInstance) -> None:
-        self.uploads.notify(Path(instance.buffer_uri).name)
+        self.listener = Listener(listener_settings, StoreService(self.spool, self.uploads.notify))
 
     def start(self) -> None:
         self.uploads.start()

@@ -144,6 +144,7 @@ class Listener:
             (evt.EVT_ABORTED, _log_association, ["association aborted"]),
             (evt.EVT_REJECTED, _log_rejection),
             (evt.EVT_CONN_CLOSE, _discard_partial_reception),
+            (evt.EVT_CONN_CLOSE, reactor_tuning.forget),
         ]
         self.server = self.ae.make_server(
             (settings.host, settings.port), evt_handlers=handlers, server_class=EdgeAssociationServer

@@ -3,9 +3,10 @@
 In the cloud the edge only receives and buffers, and uploads run elsewhere. Locally they run
 in a child process, for the same reason: the edge's receive path and the uploads are both
 Python, and in one process they would share one interpreter lock. The edge tells the child
-about each new queue entry by writing its name to a pipe; the spool is the durable queue, so
-a lost notice only delays an entry until the child's next scan. Notices are entry names, one
-per line, written with a single write() each: under PIPE_BUF bytes, so threads never interleave.
+about each new queue entry by writing its event to a pipe; the spool is the durable queue, so
+a lost notice only delays an entry until the child's next scan. Notices are the events' JSON,
+one per line, written with a single write() each: under PIPE_BUF bytes, so the edge's threads
+never interleave them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.config import UploadSettings
+from dicom_adapter.events import BufferedInstance, MalformedEvent
 from dicom_adapter.logs import configure_logging, fields
 from dicom_adapter.upload import Uploader
 
@@ -58,14 +60,14 @@ class UploadProcess:
         os.set_blocking(writer.fileno(), False)
         self._writer = writer
 
-    def notify(self, entry_name: str) -> None:
+    def notify(self, instance: BufferedInstance) -> None:
         # Under the lock so the pipe cannot be closed (and its descriptor number reused by
         # another file) between the check and the write.
         with self._lock:
             if self._writer is None:
                 return
             try:
-                os.write(self._writer.fileno(), entry_name.encode() + b"\n")
+                os.write(self._writer.fileno(), instance.to_json() + b"\n")
             except OSError:  # full (child busy) or broken (child gone)
                 pass
 
@@ -108,5 +110,8 @@ def _child_main(settings: UploadProcessSettings, reader: Connection) -> None:
     with open(os.dup(reader.fileno()), "rb") as notices:
         # Ends when the edge closes the pipe (stopping) or dies: either way, wind down.
         for line in notices:
-            dispatcher.announce_entry(line.decode().strip())
+            try:
+                dispatcher.announce(BufferedInstance.from_json(line))
+            except MalformedEvent as exc:  # a torn notice; the scan will find the entry
+                log.warning("unreadable notice from the edge", extra=fields(reason=str(exc)))
     dispatcher.stop()
