@@ -158,7 +158,6 @@ class Uploader:
             "failure_reason": outcome.failure_reason,
             "store": self.settings.dicomweb_address,
             "delivery_attempt": delivery_attempt,
-            "attempts_in_last_delivery": self.settings.attempts_per_delivery if outcome.verdict is StowVerdict.TRANSIENT else None,
             "received_at": instance.received_at,
             "dead_lettered_at": utc_now(),
             "event": instance.log_fields() | {"buffer_uri": instance.buffer_uri},
