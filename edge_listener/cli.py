@@ -53,6 +53,7 @@ def main() -> None:
 @flag("max_waiting_time_between_uploads", type=click.IntRange(1), default=5000, show_default=True, help="Longest retry delay within one delivery, in ms.")
 @flag("redelivery_max_delay", type=click.FloatRange(0.1), default=30.0, show_default=True, help="Longest wait before a failed delivery is tried again, in s.")
 @flag("upload_workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Concurrent uploads.")
+@flag("dimse_processes", type=click.IntRange(1, 64), default=1, show_default=True, help="Listener processes sharing the DIMSE port (more associations at once on more cores).")
 @flag("max_associations", type=click.IntRange(1, 1000), default=32, show_default=True, help="Most concurrent associations.")
 @flag("max_pdu_length", type=click.IntRange(4096, 16 << 20), default=262144, show_default=True, help="Largest PDU peers may send us, in bytes (memory per association).")
 @flag("drain_timeout", type=click.FloatRange(0), default=30.0, show_default=True, help="On SIGTERM, how long open associations may finish, in s.")
@@ -95,6 +96,8 @@ def local(**options: Any) -> None:
             json_logs=options["log_format"] == "json",
             verbose=options["verbose"],
         ),
+        processes=options["dimse_processes"],
+        drain_timeout_s=options["drain_timeout"],
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -106,7 +109,7 @@ def local(**options: Any) -> None:
     while not stop.wait(1.0):
         runtime.supervise()
     log.info("stopping: draining associations and uploads in progress")
-    runtime.drain(association_timeout_s=options["drain_timeout"])
+    runtime.drain()
 
 
 @main.command()

@@ -9,11 +9,11 @@ code the Cloud Function runs.
 from __future__ import annotations
 
 import logging
-import time
 
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.logs import fields
 
+from .listener_process import ListenerProcess, ListenerProcessSettings, shared_port_settings
 from .server import Listener, ListenerSettings
 from .store import StoreService
 from .upload_process import UploadProcess, UploadProcessSettings
@@ -22,36 +22,60 @@ log = logging.getLogger(__name__)
 
 
 class LocalRuntime:
-    """`dicom-adapter local`: listener + upload process over one spool, drained on stop."""
+    """`dicom-adapter local`: listener(s) + upload process over one spool, drained on stop."""
 
-    def __init__(self, listener_settings: ListenerSettings, upload_settings: UploadProcessSettings) -> None:
+    def __init__(
+        self,
+        listener_settings: ListenerSettings,
+        upload_settings: UploadProcessSettings,
+        *,
+        processes: int = 1,
+        drain_timeout_s: float = 30.0,
+    ) -> None:
         self.spool = Spool(upload_settings.spool_dir)
         cleared = self.spool.clear_incoming()
         if cleared:
             log.info("cleared unfinished receptions from an earlier run", extra=fields(count=cleared))
+        self.drain_timeout_s = drain_timeout_s
         self.uploads = UploadProcess(upload_settings)
-        self.listener = Listener(listener_settings, StoreService(self.spool, self.uploads.notify))
+        first = shared_port_settings(listener_settings, listener_settings.port, processes)
+        self.listener = Listener(first, StoreService(self.spool, self.uploads.notices.notify))
+        # With port 0 the first listener picked one; the others share what it got.
+        shared = shared_port_settings(listener_settings, self.listener.port, processes)
+        self.extra_listeners = [
+            ListenerProcess(
+                ListenerProcessSettings(
+                    shared, upload_settings.spool_dir, drain_timeout_s, upload_settings.json_logs, upload_settings.verbose
+                ),
+                self.uploads.writer,
+                index,
+            )
+            for index in range(1, processes)
+        ]
 
     def start(self) -> None:
         self.uploads.start()
+        for extra in self.extra_listeners:
+            extra.start()
         self.listener.start()
+        for extra in self.extra_listeners:
+            if not extra.wait_ready(60):
+                raise RuntimeError("a listener process did not start within 60 s")
 
     def supervise(self) -> None:
-        """Called periodically while running: keep the upload process alive."""
+        """Called periodically while running: keep the child processes alive."""
         self.uploads.restart_if_dead()
+        for extra in self.extra_listeners:
+            extra.restart_if_dead()
 
-    def drain(self, association_timeout_s: float = 30.0, upload_timeout_s: float | None = None) -> None:
+    def drain(self) -> None:
         """Stop accepting, let associations and uploads in progress finish, keep the rest queued."""
-        self.listener.stop_accepting()
-        if self.listener.active_associations():
-            log.info("waiting for open associations to finish", extra=fields(count=self.listener.active_associations()))
-        deadline = time.monotonic() + association_timeout_s
-        while self.listener.active_associations() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.listener.active_associations():
-            log.warning("aborting associations still open after the drain timeout", extra=fields(count=self.listener.active_associations()))
-            self.listener.abort_all()
-        log.info("listener closed; finishing uploads in progress")
-        self.uploads.stop(upload_timeout_s)
+        for extra in self.extra_listeners:
+            extra.begin_stop()
+        self.listener.drain(self.drain_timeout_s)
+        for extra in self.extra_listeners:
+            extra.join(self.drain_timeout_s + 10)
+        log.info("listeners closed; finishing uploads in progress")
+        self.uploads.stop()
         status = self.spool.status()
         log.info("stopped", extra=fields(queued=status.queued, dead_letters=status.dead_letters))

@@ -11,9 +11,11 @@ import socket
 import socketserver
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from dicom_adapter.logs import fields
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, dimse_messages, evt
@@ -48,10 +50,22 @@ class ListenerSettings:
     # writes the data to disk, so "no limit" (0) would let a sender put a 1 GB instance in one
     # PDU and in our RSS; 256 KiB keeps per-PDU overhead low and memory small.
     max_pdu_length: int = 262144
+    # Several listener processes share the port (the kernel spreads connections over them).
+    reuse_port: bool = False
 
 
 class EdgeAssociationServer(ThreadedAssociationServer):
-    """Turns Nagle off on accepted sockets: DIMSE is request/response, delays cost throughput."""
+    """Turns Nagle off on accepted sockets (DIMSE is request/response: delays cost throughput)
+    and can share its port with other listener processes (SO_REUSEPORT)."""
+
+    def __init__(self, *args: Any, reuse_port: bool = False, **kwargs: Any) -> None:
+        self.reuse_port = reuse_port  # before the base class binds the socket
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # type: ignore[union-attr]
+        super().server_bind()
 
     def get_request(self):  # type: ignore[override]
         client, address = self.socket.accept()  # type: ignore[union-attr]
@@ -147,7 +161,10 @@ class Listener:
             (evt.EVT_CONN_CLOSE, reactor_tuning.forget),
         ]
         self.server = self.ae.make_server(
-            (settings.host, settings.port), evt_handlers=handlers, server_class=EdgeAssociationServer
+            (settings.host, settings.port),
+            evt_handlers=handlers,
+            server_class=EdgeAssociationServer,
+            reuse_port=settings.reuse_port,
         )
         self._thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, name="dimse-listener", daemon=True
@@ -175,3 +192,15 @@ class Listener:
     def abort_all(self) -> None:
         for assoc in self.server.active_associations:
             assoc.abort()
+
+    def drain(self, timeout_s: float) -> None:
+        """Stop accepting; give established associations `timeout_s` to finish, then abort them."""
+        self.stop_accepting()
+        if self.active_associations():
+            log.info("waiting for open associations to finish", extra=fields(count=self.active_associations()))
+        deadline = time.monotonic() + timeout_s
+        while self.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.active_associations():
+            log.warning("aborting associations still open after the drain timeout", extra=fields(count=self.active_associations()))
+            self.abort_all()

@@ -41,24 +41,17 @@ class UploadProcessSettings:
     verbose: bool = False
 
 
-class UploadProcess:
-    """Parent-side handle: start the child, notify it of entries, stop it gracefully."""
+class Notices:
+    """The writing end of the notice pipe, shared by the edge's threads (and listener processes).
 
-    def __init__(self, settings: UploadProcessSettings) -> None:
-        self.settings = settings
+    Writes never block a C-STORE: a notice that cannot be written now (the upload process is
+    busy or being restarted) is dropped, and the upload process finds the entry by scanning.
+    """
+
+    def __init__(self, writer: Connection) -> None:
+        self._writer: Connection | None = writer
         self._lock = threading.Lock()
-        self._writer: Connection | None = None
-        self._process: Any = None
-
-    def start(self) -> None:
-        reader, writer = _spawn.Pipe(duplex=False)
-        self._process = _spawn.Process(target=_child_main, args=(self.settings, reader), name="dicom-adapter-upload", daemon=False)
-        self._process.start()
-        reader.close()
-        # Never let a slow or dead child hold up a C-STORE: a notice that cannot be written now
-        # is dropped, and the child finds the entry by scanning.
         os.set_blocking(writer.fileno(), False)
-        self._writer = writer
 
     def notify(self, instance: BufferedInstance) -> None:
         # Under the lock so the pipe cannot be closed (and its descriptor number reused by
@@ -68,27 +61,43 @@ class UploadProcess:
                 return
             try:
                 os.write(self._writer.fileno(), instance.to_json() + b"\n")
-            except OSError:  # full (child busy) or broken (child gone)
+            except OSError:  # full (upload process busy) or broken (gone)
                 pass
 
-    def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
-
-    def restart_if_dead(self) -> None:
-        if self._process is not None and not self._process.is_alive():
-            log.error("upload process exited unexpectedly; restarting it", extra=fields(exitcode=self._process.exitcode))
-            with self._lock:
-                if self._writer is not None:
-                    self._writer.close()
-                    self._writer = None
-            self.start()
-
-    def stop(self, timeout: float | None = None) -> int | None:
-        """Close the pipe (the child's cue to finish uploads in progress and exit) and wait."""
+    def close(self) -> None:
         with self._lock:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+
+
+class UploadProcess:
+    """Parent-side handle of the upload process: start, restart if it dies, stop gracefully.
+
+    The pipe lives as long as the runtime: a restarted upload process reads the same pipe, and
+    it sees end-of-file (its cue to finish the uploads in progress and exit) once every writer,
+    the edge and its listener processes, has closed it.
+    """
+
+    def __init__(self, settings: UploadProcessSettings) -> None:
+        self.settings = settings
+        self._reader, writer = _spawn.Pipe(duplex=False)
+        self.writer = writer
+        self.notices = Notices(writer)
+        self._process: Any = None
+
+    def start(self) -> None:
+        self._process = _spawn.Process(target=_child_main, args=(self.settings, self._reader), name="dicom-adapter-upload")
+        self._process.start()
+
+    def restart_if_dead(self) -> None:
+        if self._process is not None and not self._process.is_alive():
+            log.error("upload process exited unexpectedly; restarting it", extra=fields(exitcode=self._process.exitcode))
+            self.start()
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Close our end of the pipe and wait for the upload process to finish and exit."""
+        self.notices.close()
         if self._process is None:
             return None
         self._process.join(timeout)
@@ -96,6 +105,7 @@ class UploadProcess:
             log.warning("upload process did not stop in time; terminating it")
             self._process.terminate()
             self._process.join(10)
+        self._reader.close()
         return self._process.exitcode
 
 

@@ -184,3 +184,44 @@ def test_sigterm_drains_and_exits_zero_keeping_the_queue(tmp_path: Path, store: 
     adapter.start()
     adapter.wait_until_drained()
     assert store.instance_count() == 10
+
+
+def test_several_listener_processes_share_the_port(tmp_path: Path, store: Orthanc):
+    import concurrent.futures
+
+    shards = [make_ct_series(tmp_path / f"ct{i}", 25, size_kb=10) for i in range(4)]
+    with LocalAdapter(tmp_path / "adapter", store.dicomweb_url, extra_args=["--dimse_processes", "2"]) as adapter:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            runs = list(pool.map(lambda shard: storescu([i.path for i in shard], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET), shards))
+        assert [r.returncode for r in runs] == [0, 0, 0, 0]
+        adapter.wait_until_drained()
+        # The kernel spreads connections by a hash: a few more associations make sure both
+        # processes got some (the chance that 40 all land on one is 2 in a trillion).
+        for _ in range(40):
+            logs = adapter.logs()
+            if "[dicom-adapter-listener-1] edge_listener.server association accepted" in logs and "[MainProcess] edge_listener.server association accepted" in logs:
+                break
+            assert echoscu("127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
+        else:
+            raise AssertionError("one of the two listener processes never got an association")
+        assert adapter.stop() == 0
+    assert store.list_sop_instance_uids() == sorted(i.sop_instance_uid for shard in shards for i in shard)
+
+
+def test_child_processes_do_not_outlive_a_killed_main_process(tmp_path: Path, store: Orthanc):
+    import os
+    import signal
+    import time
+
+    from support.processes import descendant_pids
+
+    with LocalAdapter(tmp_path / "adapter", store.dicomweb_url, extra_args=["--dimse_processes", "2"]) as adapter:
+        children = descendant_pids(adapter.process.pid)
+        assert len(children) >= 2  # a listener and the upload process (and multiprocessing's helper)
+        os.kill(adapter.process.pid, signal.SIGKILL)  # the main process only, as the OOM killer would
+        deadline = time.monotonic() + 15
+        alive = children
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.2)
+            alive = [pid for pid in children if os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read()]
+        assert alive == [], f"orphaned child processes: {alive}"

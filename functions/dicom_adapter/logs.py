@@ -27,10 +27,10 @@ def fields(**values: Any) -> dict[str, Any]:
 
 
 class TextFormatter(logging.Formatter):
-    """`2026-11-23 01:02:03,456 INFO dicom_adapter.upload stored sop_instance_uid=1.2.3 size=70312`."""
+    """`2026-11-23 01:02:03,456 INFO [MainProcess] dicom_adapter.upload stored sop_instance_uid=1.2.3 size=70312`."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        super().__init__("%(asctime)s %(levelname)s [%(processName)s] %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
