@@ -104,7 +104,8 @@ class Spool:
         return sorted(p for p in self.queue.iterdir() if p.name.endswith(SUFFIX))
 
     def uri(self, path: Path) -> str:
-        return path.resolve().as_uri()
+        """file:// URI of an entry (the root is resolved once, so no path lookups here)."""
+        return (path if path.is_absolute() else self.root / path).as_uri()
 
     def describe(self, path: Path) -> BufferedInstance:
         """Rebuild the event of a queue entry from the file itself (after a restart or redrive)."""
