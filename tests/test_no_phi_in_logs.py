@@ -51,3 +51,21 @@ def test_markers_never_reach_the_logs(tmp_path: Path, healthcare_fake: Healthcar
     assert find_marker_phi(logs) == [], "demographics leaked into the adapter's logs"
     for record in (adapter.spool_dir / "dead").glob("*.json"):
         assert find_marker_phi(record.read_text()) == []
+
+
+def test_json_log_format_is_cloud_logging_structured(tmp_path: Path, healthcare_fake: HealthcareApiFake):
+    import json
+
+    instance = make_ct_instance(tmp_path / "a.dcm")
+    with LocalAdapter(tmp_path / "adapter", healthcare_fake.url, extra_args=["--log_format", "json"]) as adapter:
+        assert [r.status for r in send_files([instance.path], adapter.port, called_aet=ADAPTER_AET)] == [0]
+        adapter.wait_until_drained()
+    lines = [json.loads(line) for line in adapter.process.stdout().splitlines() if line.startswith("{")]
+    stored = [line for line in lines if line.get("message") == "stored"]
+    assert stored, adapter.process.stdout()[-2000:]
+    entry = stored[0]
+    assert entry["severity"] == "INFO"
+    labels = entry["logging.googleapis.com/labels"]
+    assert labels["sop_instance_uid"] == instance.sop_instance_uid
+    assert labels["calling_aet"] == "PYSCU"
+    assert find_marker_phi(adapter.process.stdout()) == []
