@@ -9,20 +9,19 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from dicom_adapter.logs import fields
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, dimse_messages, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from . import reactor_tuning
+from .reception import receive_into
 from .store import StoreService, handle_store
 
 log = logging.getLogger(__name__)
@@ -75,16 +74,6 @@ class EdgeAssociationServer(ThreadedAssociationServer):
         return client, address
 
 
-def receive_into(folder: Path) -> None:
-    """Make pynetdicom write incoming data sets into `folder` (the spool's incoming/).
-
-    pynetdicom creates these files with tempfile.NamedTemporaryFile in the system temp folder,
-    which may be a RAM disk or another filesystem; in the spool they are on the same disk as
-    the queue, and a crash leaves them where the next start clears them.
-    """
-    dimse_messages.NamedTemporaryFile = partial(tempfile.NamedTemporaryFile, dir=str(folder))  # type: ignore[attr-defined]
-
-
 def build_ae(settings: ListenerSettings) -> AE:
     ae = AE(ae_title=settings.aet)
     ae.require_called_aet = True
@@ -131,7 +120,7 @@ def _discard_partial_reception(event: evt.Event) -> None:
     """
     message = getattr(getattr(event.assoc, "dimse", None), "message", None)
     partial_file = getattr(message, "_data_set_file", None)
-    if partial_file is None:
+    if partial_file is None or not partial_file.name:
         return
     try:
         partial_file.close()

@@ -26,6 +26,7 @@ from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from .dimse import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, SUCCESS, status
+from .reception import reception_error
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ def handle_store(event: Event, service: StoreService) -> Dataset:
         "transfer_syntax_uid": str(event.context.transfer_syntax),
     }
     try:
+        failed_write = reception_error(request)
+        if failed_write is not None:
+            raise Refused(OUT_OF_RESOURCES, _spool_failure(failed_write))
         instance = buffer_instance(
             Path(event.dataset_path),
             service.spool,
@@ -112,8 +116,7 @@ def buffer_instance(
             final = spool.commit(partial, name)
         except OSError as exc:
             partial.unlink(missing_ok=True)
-            reason = "spool disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"spool write failed: {exc.strerror}"
-            raise Refused(OUT_OF_RESOURCES, reason) from None
+            raise Refused(OUT_OF_RESOURCES, _spool_failure(exc)) from None
     return BufferedInstance(
         buffer_uri=spool.uri(final),
         sop_class_uid=summary.sop_class_uid,
@@ -125,6 +128,12 @@ def buffer_instance(
         called_aet=called_aet,
         size=len(header) + size - offset,
     )
+
+
+def _spool_failure(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "spool disk full"
+    return f"spool write failed: {exc.strerror or exc}"
 
 
 def _check_uids(dataset_class: str, dataset_instance: str, command_class: str, command_instance: str) -> None:

@@ -153,3 +153,41 @@ def test_garbage_on_the_port_is_dropped_and_the_adapter_keeps_serving(tmp_path: 
         except (ConnectionResetError, socket.timeout):
             pass
     _assert_still_serving_and_clean(adapter, tmp_path, fresh_orthanc)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 6 MiB tmpfs for the spool (needs root and mount; skipped where it cannot be had)."""
+    import subprocess
+
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount_point)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_spool_disk_answers_out_of_resources_and_keeps_only_whole_entries(tmp_path: Path, tiny_disk: Path):
+    from support.processes import free_port
+
+    unreachable = f"http://127.0.0.1:{free_port()}/dicom-web"
+    adapter = LocalAdapter(tmp_path / "adapter", unreachable, spool_dir=tiny_disk / "spool")
+    instances = [make_ct_instance(tmp_path / f"ct{i}.dcm", size_kb=900) for i in range(10)]
+    with adapter:
+        results = send_files([i.path for i in instances], adapter.port, called_aet=ADAPTER_AET)
+        statuses = [r.status for r in results]
+        assert statuses.count(0) >= 2, statuses
+        refused = [r for r in results if r.status != 0]
+        assert refused, "a 6 MiB spool cannot hold 9 MB"
+        assert {r.status for r in refused} == {0xA700}
+        assert {r.error_comment for r in refused} == {"spool disk full"}
+        assert adapter.incoming_files() == []
+        # Every acknowledged instance is whole in the queue; nothing refused is there.
+        queued = adapter.queue_entries()
+        assert len(queued) == statuses.count(0)
+        for entry in queued:
+            uid = pydicom.dcmread(entry, stop_before_pixels=True).SOPInstanceUID
+            [sent] = [i for i in instances if i.sop_instance_uid == uid]
+            assert dataset_bytes_after_meta(entry) == dataset_bytes_after_meta(sent.path)
+        assert echoscu("127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0

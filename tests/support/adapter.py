@@ -32,9 +32,10 @@ class LocalAdapter:
         extra_args: Sequence[str] = (),
         extra_env: dict[str, str] | None = None,
         name: str = "adapter",
+        spool_dir: Path | None = None,
     ) -> None:
         self.work_dir = Path(work_dir)
-        self.spool_dir = self.work_dir / "spool"
+        self.spool_dir = spool_dir or self.work_dir / "spool"
         self.aet = aet
         self.port = free_port()
         self.dicomweb_address = dicomweb_address
