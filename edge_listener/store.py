@@ -1,11 +1,10 @@
 """C-STORE SCP: make the received instance durable in the buffer, then (and only then) ack.
 
-pynetdicom streams the received data set into a file in the spool's incoming/ folder (it is
-set up with STORE_RECV_CHUNKED_DATASET, see server.py). This handler checks that data set by
-its element headers, writes the buffered Part-10 file (our file meta, then the received bytes
-copied unchanged), fsyncs it, renames it into the queue, fsyncs the queue folder, announces it
-to the uploader, and answers Success. Anything that fails on the way answers a failure status
-with an Error Comment and leaves nothing behind in the queue.
+pynetdicom streams the received data set into a Part-10 file in the spool's incoming/ folder,
+behind the adapter's file meta (reception.py). This handler checks that data set by its element
+headers, fsyncs the file, renames it into the queue, fsyncs the queue folder, announces it to
+the uploader, and answers Success. Anything that fails on the way answers a failure status with
+an Error Comment and leaves nothing in the queue (pynetdicom deletes the reception file).
 """
 
 from __future__ import annotations
@@ -21,12 +20,12 @@ from typing import Callable
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
-from dicom_adapter.part10 import MalformedDataset, encode_file_meta, read_file_meta, summarize_dataset
+from dicom_adapter.part10 import MalformedDataset, summarize_dataset
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from .dimse import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, SUCCESS, status
-from .reception import reception_error
+from .reception import ReceptionFile, reception_of
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +59,8 @@ def handle_store(event: Event, service: StoreService) -> Dataset:
         "transfer_syntax_uid": str(event.context.transfer_syntax),
     }
     try:
-        failed_write = reception_error(request)
-        if failed_write is not None:
-            raise Refused(OUT_OF_RESOURCES, _spool_failure(failed_write))
         instance = buffer_instance(
-            Path(event.dataset_path),
+            reception_of(request),
             service.spool,
             transfer_syntax_uid=str(event.context.transfer_syntax),
             command_sop_class_uid=context["sop_class_uid"],
@@ -84,7 +80,7 @@ def handle_store(event: Event, service: StoreService) -> Dataset:
 
 
 def buffer_instance(
-    received: Path,
+    reception: ReceptionFile,
     spool: Spool,
     *,
     transfer_syntax_uid: str,
@@ -93,30 +89,25 @@ def buffer_instance(
     calling_aet: str,
     called_aet: str,
 ) -> BufferedInstance:
-    """Write the received data set durably into the spool queue; return its event."""
+    """Check the received Part-10 file and move it durably into the spool queue; return its event."""
+    reception.flush()
+    if reception.error is not None or reception.dataset_offset is None:
+        raise Refused(OUT_OF_RESOURCES, _spool_failure(reception.error or OSError(errno.EIO, "no data set written")))
+    received = Path(reception.name)
     with open(received, "rb") as source:
         size = os.fstat(source.fileno()).st_size
         try:
-            offset = read_file_meta(source).dataset_offset
-            summary = summarize_dataset(source, offset, size, transfer_syntax_uid)
+            summary = summarize_dataset(source, reception.dataset_offset, size, transfer_syntax_uid)
         except MalformedDataset as exc:
             raise Refused(CANNOT_UNDERSTAND, f"malformed data set: {exc}") from None
-        _check_uids(summary.sop_class_uid, summary.sop_instance_uid, command_sop_class_uid, command_sop_instance_uid)
-        header = encode_file_meta(
-            sop_class_uid=summary.sop_class_uid,
-            sop_instance_uid=summary.sop_instance_uid,
-            transfer_syntax_uid=transfer_syntax_uid,
-            calling_aet=calling_aet,
-            called_aet=called_aet,
-        )
-        name = spool.new_entry_name(summary.sop_instance_uid)
-        partial = spool.incoming / (name + ".part")
-        try:
-            _write_entry(partial, header, source, offset, size - offset)
-            final = spool.commit(partial, name)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise Refused(OUT_OF_RESOURCES, _spool_failure(exc)) from None
+    # The file meta holds the command's UIDs; they must be the data set's.
+    _check_uids(summary.sop_class_uid, summary.sop_instance_uid, command_sop_class_uid, command_sop_instance_uid)
+    try:
+        reception.sync()
+        final = spool.commit(received, spool.new_entry_name(summary.sop_instance_uid))
+    except OSError as exc:
+        raise Refused(OUT_OF_RESOURCES, _spool_failure(exc)) from None
+    reception.moved()
     return BufferedInstance(
         buffer_uri=spool.uri(final),
         sop_class_uid=summary.sop_class_uid,
@@ -126,7 +117,7 @@ def buffer_instance(
         transfer_syntax_uid=transfer_syntax_uid,
         calling_aet=calling_aet,
         called_aet=called_aet,
-        size=len(header) + size - offset,
+        size=size,
     )
 
 
@@ -145,37 +136,3 @@ def _check_uids(dataset_class: str, dataset_instance: str, command_class: str, c
         raise Refused(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID differs from the command's")
     if dataset_class != command_class:
         raise Refused(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID differs from the command's")
-
-
-def _write_entry(partial: Path, header: bytes, source, offset: int, length: int) -> None:
-    """Our file meta, then the data set bytes copied in the kernel, then fsync."""
-    with open(partial, "xb") as out:
-        out.write(header)
-        out.flush()
-        copied = 0
-        position = offset
-        while copied < length:
-            try:
-                n = os.copy_file_range(source.fileno(), out.fileno(), length - copied, position)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                    raise
-                n = _copy_in_userspace(source, out, position, length - copied)
-            if n == 0:
-                raise OSError(errno.EIO, "received file shrank while being copied")
-            copied += n
-            position += n
-        os.fsync(out.fileno())
-
-
-def _copy_in_userspace(source, out, position: int, length: int) -> int:
-    source.seek(position)
-    copied = 0
-    while copied < length:
-        chunk = source.read(min(1 << 20, length - copied))
-        if not chunk:
-            break
-        out.write(chunk)
-        copied += len(chunk)
-    out.flush()
-    return copied
