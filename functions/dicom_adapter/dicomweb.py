@@ -11,6 +11,7 @@ import enum
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -24,10 +25,12 @@ REFERENCED_SOP_INSTANCE_UID = "00081155"
 FAILURE_REASON = "00081197"
 WARNING_REASON = "00081196"
 # Failure reasons that mean "an instance with this UID is already there". The Healthcare API
-# answers 200 for an identical re-upload and 409 (failure reason 0x0110) for different content,
-# so for it the HTTP status decides; 45070 (0xB00E) is what Azure's DICOM service gives for any
-# existing instance, and 0x0111 the DIMSE "duplicate SOP instance" some gateways pass through.
+# answers 200 for an identical re-upload and 409 with failure reason 0x0110 for different
+# content, so for it a 409 without another reason decides; 45070 (0xB00E) is what Azure's DICOM
+# service gives for any existing instance; 0x0111 is DIMSE's "duplicate SOP instance", which
+# some gateways pass through in STOW answers.
 DUPLICATE_FAILURE_REASONS = frozenset({0x0111, 45070})
+PROCESSING_FAILURE = 0x0110
 
 
 class StowVerdict(enum.Enum):
@@ -39,10 +42,18 @@ class StowVerdict(enum.Enum):
 
 @dataclass(frozen=True)
 class StowOutcome:
+    """What the store said about one instance.
+
+    `reason` is safe for log lines (statuses and codes only); `detail` is the store's own text,
+    which may quote the data, so it goes only into the dead-letter record.
+    """
+
     verdict: StowVerdict
     http_status: int | None
     reason: str
     failure_reason: int | None = None
+    warning_reason: int | None = None
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,8 @@ class DicomWebAddress:
         object.__setattr__(self, "url", self.url.rstrip("/"))
 
     def instance_url(self, study: str, series: str, sop_instance: str) -> str:
-        return f"{self.url}/studies/{study}/series/{series}/instances/{sop_instance}"
+        segments = (quote(uid, safe="") for uid in (study, series, sop_instance))
+        return "{}/studies/{}/series/{}/instances/{}".format(self.url, *segments)
 
 
 class DicomWebClient:
@@ -89,20 +101,26 @@ class DicomWebClient:
 
     def _judge_stow(self, response: requests.Response, sop_instance_uid: str) -> StowOutcome:
         status = response.status_code
-        body = _json_or_none(response)
-        failure = _failure_reason_for(body, sop_instance_uid)
-        message = _store_message(response, body)
+        body = _json_body(response)
+        failure = _reason_for(body, FAILED_SOP_SEQUENCE, FAILURE_REASON, sop_instance_uid, missing=0xC000)
+        warning = _reason_for(body, REFERENCED_SOP_SEQUENCE, WARNING_REASON, sop_instance_uid, missing=None)
+        reason = _summary(response, body, failure)
+        detail = _store_detail(response, body)
+
+        def outcome(verdict: StowVerdict, why: str = reason) -> StowOutcome:
+            return StowOutcome(verdict, status, why, failure, warning, detail)
+
         if status in self.retry_status_codes:
-            return StowOutcome(StowVerdict.TRANSIENT, status, message, failure)
-        if status == 409 or (failure is not None and failure in DUPLICATE_FAILURE_REASONS):
-            return StowOutcome(StowVerdict.ALREADY_EXISTS, status, message, failure)
-        if failure is not None:
-            # 0xA7xx is "out of resources": the store may take it later.
-            verdict = StowVerdict.TRANSIENT if failure & 0xFF00 == 0xA700 else StowVerdict.REJECTED
-            return StowOutcome(verdict, status, f"failure reason 0x{failure:04X}; {message}", failure)
-        if 200 <= status < 300:
-            return StowOutcome(StowVerdict.STORED, status, message)
-        return StowOutcome(StowVerdict.REJECTED, status, message)
+            return outcome(StowVerdict.TRANSIENT)
+        if failure is not None and failure & 0xFF00 == 0xA700:  # out of resources: later, maybe
+            return outcome(StowVerdict.TRANSIENT)
+        if failure in DUPLICATE_FAILURE_REASONS or (status == 409 and failure in (None, PROCESSING_FAILURE)):
+            return outcome(StowVerdict.ALREADY_EXISTS)
+        if failure is not None or not 200 <= status < 300:
+            return outcome(StowVerdict.REJECTED)
+        if _referenced_uids(body) is not None and sop_instance_uid not in _referenced_uids(body):
+            return outcome(StowVerdict.REJECTED, f"{reason}: the store's answer does not list the instance as stored")
+        return outcome(StowVerdict.STORED)
 
     def retrieve_dataset_digest(self, study: str, series: str, sop_instance: str) -> str | None:
         """SHA-256 of the stored instance's data set after its file meta; None if not found.
@@ -134,34 +152,72 @@ class DicomWebClient:
             response.raise_for_status()
 
 
-def _json_or_none(response: requests.Response) -> Any:
-    if "json" not in response.headers.get("Content-Type", ""):
+def _json_body(response: requests.Response) -> Any:
+    """The JSON body, judged by content: Orthanc sends DICOM JSON errors with no Content-Type."""
+    text = response.text
+    if not text.lstrip().startswith(("{", "[")):
         return None
     try:
         return response.json()
-    except (ValueError, json.JSONDecodeError):
+    except ValueError:
         return None
 
 
-def _failure_reason_for(body: Any, sop_instance_uid: str) -> int | None:
-    """The FailureReason the store gave for our instance in a FailedSOPSequence, if any."""
-    if not isinstance(body, dict):
+def _items(body: Any, sequence_tag: str) -> list[dict[str, Any]] | None:
+    """Items of a DICOM JSON sequence in the response, or None if the response has none."""
+    if not isinstance(body, dict) or not isinstance(body.get(sequence_tag), dict):
         return None
-    for item in body.get(FAILED_SOP_SEQUENCE, {}).get("Value", []) or []:
-        uids = item.get(REFERENCED_SOP_INSTANCE_UID, {}).get("Value", [])
-        if uids and uids[0] != sop_instance_uid:
+    items = body[sequence_tag].get("Value") or []
+    return [item for item in items if isinstance(item, dict)]
+
+
+def _first_value(item: dict[str, Any], tag: str) -> Any:
+    element = item.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    return values[0] if values else None
+
+
+def _reason_for(body: Any, sequence_tag: str, reason_tag: str, sop_instance_uid: str, missing: int | None) -> int | None:
+    """The reason code the store gave our instance in a Failed/Referenced SOP Sequence, if any."""
+    for item in _items(body, sequence_tag) or []:
+        uid = _first_value(item, REFERENCED_SOP_INSTANCE_UID)
+        if uid is not None and uid != sop_instance_uid:
             continue
-        reasons = item.get(FAILURE_REASON, {}).get("Value", [])
-        return int(reasons[0]) if reasons else 0xC000
+        code = _first_value(item, reason_tag)
+        if code is None:
+            return missing if sequence_tag == FAILED_SOP_SEQUENCE else None
+        try:
+            return int(code)
+        except (TypeError, ValueError):
+            try:
+                return int(str(code), 16)  # some stores write codes as hex strings
+            except ValueError:
+                return 0xC000
     return None
 
 
-def _store_message(response: requests.Response, body: Any) -> str:
-    """A short reason for logs and dead letters: HTTP status plus what the store said."""
+def _referenced_uids(body: Any) -> set[str] | None:
+    items = _items(body, REFERENCED_SOP_SEQUENCE)
+    return None if items is None else {str(_first_value(item, REFERENCED_SOP_INSTANCE_UID)) for item in items}
+
+
+def _summary(response: requests.Response, body: Any, failure: int | None) -> str:
+    """HTTP status, failure reason and the store's error code: no free text, so safe to log."""
     text = f"HTTP {response.status_code} {response.reason or ''}".strip()
-    if body is None and response.text:
-        text += f": {_short(response.text)}"
+    if failure is not None:
+        text += f"; failure reason 0x{failure:04X}"
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("status"), str):  # Google API errors
+        text += f"; {error['status']}"
     return text
+
+
+def _store_detail(response: requests.Response, body: Any) -> str:
+    """What the store wrote, for the dead-letter record (Google's error.message, else the body)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return _short(error["message"], 1000)
+    return _short(response.text, 1000) if response.text else ""
 
 
 def _short(text: str, limit: int = 300) -> str:

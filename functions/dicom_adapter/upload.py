@@ -76,6 +76,8 @@ class Uploader:
             return self._resolve_existing(buffered, instance, outcome, delivery_attempt, started)
         if outcome.verdict is StowVerdict.STORED:
             buffered.complete()
+            if outcome.warning_reason is not None:
+                log.warning("stored with a warning", extra=fields(**instance.log_fields(), warning_reason=f"0x{outcome.warning_reason:04X}"))
             log.info("stored", extra=fields(**instance.log_fields(), duration_ms=_ms_since(started), http_status=outcome.http_status))
             return UploadResult("stored")
         if outcome.verdict is StowVerdict.TRANSIENT:
@@ -122,6 +124,12 @@ class Uploader:
             )
         except requests.RequestException as exc:
             raise TransientUploadError(f"could not compare with the stored instance: {exc}") from None
+        if theirs is None:
+            # The store refused the instance as existing but has none: its 409 meant something else.
+            return self._dead_letter(buffered, instance, StowOutcome(
+                StowVerdict.REJECTED, outcome.http_status, f"{outcome.reason}; no instance with this UID is stored",
+                outcome.failure_reason, detail=outcome.detail,
+            ), delivery_attempt)
         ours = DatasetDigester.of_chunks(buffered.open_chunks())
         if theirs == ours:
             buffered.complete()
@@ -134,6 +142,7 @@ class Uploader:
                 "conflict: the store holds a different instance with this SOP Instance UID "
                 "(use --stow_overwrite to replace it)",
                 outcome.failure_reason,
+                detail=outcome.detail,
             )
             return self._dead_letter(buffered, instance, conflict, delivery_attempt)
         try:
@@ -154,6 +163,7 @@ class Uploader:
     ) -> UploadResult:
         record: dict[str, Any] = {
             "reason": outcome.reason,
+            "store_said": outcome.detail,
             "http_status": outcome.http_status,
             "failure_reason": outcome.failure_reason,
             "store": self.settings.dicomweb_address,

@@ -1,0 +1,96 @@
+"""How a STOW-RS answer is read, for the answers real stores give (no network needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from dicom_adapter.config import DEFAULT_RETRY_STATUS_CODES
+from dicom_adapter.dicomweb import DicomWebAddress, DicomWebClient, StowVerdict
+
+UID = "1.2.3.4"
+
+
+def _response(status: int, body: object | None, content_type: str | None = "application/dicom+json") -> requests.Response:
+    response = requests.Response()
+    response.status_code = status
+    response.reason = {200: "OK", 202: "Accepted", 400: "Bad Request", 409: "Conflict", 503: "Service Unavailable"}.get(status, "")
+    response._content = b"" if body is None else json.dumps(body).encode()
+    if content_type:
+        response.headers["Content-Type"] = content_type
+    return response
+
+
+def _referenced(uid: str, warning: int | None = None) -> dict:
+    item = {"00081155": {"vr": "UI", "Value": [uid]}}
+    if warning is not None:
+        item["00081196"] = {"vr": "US", "Value": [warning]}
+    return {"00081199": {"vr": "SQ", "Value": [item]}}
+
+
+def _failed(uid: str, reason: int) -> dict:
+    return {"00081198": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [uid]}, "00081197": {"vr": "US", "Value": [reason]}}]}}
+
+
+def _judge(response: requests.Response):
+    client = DicomWebClient(DicomWebAddress("http://store/dicom-web"), requests.Session(), retry_status_codes=DEFAULT_RETRY_STATUS_CODES)
+    return client._judge_stow(response, UID)
+
+
+def test_stored_only_when_the_store_lists_the_instance():
+    assert _judge(_response(200, _referenced(UID))).verdict is StowVerdict.STORED
+    other = _judge(_response(200, _referenced("9.9.9")))
+    assert other.verdict is StowVerdict.REJECTED
+    assert "does not list the instance" in other.reason
+    assert _judge(_response(200, None, None)).verdict is StowVerdict.STORED  # a store that sends no body
+
+
+def test_orthanc_empty_failed_sequence_is_no_failure():
+    body = {**_referenced(UID), "00081198": {"vr": "SQ"}}
+    assert _judge(_response(200, body)).verdict is StowVerdict.STORED
+
+
+def test_warning_reason_is_kept():
+    outcome = _judge(_response(202, _referenced(UID, warning=0xB000)))
+    assert outcome.verdict is StowVerdict.STORED
+    assert outcome.warning_reason == 0xB000
+
+
+def test_healthcare_api_conflict_is_already_exists_but_other_409s_are_rejections():
+    assert _judge(_response(409, _failed(UID, 0x0110))).verdict is StowVerdict.ALREADY_EXISTS
+    assert _judge(_response(409, None, None)).verdict is StowVerdict.ALREADY_EXISTS
+    assert _judge(_response(409, _failed(UID, 45070))).verdict is StowVerdict.ALREADY_EXISTS
+    unsupported = _judge(_response(409, _failed(UID, 0x0122)))
+    assert unsupported.verdict is StowVerdict.REJECTED
+    assert "0x0122" in unsupported.reason
+
+
+def test_orthanc_rejection_without_content_type_keeps_its_failure_reason():
+    outcome = _judge(_response(400, _failed(UID, 49152), content_type=None))
+    assert outcome.verdict is StowVerdict.REJECTED
+    assert outcome.failure_reason == 0xC000
+
+
+def test_google_error_message_stays_out_of_the_loggable_reason():
+    body = {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "bad value 'DOE^JANE' in PatientName"}}
+    outcome = _judge(_response(400, body, "application/json"))
+    assert outcome.verdict is StowVerdict.REJECTED
+    assert "INVALID_ARGUMENT" in outcome.reason and "DOE" not in outcome.reason
+    assert "DOE^JANE" in outcome.detail  # kept for the dead-letter record only
+
+
+@pytest.mark.parametrize("status, body", [(503, None), (429, None), (200, _failed(UID, 0xA700))])
+def test_transient_answers(status, body):
+    assert _judge(_response(status, body)).verdict is StowVerdict.TRANSIENT
+
+
+def test_hex_string_failure_reason():
+    body = {"00081198": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [UID]}, "00081197": {"vr": "US", "Value": ["A900"]}}]}}
+    assert _judge(_response(400, body)).failure_reason == 0xA900
+
+
+def test_uids_are_quoted_in_urls():
+    address = DicomWebAddress("http://store/dicom-web/")
+    assert address.instance_url("1.2", "3.4", "5.6#x") == "http://store/dicom-web/studies/1.2/series/3.4/instances/5.6%23x"
