@@ -80,36 +80,43 @@ def local(**options: Any) -> None:
         min_upload_delay_ms=options["min_upload_delay"],
         max_waiting_time_between_uploads_ms=options["max_waiting_time_between_uploads"],
     )
-    runtime = LocalRuntime(
-        ListenerSettings(
-            aet=options["dimse_aet"],
-            port=options["dimse_port"],
-            host=options["dimse_host"],
-            allowed_calling_aets=frozenset(peers) if options["require_known_calling_aet"] else frozenset(),
-            max_associations=options["max_associations"],
-            max_pdu_length=options["max_pdu_length"],
-        ),
-        UploadProcessSettings(
-            spool_dir=options["spool_dir"],
-            upload=upload_settings,
-            dispatch=DispatchSettings(workers=options["upload_workers"], retry_max_s=options["redelivery_max_delay"]),
-            json_logs=options["log_format"] == "json",
-            verbose=options["verbose"],
-        ),
-        processes=options["dimse_processes"],
-        drain_timeout_s=options["drain_timeout"],
+    listener_settings = ListenerSettings(
+        aet=options["dimse_aet"],
+        port=options["dimse_port"],
+        host=options["dimse_host"],
+        allowed_calling_aets=frozenset(peers) if options["require_known_calling_aet"] else frozenset(),
+        max_associations=options["max_associations"],
+        max_pdu_length=options["max_pdu_length"],
     )
+    upload_process_settings = UploadProcessSettings(
+        spool_dir=options["spool_dir"],
+        upload=upload_settings,
+        dispatch=DispatchSettings(workers=options["upload_workers"], retry_max_s=options["redelivery_max_delay"]),
+        json_logs=options["log_format"] == "json",
+        verbose=options["verbose"],
+    )
+    try:
+        runtime = LocalRuntime(
+            listener_settings,
+            upload_process_settings,
+            processes=options["dimse_processes"],
+            drain_timeout_s=options["drain_timeout"],
+        )
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {options['dimse_host']}:{options['dimse_port']}: {exc.strerror or exc}") from None
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    runtime.start()
-    log.info("ready", extra=fields(aet=options["dimse_aet"], port=runtime.listener.port, store=options["dicomweb_address"]))
-    click.echo(f"dicom-adapter ready: {options['dimse_aet']} on {options['dimse_host']}:{runtime.listener.port}", err=False)
-    sys.stdout.flush()
-    while not stop.wait(1.0):
-        runtime.supervise()
-    log.info("stopping: draining associations and uploads in progress")
-    runtime.drain()
+    try:
+        runtime.start()
+        log.info("ready", extra=fields(aet=options["dimse_aet"], port=runtime.listener.port, store=options["dicomweb_address"]))
+        click.echo(f"dicom-adapter ready: {options['dimse_aet']} on {options['dimse_host']}:{runtime.listener.port}")
+        sys.stdout.flush()
+        while not stop.wait(1.0):
+            runtime.supervise()
+        log.info("stopping: draining associations and uploads in progress")
+    finally:
+        runtime.drain()
 
 
 @main.command()

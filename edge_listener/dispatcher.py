@@ -16,11 +16,14 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 from typing import Any, Callable
 
 from cloudevents.http import CloudEvent
-from dicom_adapter.buffers.spool import Spool
-from dicom_adapter.events import BufferedInstance, buffered_instance_cloud_event
+from dicom_adapter.buffers import open_buffered_object
+from dicom_adapter.buffers.spool import Spool, SpoolObject
+from dicom_adapter.events import BufferedInstance, buffered_instance_cloud_event, utc_now
 from dicom_adapter.logs import fields
 from dicom_adapter.part10 import MalformedDataset
 from dicom_adapter.upload import TransientUploadError
@@ -38,6 +41,8 @@ class DispatchSettings:
     scan_interval_s: float = 10.0
     # How many entries may wait in memory; the rest wait on disk for the next scan.
     max_pending: int = 2000
+    # Errors that are not store outages (bugs, unreadable answers) before an entry is dead-lettered.
+    max_unexpected_failures: int = 5
 
 
 class Dispatcher:
@@ -55,8 +60,8 @@ class Dispatcher:
         self._in_flight = 0
         self._stopping = False
         self._overflowed = False
+        self._unexpected: dict[str, int] = {}
         self._threads: list[threading.Thread] = []
-        self.delivered = 0
 
     # --- feeding -------------------------------------------------------------------------
 
@@ -66,7 +71,7 @@ class Dispatcher:
             return
         self._known.add(name)
         heapq.heappush(self._due, (due, next(self._sequence), instance))
-        self._cond.notify()
+        self._cond.notify_all()  # the scanner waits on this condition too: wake a worker for sure
 
     def announce(self, instance: BufferedInstance) -> None:
         """A new entry is in the queue folder (the edge's notice, sent after the fsync)."""
@@ -77,12 +82,17 @@ class Dispatcher:
             self._push(instance, time.monotonic())
 
     def _describe(self, name: str) -> BufferedInstance | None:
+        path = self.spool.queue / name
         try:
-            return self.spool.describe(self.spool.queue / name)
+            return self.spool.describe(path)
         except FileNotFoundError:
             return None  # uploaded meanwhile
-        except (MalformedDataset, OSError) as exc:
-            log.error("unreadable spool entry left in place", extra=fields(entry=name, reason=str(exc)))
+        except MalformedDataset as exc:  # never uploadable as it is: aside, with the reason
+            SpoolObject(path).dead_letter({"reason": f"unreadable spool entry: {exc}", "dead_lettered_at": utc_now()})
+            log.error("unreadable spool entry moved to dead letters", extra=fields(entry=name, reason=str(exc)))
+            return None
+        except OSError as exc:
+            log.error("spool entry could not be read; will try again", extra=fields(entry=name, reason=str(exc)))
             return None
 
     def scan(self) -> int:
@@ -125,10 +135,6 @@ class Dispatcher:
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
-    def idle(self) -> bool:
-        with self._cond:
-            return not self._due and self._in_flight == 0
-
     def _scan_periodically(self) -> None:
         last = time.monotonic()
         while True:
@@ -167,9 +173,10 @@ class Dispatcher:
             try:
                 self.handle(buffered_instance_cloud_event(instance), attempt)
             except Exception as exc:
+                if not isinstance(exc, TransientUploadError) and self._give_up(name, instance, exc):
+                    self._finish(name)
+                    continue
                 delay = self._backoff(attempt)
-                if not isinstance(exc, TransientUploadError):
-                    log.exception("upload failed unexpectedly; will retry", extra=fields(**instance.log_fields()))
                 log.info("upload postponed", extra=fields(sop_instance_uid=instance.sop_instance_uid, delivery_attempt=attempt, retry_in_s=round(delay, 1)))
                 with self._cond:
                     self._attempts[name] = attempt
@@ -177,12 +184,37 @@ class Dispatcher:
                     self._known.discard(name)
                     self._push(instance, time.monotonic() + delay)
                 continue
-            with self._cond:
-                self._attempts.pop(name, None)
-                self._known.discard(name)
-                self._in_flight -= 1
-                self.delivered += 1
-                self._cond.notify_all()
+            self._finish(name)
+
+    def _finish(self, name: str) -> None:
+        with self._cond:
+            self._attempts.pop(name, None)
+            self._unexpected.pop(name, None)
+            self._known.discard(name)
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def _give_up(self, name: str, instance: BufferedInstance, exc: Exception) -> bool:
+        """An error that is not a store outage (a bug, an answer we cannot read): retry a few
+        times, then dead-letter the entry with the error rather than loop for ever."""
+        with self._cond:
+            failures = self._unexpected[name] = self._unexpected.get(name, 0) + 1
+        log.exception("upload failed unexpectedly", extra=fields(**instance.log_fields(), failures=failures))
+        if failures < self.settings.max_unexpected_failures:
+            return False
+        record = {
+            "reason": f"upload failed {failures} times with an unexpected error: {type(exc).__name__}",
+            "store_said": str(exc)[:1000],
+            "dead_lettered_at": utc_now(),
+            "event": instance.log_fields() | {"buffer_uri": instance.buffer_uri},
+            "redrive": f"dicom-adapter redrive --sop_instance_uid {instance.sop_instance_uid}",
+        }
+        try:
+            open_buffered_object(instance.buffer_uri).dead_letter(record)
+        except OSError:
+            return False  # keep it queued; it is still safe on disk
+        log.error("gave up on an upload; moved to dead letters", extra=fields(**instance.log_fields()))
+        return True
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.settings.retry_max_s, self.settings.retry_min_s * 2 ** (attempt - 1))
@@ -190,4 +222,5 @@ class Dispatcher:
 
 
 def _entry_name(instance: BufferedInstance) -> str:
-    return instance.buffer_uri.rsplit("/", 1)[-1]
+    """The queue file's name: the same key whether the entry was announced or found by a scan."""
+    return Path(unquote(urlparse(instance.buffer_uri).path)).name

@@ -75,8 +75,9 @@ class ListenerProcess:
 
 
 def shared_port_settings(settings: ListenerSettings, port: int, processes: int) -> ListenerSettings:
-    """Settings for one of `processes` listeners sharing `port` and the association limit."""
-    per_process = max(1, -(-settings.max_associations // processes))
+    """Settings for one of `processes` listeners sharing `port` and the association limit
+    (rounded down, so together they never exceed it)."""
+    per_process = max(1, settings.max_associations // processes)
     return replace(settings, port=port, reuse_port=processes > 1, max_associations=per_process)
 
 

@@ -69,13 +69,16 @@ class LocalRuntime:
             extra.restart_if_dead()
 
     def drain(self) -> None:
-        """Stop accepting, let associations and uploads in progress finish, keep the rest queued."""
+        """Stop accepting, let associations and uploads in progress finish, keep the rest queued.
+
+        Safe on a runtime that only partly started."""
         for extra in self.extra_listeners:
             extra.begin_stop()
         self.listener.drain(self.drain_timeout_s)
         for extra in self.extra_listeners:
             extra.join(self.drain_timeout_s + 10)
         log.info("listeners closed; finishing uploads in progress")
-        self.uploads.stop()
+        # Bounded: an upload to a store that hangs is cut off, and its entry stays queued.
+        self.uploads.stop(timeout=self.drain_timeout_s + 60)
         status = self.spool.status()
         log.info("stopped", extra=fields(queued=status.queued, dead_letters=status.dead_letters))

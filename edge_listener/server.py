@@ -132,7 +132,7 @@ def _discard_partial_reception(event: evt.Event) -> None:
 
 
 class Listener:
-    """The running DIMSE listener; `stop_accepting` then `wait_idle` drains it gracefully."""
+    """The running DIMSE listener; `drain` stops it gracefully."""
 
     def __init__(self, settings: ListenerSettings, store: StoreService) -> None:
         self.settings = settings
@@ -169,10 +169,11 @@ class Listener:
     def stop_accepting(self) -> None:
         """Close the listening socket; associations in progress carry on."""
         # pynetdicom's own shutdown() also forgets the server in the AE; stop the socketserver
-        # loop and close the socket only.
-        socketserver.BaseServer.shutdown(self.server)
+        # loop (if it runs: shutdown() would wait for ever otherwise) and close the socket only.
+        if self._thread.is_alive():
+            socketserver.BaseServer.shutdown(self.server)
+            self._thread.join(timeout=5)
         self.server.server_close()
-        self._thread.join(timeout=5)
 
     def active_associations(self) -> int:
         """Associations that are established (a connection that never negotiated does not count)."""

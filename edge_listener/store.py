@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,11 +128,17 @@ def _spool_failure(exc: OSError) -> str:
     return f"spool write failed: {exc.strerror or exc}"
 
 
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
 def _check_uids(dataset_class: str, dataset_instance: str, command_class: str, command_instance: str) -> None:
     if not dataset_instance:
         raise Refused(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "data set has no SOP Instance UID (0008,0018)")
     if not dataset_class:
         raise Refused(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "data set has no SOP Class UID (0008,0016)")
+    # The UID names the spool file and goes into DICOMweb URLs: only a well-formed one may.
+    if len(dataset_instance) > 64 or not _UID.fullmatch(dataset_instance):
+        raise Refused(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID is not a valid UID")
     if dataset_instance != command_instance:
         raise Refused(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "SOP Instance UID differs from the command's")
     if dataset_class != command_class:

@@ -25,7 +25,7 @@ LOCAL_SUBSCRIPTION = "projects/local/subscriptions/dicom-buffered-stow-upload"
 
 
 class MalformedEvent(ValueError):
-    """A message that is not a buffered-instance event; it can never succeed, so it is dead-lettered."""
+    """A message that is not a buffered-instance event: it can never succeed, so retrying is useless."""
 
 
 @dataclass(frozen=True)

@@ -172,11 +172,6 @@ def read_file_meta(fp: BinaryIO) -> FileMeta:
     )
 
 
-def read_file_meta_from_path(path: Path | str) -> FileMeta:
-    with open(path, "rb") as fp:
-        return read_file_meta(fp)
-
-
 def summarize_dataset(fp: BinaryIO, offset: int, size: int, transfer_syntax_uid: str) -> DatasetSummary:
     """Check that the data set from `offset` to `size` is complete; return its top-level UIDs.
 

@@ -86,7 +86,12 @@ class Spool:
         """Make a fully written and fsynced file in incoming/ a queue entry, durably."""
         final = self.queue / name
         os.rename(partial, final)
-        fsync_directory(self.queue)
+        try:
+            fsync_directory(self.queue)
+        except OSError:
+            # Not durable, so the sender will hear a failure: the entry must not be uploaded.
+            final.unlink(missing_ok=True)
+            raise
         return final
 
     def clear_incoming(self) -> int:
@@ -143,9 +148,11 @@ class Spool:
             if sop_instance_uids and sop_instance_uid_of(path.name) not in sop_instance_uids:
                 continue
             target = self.queue / path.name
+            # The record goes first: once the entry is back in the queue it may be dead-lettered
+            # again at once, with a new record that must not be deleted here.
+            path.with_suffix(RECORD_SUFFIX).unlink(missing_ok=True)
             os.rename(path, target)
             fsync_directory(self.queue)
-            path.with_suffix(RECORD_SUFFIX).unlink(missing_ok=True)
             moved.append(target)
         if moved:
             fsync_directory(self.dead)
