@@ -191,3 +191,12 @@ def test_full_spool_disk_answers_out_of_resources_and_keeps_only_whole_entries(t
             [sent] = [i for i in instances if i.sop_instance_uid == uid]
             assert dataset_bytes_after_meta(entry) == dataset_bytes_after_meta(sent.path)
         assert echoscu("127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
+
+
+def test_malformed_sop_instance_uid_is_refused(tmp_path: Path, adapter: LocalAdapter, fresh_orthanc: Orthanc):
+    instance = make_ct_instance(tmp_path / "a.dcm", sop_instance_uid="1.2.840.99.abc#1")
+    [result] = send_files([instance.path], adapter.port, called_aet=ADAPTER_AET)
+    assert result.status == 0xA900
+    assert result.error_comment == "SOP Instance UID is not a valid UID"
+    assert adapter.queue_entries() == []
+    _assert_still_serving_and_clean(adapter, tmp_path, fresh_orthanc)

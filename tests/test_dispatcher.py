@@ -1,0 +1,110 @@
+"""The local dispatcher's delivery rules, in process with a stand-in upload function."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from dicom_adapter.buffers.spool import Spool
+from dicom_adapter.events import buffered_instance_from_cloud_event
+from dicom_adapter.upload import TransientUploadError
+from edge_listener.dispatcher import Dispatcher, DispatchSettings
+from support.dicom_files import make_ct_instance
+
+FAST = DispatchSettings(workers=2, retry_min_s=0.01, retry_max_s=0.05, scan_interval_s=0.2)
+
+
+def _queue(spool: Spool, tmp_path: Path, n: int) -> list[Path]:
+    entries = []
+    for i in range(n):
+        instance = make_ct_instance(tmp_path / f"src{i}.dcm", size_kb=5)
+        entry = spool.queue / spool.new_entry_name(instance.sop_instance_uid)
+        shutil.copyfile(instance.path, entry)
+        entries.append(entry)
+    return entries
+
+
+def _wait(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_transient_failures_are_redelivered_until_they_succeed(tmp_path: Path):
+    spool = Spool(tmp_path / "spool")
+    [entry] = _queue(spool, tmp_path, 1)
+    attempts: list[int] = []
+
+    def handle(event, attempt):
+        attempts.append(attempt)
+        if attempt < 3:
+            raise TransientUploadError("store down")
+        buffered_instance_from_cloud_event(event)  # a real CloudEvent carrying the event
+        entry.unlink()
+
+    dispatcher = Dispatcher(spool, handle, FAST)
+    dispatcher.start()
+    try:
+        _wait(lambda: not entry.exists())
+    finally:
+        dispatcher.stop(5)
+    assert attempts == [1, 2, 3]
+
+
+def test_an_entry_that_keeps_failing_unexpectedly_is_dead_lettered_not_retried_for_ever(tmp_path: Path):
+    spool = Spool(tmp_path / "spool")
+    [entry] = _queue(spool, tmp_path, 1)
+    calls = []
+
+    def handle(event, attempt):
+        calls.append(attempt)
+        raise ValueError("an answer nobody can read")
+
+    dispatcher = Dispatcher(spool, handle, FAST)
+    dispatcher.start()
+    try:
+        _wait(lambda: (spool.dead / entry.name).exists())
+    finally:
+        dispatcher.stop(5)
+    assert len(calls) == FAST.max_unexpected_failures
+    record = json.loads((spool.dead / entry.name).with_suffix(".json").read_text())
+    assert "ValueError" in record["reason"]
+
+
+def test_unreadable_queue_entries_are_moved_aside_with_a_reason(tmp_path: Path):
+    spool = Spool(tmp_path / "spool")
+    broken = spool.queue / spool.new_entry_name("1.2.3")
+    broken.write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
+    dispatcher = Dispatcher(spool, lambda event, attempt: None, FAST)
+    dispatcher.start()
+    try:
+        _wait(lambda: (spool.dead / broken.name).exists())
+    finally:
+        dispatcher.stop(5)
+    assert "unreadable spool entry" in json.loads((spool.dead / broken.name).with_suffix(".json").read_text())["reason"]
+
+
+def test_a_slow_upload_does_not_hold_up_the_next_entry(tmp_path: Path):
+    spool = Spool(tmp_path / "spool")
+    slow, quick = _queue(spool, tmp_path, 2)
+    release = threading.Event()
+    done: list[str] = []
+
+    def handle(event, attempt):
+        name = Path(buffered_instance_from_cloud_event(event).buffer_uri).name
+        if name == slow.name:
+            release.wait(20)
+        done.append(name)
+
+    dispatcher = Dispatcher(spool, handle, FAST)
+    dispatcher.start()
+    try:
+        _wait(lambda: quick.name in done, timeout=10)  # the second worker takes it while the first is busy
+        assert slow.name not in done
+    finally:
+        release.set()
+        dispatcher.stop(5)
