@@ -8,7 +8,6 @@ in a `StowOutcome`; nothing here retries or decides, `upload.py` does.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote

@@ -13,7 +13,6 @@ import hashlib
 import struct
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO, Iterable
 
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID

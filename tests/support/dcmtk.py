@@ -90,6 +90,10 @@ def _files(files: Iterable[str | os.PathLike[str]] | str | os.PathLike[str]) -> 
     return [os.fspath(f) for f in files]
 
 
+def _store_args(files, host: str, port: int, called_aet: str, calling_aet: str, extra_args: Sequence[str]) -> list[str]:
+    return ["-aet", calling_aet, "-aec", called_aet, *extra_args, host, str(port), *_files(files)]
+
+
 def storescu(
     files: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     host: str,
@@ -104,8 +108,7 @@ def storescu(
 
     For compressed files add STORESCU_TS_OPTION[ts] to extra_args, or use dcmsend().
     """
-    args = ["-aet", calling_aet, "-aec", called_aet, *extra_args, host, str(port), *_files(files)]
-    return run_dcmtk("storescu", args, timeout=timeout)
+    return run_dcmtk("storescu", _store_args(files, host, port, called_aet, calling_aet, extra_args), timeout=timeout)
 
 
 def dcmsend(
@@ -122,8 +125,7 @@ def dcmsend(
 
     Halts on the first unsuccessful store (non-zero exit) unless extra_args has "--no-halt".
     """
-    args = ["-aet", calling_aet, "-aec", called_aet, *extra_args, host, str(port), *_files(files)]
-    return run_dcmtk("dcmsend", args, timeout=timeout)
+    return run_dcmtk("dcmsend", _store_args(files, host, port, called_aet, calling_aet, extra_args), timeout=timeout)
 
 
 def echoscu(
