@@ -20,6 +20,7 @@ from typing import Any
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.logs import configure_logging, fields
 
+from .buffering import SpoolBuffer
 from .server import Listener, ListenerSettings
 from .store import StoreService
 from .upload_process import Notices
@@ -87,7 +88,7 @@ def _child_main(settings: ListenerProcessSettings, writer: Connection, ready: An
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(json_format=settings.json_logs, verbose=settings.verbose)
     notices = Notices(writer)
-    listener = Listener(settings.listener, StoreService(Spool(settings.spool_dir), notices.notify))
+    listener = Listener(settings.listener, StoreService(SpoolBuffer(Spool(settings.spool_dir), notices.notify)))
     listener.start()
     ready.set()
     parent = os.getppid()

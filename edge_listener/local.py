@@ -13,7 +13,12 @@ import logging
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.logs import fields
 
-from .listener_process import ListenerProcess, ListenerProcessSettings, shared_port_settings
+from .buffering import SpoolBuffer
+from .listener_process import (
+    ListenerProcess,
+    ListenerProcessSettings,
+    shared_port_settings,
+)
 from .server import Listener, ListenerSettings
 from .store import StoreService
 from .upload_process import UploadProcess, UploadProcessSettings
@@ -39,7 +44,7 @@ class LocalRuntime:
         self.drain_timeout_s = drain_timeout_s
         self.uploads = UploadProcess(upload_settings)
         first = shared_port_settings(listener_settings, listener_settings.port, processes)
-        self.listener = Listener(first, StoreService(self.spool, self.uploads.notices.notify))
+        self.listener = Listener(first, StoreService(SpoolBuffer(self.spool, self.uploads.notices.notify)))
         # With port 0 the first listener picked one; the others share what it got.
         shared = shared_port_settings(listener_settings, self.listener.port, processes)
         self.extra_listeners = [

@@ -136,7 +136,7 @@ class Listener:
 
     def __init__(self, settings: ListenerSettings, store: StoreService) -> None:
         self.settings = settings
-        receive_into(store.spool.incoming)
+        receive_into(store.buffer.incoming)
         reactor_tuning.install()
         self.ae = build_ae(settings)
         handlers = [

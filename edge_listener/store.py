@@ -1,10 +1,11 @@
 """C-STORE SCP: make the received instance durable in the buffer, then (and only then) ack.
 
-pynetdicom streams the received data set into a Part-10 file in the spool's incoming/ folder,
+pynetdicom streams the received data set into a Part-10 file in the buffer's incoming folder,
 behind the adapter's file meta (reception.py). This handler checks that data set by its element
-headers, fsyncs the file, renames it into the queue, fsyncs the queue folder, announces it to
-the uploader, and answers Success. Anything that fails on the way answers a failure status with
-an Error Comment and leaves nothing in the queue (pynetdicom deletes the reception file).
+headers and hands it to the buffer (buffering.py: the spool queue locally, a GCS object plus a
+Pub/Sub event in the cloud), and answers Success once the buffer has it. Anything that fails on
+the way answers a failure status with an Error Comment and leaves nothing to upload
+(pynetdicom deletes the reception file).
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
 from dicom_adapter.part10 import MalformedDataset, summarize_dataset
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
+from .buffering import BufferRefused, InstanceBuffer
 from .dimse import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, SUCCESS, status
 from .reception import ReceptionFile, reception_of
 
@@ -42,10 +42,9 @@ class Refused(Exception):
 
 @dataclass
 class StoreService:
-    """What the C-STORE handler needs: the spool to write into and whom to tell."""
+    """What the C-STORE handler needs: the buffer to put instances into."""
 
-    spool: Spool
-    announce: Callable[[BufferedInstance], None]
+    buffer: InstanceBuffer
 
 
 def handle_store(event: Event, service: StoreService) -> Dataset:
@@ -62,7 +61,7 @@ def handle_store(event: Event, service: StoreService) -> Dataset:
     try:
         instance = buffer_instance(
             reception_of(request),
-            service.spool,
+            service.buffer,
             transfer_syntax_uid=str(event.context.transfer_syntax),
             command_sop_class_uid=context["sop_class_uid"],
             command_sop_instance_uid=context["sop_instance_uid"],
@@ -75,14 +74,13 @@ def handle_store(event: Event, service: StoreService) -> Dataset:
     except Exception as exc:  # never let a handler error become pynetdicom's bare 0xC211
         log.exception("C-STORE failed unexpectedly", extra=fields(**context))
         return status(OUT_OF_RESOURCES, f"adapter error: {type(exc).__name__}")
-    service.announce(instance)
     log.info("buffered", extra=fields(**instance.log_fields(), duration_ms=int((time.monotonic() - started) * 1000)))
     return status(SUCCESS)
 
 
 def buffer_instance(
     reception: ReceptionFile,
-    spool: Spool,
+    buffer: InstanceBuffer,
     *,
     transfer_syntax_uid: str,
     command_sop_class_uid: str,
@@ -90,7 +88,7 @@ def buffer_instance(
     calling_aet: str,
     called_aet: str,
 ) -> BufferedInstance:
-    """Check the received Part-10 file and move it durably into the spool queue; return its event."""
+    """Check the received Part-10 file and put it into the buffer; return its event."""
     reception.flush()
     if reception.error is not None or reception.dataset_offset is None:
         raise Refused(OUT_OF_RESOURCES, _spool_failure(reception.error or OSError(errno.EIO, "no data set written")))
@@ -103,14 +101,8 @@ def buffer_instance(
             raise Refused(CANNOT_UNDERSTAND, f"malformed data set: {exc}") from None
     # The file meta holds the command's UIDs; they must be the data set's.
     _check_uids(summary.sop_class_uid, summary.sop_instance_uid, command_sop_class_uid, command_sop_instance_uid)
-    try:
-        reception.sync()
-        final = spool.commit(received, spool.new_entry_name(summary.sop_instance_uid))
-    except OSError as exc:
-        raise Refused(OUT_OF_RESOURCES, _spool_failure(exc)) from None
-    reception.moved()
-    return BufferedInstance(
-        buffer_uri=spool.uri(final),
+    instance = BufferedInstance(
+        buffer_uri="",
         sop_class_uid=summary.sop_class_uid,
         sop_instance_uid=summary.sop_instance_uid,
         study_instance_uid=summary.study_instance_uid,
@@ -120,6 +112,12 @@ def buffer_instance(
         called_aet=called_aet,
         size=size,
     )
+    try:
+        return buffer.put(reception, instance)
+    except OSError as exc:
+        raise Refused(OUT_OF_RESOURCES, _spool_failure(exc)) from None
+    except BufferRefused as refusal:
+        raise Refused(OUT_OF_RESOURCES, refusal.comment) from None
 
 
 def _spool_failure(exc: OSError) -> str:

@@ -79,7 +79,8 @@ class Spool:
 
     # --- the edge's side -------------------------------------------------------------------
 
-    def new_entry_name(self, sop_instance_uid: str) -> str:
+    @staticmethod
+    def new_entry_name(sop_instance_uid: str) -> str:
         return f"{time.time_ns():019d}-{sop_instance_uid}-{secrets.token_hex(4)}{SUFFIX}"
 
     def commit(self, partial: Path, name: str) -> Path:
@@ -222,8 +223,12 @@ class SpoolObject:
             while chunk := fp.read(1 << 20):
                 yield chunk
 
-    def complete(self) -> None:
-        self.path.unlink(missing_ok=True)
+    def complete(self) -> bool:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def dead_letter(self, record: dict[str, Any]) -> None:
         dead = self.path.parent.parent / DEAD
