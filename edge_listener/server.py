@@ -166,6 +166,9 @@ class Listener:
     def start(self) -> None:
         self._thread.start()
 
+    def is_serving(self) -> bool:
+        return self._thread.is_alive()
+
     def stop_accepting(self) -> None:
         """Close the listening socket; associations in progress carry on."""
         # pynetdicom's own shutdown() also forgets the server in the AE; stop the socketserver

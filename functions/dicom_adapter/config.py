@@ -70,5 +70,26 @@ class UploadSettings:
         )
 
 
+@dataclass(frozen=True)
+class SweepSettings:
+    """What `sweep` needs: the buffer to look into and the topic to re-announce on."""
+
+    gcs_buffer: str
+    pubsub_topic: str
+    min_age_minutes: float = 15.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "SweepSettings":
+        env = os.environ if env is None else env
+        missing = [env_name(key) for key in ("gcs_buffer", "pubsub_topic") if not env.get(env_name(key))]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} not set")
+        return cls(
+            gcs_buffer=env[env_name("gcs_buffer")],
+            pubsub_topic=env[env_name("pubsub_topic")],
+            min_age_minutes=float(env.get(env_name("sweep_min_age_minutes"), 15.0)),
+        )
+
+
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}

@@ -30,6 +30,13 @@ _RETRYABLE = (
 )
 
 
+def check_topic_name(topic: str) -> str:
+    parts = topic.split("/")
+    if len(parts) != 4 or parts[0] != "projects" or parts[2] != "topics" or not parts[1] or not parts[3]:
+        raise ValueError(f"Pub/Sub topic must be projects/PROJECT/topics/TOPIC, not {topic!r}")
+    return topic
+
+
 class PublishFailed(RuntimeError):
     """The event could not be published within the deadline; the instance must not be acked."""
 
@@ -40,9 +47,7 @@ class EventPublisher:
     def __init__(self, topic: str, *, timeout_s: float = 20.0) -> None:
         from google.cloud import pubsub_v1
 
-        if not topic.startswith("projects/") or "/topics/" not in topic:
-            raise ValueError(f"Pub/Sub topic must be projects/PROJECT/topics/TOPIC, not {topic!r}")
-        self.topic = topic
+        self.topic = check_topic_name(topic)
         self.timeout_s = timeout_s
         # Small batches, short latency: each publish holds a C-STORE response.
         self._client = pubsub_v1.PublisherClient(

@@ -65,6 +65,22 @@ class Uploader:
             return UploadResult("malformed_event", str(exc))
         return self.upload(instance, delivery_attempt)
 
+    def give_up(self, cloud_event: CloudEvent, delivery_attempts: int | None) -> UploadResult:
+        """The body of `dead_letter`: Pub/Sub stopped redelivering this event; keep the instance
+        as a dead letter so that an operator can redrive it once the store is healthy."""
+        try:
+            instance = buffered_instance_from_cloud_event(cloud_event)
+        except MalformedEvent as exc:
+            log.error("dropping malformed dead-lettered event", extra=fields(reason=str(exc), event_id=cloud_event["id"]))
+            return UploadResult("malformed_event", str(exc))
+        buffered = open_buffered_object(instance.buffer_uri)
+        if not buffered.exists():
+            log.info("dead-lettered event of an instance that was uploaded meanwhile", extra=fields(**instance.log_fields()))
+            return UploadResult("already_done")
+        attempts = f"{delivery_attempts} delivery attempts" if delivery_attempts else "its delivery attempts"
+        outcome = StowOutcome(StowVerdict.REJECTED, None, f"gave up after {attempts}: the upload kept failing transiently")
+        return self._dead_letter(buffered, instance, outcome, delivery_attempts or 0)
+
     def upload(self, instance: BufferedInstance, delivery_attempt: int = 1) -> UploadResult:
         buffered = open_buffered_object(instance.buffer_uri)
         if not buffered.exists():
@@ -78,7 +94,7 @@ class Uploader:
             buffered.complete()
             if outcome.warning_reason is not None:
                 log.warning("stored with a warning", extra=fields(**instance.log_fields(), warning_reason=f"0x{outcome.warning_reason:04X}"))
-            log.info("stored", extra=fields(**instance.log_fields(), duration_ms=_ms_since(started), http_status=outcome.http_status))
+            log.info("stored", extra=fields(**instance.log_fields(), store=self.settings.dicomweb_address, duration_ms=_ms_since(started), http_status=outcome.http_status))
             return UploadResult("stored")
         if outcome.verdict is StowVerdict.TRANSIENT:
             log.warning("store unavailable, will retry", extra=fields(**instance.log_fields(), reason=outcome.reason, delivery_attempt=delivery_attempt))
@@ -171,7 +187,7 @@ class Uploader:
             "received_at": instance.received_at,
             "dead_lettered_at": utc_now(),
             "event": instance.log_fields() | {"buffer_uri": instance.buffer_uri},
-            "redrive": f"dicom-adapter redrive --sop_instance_uid {instance.sop_instance_uid}",
+            "redrive": redrive_command(instance),
         }
         buffered.dead_letter(record)
         log.error(
@@ -179,6 +195,21 @@ class Uploader:
             extra=fields(**instance.log_fields(), reason=outcome.reason, http_status=outcome.http_status, store=self.settings.dicomweb_address),
         )
         return UploadResult("dead_lettered", outcome.reason)
+
+
+def redrive_command(instance: BufferedInstance) -> str:
+    """The command that puts this instance back once the cause is fixed."""
+    if instance.buffer_uri.startswith("gs://"):
+        from .buffers.gcs import GcsLocation, parse_object_uri
+
+        bucket, name, _ = parse_object_uri(instance.buffer_uri)
+        prefix = name.rsplit("/", 2)[0] if name.count("/") >= 2 else ""
+        where = f"--gcs_buffer {GcsLocation(bucket, prefix)} --pubsub_topic TOPIC"
+    else:
+        from .buffers.spool import SpoolObject
+
+        where = f"--spool_dir {SpoolObject.from_uri(instance.buffer_uri).path.parent.parent}"
+    return f"dicom-adapter redrive {where} --sop_instance_uid {instance.sop_instance_uid}"
 
 
 def _new_session(settings: UploadSettings) -> requests.Session:
