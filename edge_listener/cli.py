@@ -147,6 +147,7 @@ def local(**options: Any) -> None:
 @flag("work_dir", default="/tmp/dicom-adapter", show_default=True, type=click.Path(file_okay=False), help="Local folder for data sets being received (an emptyDir on GKE).")
 @flag("health_port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="HTTP port of /healthz and /readyz.")
 @flag("publish_timeout", type=click.FloatRange(1), default=20.0, show_default=True, help="Longest wait for Pub/Sub to confirm an event before the C-STORE fails, in s.")
+@flag("gcs_chunk_size", type=click.IntRange(1, 256), default=8, show_default=True, help="Resumable-upload chunk for instances larger than this, in MiB (memory per large upload in flight).")
 @flag("health_check_interval", type=click.FloatRange(0.5), default=10.0, show_default=True, help="How often readiness checks GCS and Pub/Sub, in s.")
 def edge(**options: Any) -> None:
     """Run the edge only (GKE): instances go to a GCS buffer with a Pub/Sub event; Cloud Functions upload."""
@@ -161,6 +162,7 @@ def edge(**options: Any) -> None:
         health_port=options["health_port"],
         publish_timeout_s=options["publish_timeout"],
         check_interval_s=options["health_check_interval"],
+        gcs_chunk_size=options["gcs_chunk_size"] << 20,
     )
     serve(
         lambda: CloudRuntime(settings, cloud, drain_timeout_s=options["drain_timeout"]),

@@ -33,6 +33,7 @@ class CloudSettings:
     health_port: int = 8080
     publish_timeout_s: float = 20.0
     check_interval_s: float = 10.0
+    gcs_chunk_size: int = 8 << 20
 
 
 class CloudRuntime:
@@ -43,7 +44,7 @@ class CloudRuntime:
         incoming = Path(settings.work_dir) / "incoming"
         # Leftovers of an earlier run are receptions nobody was acked for.
         shutil.rmtree(incoming, ignore_errors=True)
-        self.bucket = GcsBuffer(GcsLocation.parse(settings.gcs_buffer))
+        self.bucket = GcsBuffer(GcsLocation.parse(settings.gcs_buffer), chunk_size=settings.gcs_chunk_size)
         self.publisher = EventPublisher(settings.pubsub_topic, timeout_s=settings.publish_timeout_s)
         self.listener = Listener(listener_settings, StoreService(CloudBuffer(self.bucket, self.publisher, incoming)))
         self.health = HealthServer(

@@ -127,8 +127,11 @@ def instance_from_metadata(uri: str, metadata: dict[str, str] | None) -> Buffere
 class GcsBuffer:
     """The bucket side of the buffer: the edge writes into it, sweep and redrive act on it."""
 
-    def __init__(self, location: GcsLocation, client: Any = None) -> None:
+    def __init__(self, location: GcsLocation, client: Any = None, *, chunk_size: int = CHUNK) -> None:
+        if chunk_size <= 0 or chunk_size % (256 << 10):
+            raise ValueError("the upload chunk size must be a positive multiple of 256 KiB")
         self.location = location
+        self.chunk_size = chunk_size
         self.client = client or storage_client()
         self.bucket = self.client.bucket(location.bucket)
 
@@ -138,10 +141,10 @@ class GcsBuffer:
         """Upload a complete Part-10 file create-only; return its event (with the object's URI).
 
         Files up to one chunk go in one multipart request; larger ones by resumable upload in
-        CHUNK pieces, so memory stays bounded whatever the instance's size."""
+        chunks, so memory stays bounded (one chunk) whatever the instance's size."""
         object_name = self.location.object_name(QUEUE, name)
         crc32c = crc32c_of_file(path)
-        blob = self.bucket.blob(object_name, chunk_size=CHUNK if instance.size > CHUNK else None)
+        blob = self.bucket.blob(object_name, chunk_size=self.chunk_size if instance.size > self.chunk_size else None)
         blob.metadata = instance_metadata(instance, crc32c)
         try:
             blob.upload_from_filename(
