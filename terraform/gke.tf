@@ -38,6 +38,27 @@ resource "google_compute_subnetwork" "edge" {
   }
 }
 
+# GKE creates the allow rules the cluster and its internal load balancer need (at priority
+# 1000); everything else arriving at the network is refused, and logged.
+resource "google_compute_firewall" "deny_other_ingress" {
+  count = var.existing_cluster == null ? 1 : 0
+
+  name      = "${local.prefix}-deny-other-ingress"
+  network   = google_compute_network.edge[0].id
+  direction = "INGRESS"
+  priority  = 65534
+
+  deny {
+    protocol = "all"
+  }
+
+  source_ranges = ["0.0.0.0/0"]
+
+  log_config {
+    metadata = "INCLUDE_ALL_METADATA"
+  }
+}
+
 resource "google_container_cluster" "autopilot" {
   count = var.existing_cluster == null ? 1 : 0
 

@@ -2,6 +2,7 @@
 # acknowledges the C-STORE; stow_upload deletes it once stored, or copies it to PREFIX/dead/.
 
 resource "google_storage_bucket" "buffer" {
+  # checkov:skip=CKV_GCP_78:A buffer: every object is deleted on purpose once its instance is stored; versioning would keep a second copy of every image. Soft delete (buffer_soft_delete_days) is the operator's choice.
   name     = "${var.project_id}-${local.prefix}-buffer"
   location = var.region
 
@@ -42,6 +43,7 @@ resource "google_storage_bucket" "buffer" {
 
 # Usage logs of the buffer bucket (who read or wrote which object when).
 resource "google_storage_bucket" "access_logs" {
+  # checkov:skip=CKV_GCP_62:This is the access-log bucket; logging its own access would log the log writes.
   name     = "${var.project_id}-${local.prefix}-access-logs"
   location = var.region
 

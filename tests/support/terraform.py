@@ -282,3 +282,19 @@ def check_references(module: Module, schemas: ProviderSchemas) -> list[str]:
             if unknown:
                 problems.append(f"{filename}: {rtype}.{name} has no attribute {unknown!r} (in .{'.'.join(path)})")
     return problems
+
+
+def ensure_deploy_tools() -> None:
+    """Run scripts/install-deploy-tools.sh once if the schemas or checkov are missing (it is
+    what scripts/test.sh runs first; this keeps a bare `pytest` working too)."""
+    import subprocess
+
+    if len(installed_schema_paths()) >= 3 and (TOOLS_DIR / "checkov" / "bin" / "checkov").exists():
+        return
+    subprocess.run([str(INSTALL_SCRIPT)], check=True, cwd=REPO)
+
+
+@cache
+def provider_schemas() -> ProviderSchemas:
+    ensure_deploy_tools()
+    return ProviderSchemas(installed_schema_paths())
