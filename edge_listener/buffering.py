@@ -19,13 +19,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from dicom_adapter.buffers.gcs import BufferWriteFailed, GcsBuffer
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
 from dicom_adapter.pubsub import EventPublisher, PublishFailed
+from dicom_adapter.routing import Destination
 
 from .reception import ReceptionFile
 
@@ -43,8 +44,11 @@ class BufferRefused(Exception):
 class InstanceBuffer(Protocol):
     incoming: Path  # where pynetdicom writes data sets as they arrive
 
-    def put(self, reception: ReceptionFile, instance: BufferedInstance) -> BufferedInstance:
-        """Make the received file durable and its event un-losable; return the event sent.
+    def put(
+        self, reception: ReceptionFile, instance: BufferedInstance, destinations: Sequence[Destination | None]
+    ) -> list[BufferedInstance]:
+        """Make the received file durable, once per destination (None: the default store), and
+        its events un-losable; return the events sent.
 
         Raises OSError (local disk) or BufferRefused; either way nothing is left to upload."""
 
@@ -55,13 +59,20 @@ class SpoolBuffer:
         self.incoming = spool.incoming
         self.announce = announce
 
-    def put(self, reception: ReceptionFile, instance: BufferedInstance) -> BufferedInstance:
+    def put(
+        self, reception: ReceptionFile, instance: BufferedInstance, destinations: Sequence[Destination | None]
+    ) -> list[BufferedInstance]:
         reception.sync()
-        final = self.spool.commit(Path(reception.name), self.spool.new_entry_name(instance.sop_instance_uid))
+        name = self.spool.new_entry_name(instance.sop_instance_uid)
+        finals = self.spool.commit(Path(reception.name), name, destinations)
         reception.moved()
-        instance = dataclasses.replace(instance, buffer_uri=self.spool.uri(final))
-        self.announce(instance)
-        return instance
+        events = [
+            dataclasses.replace(instance, buffer_uri=self.spool.uri(final), destination=destination.to_json() if destination else None)
+            for final, destination in zip(finals, destinations)
+        ]
+        for event in events:
+            self.announce(event)
+        return events
 
 
 class CloudBuffer:
@@ -71,25 +82,30 @@ class CloudBuffer:
         self.incoming = incoming
         incoming.mkdir(parents=True, exist_ok=True)
 
-    def put(self, reception: ReceptionFile, instance: BufferedInstance) -> BufferedInstance:
+    def put(
+        self, reception: ReceptionFile, instance: BufferedInstance, destinations: Sequence[Destination | None]
+    ) -> list[BufferedInstance]:
         reception.close()
         name = Spool.new_entry_name(instance.sop_instance_uid)
         try:
-            instance = self.bucket.put_file(Path(reception.name), name, instance)
+            events = self.bucket.put_file(Path(reception.name), name, instance, destinations)
         except BufferWriteFailed as exc:
             raise BufferRefused(str(exc)) from None
-        try:
-            self.publisher.publish(instance)
-        except PublishFailed as exc:
-            self._withdraw(instance)
-            raise BufferRefused(f"event {exc}") from None
-        return instance
+        for index, event in enumerate(events):
+            try:
+                self.publisher.publish(event)
+            except PublishFailed as exc:
+                # The copies already announced will be uploaded; the rest must not linger.
+                for unannounced in events[index:]:
+                    self._withdraw(unannounced)
+                raise BufferRefused(f"event {exc}") from None
+        return events
 
-    def _withdraw(self, instance: BufferedInstance) -> None:
+    def _withdraw(self, event: BufferedInstance) -> None:
         try:
-            self.bucket.discard(instance)
+            self.bucket.discard(event)
         except Exception as exc:  # sweep will re-announce it; the sender hears a failure either way
             log.warning(
                 "could not delete an object whose event was not published; sweep will re-announce it",
-                extra=fields(**instance.log_fields(), reason=type(exc).__name__),
+                extra=fields(**event.log_fields(), reason=type(exc).__name__),
             )

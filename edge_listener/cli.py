@@ -19,6 +19,12 @@ from dicom_adapter.aets import AetDictionaryError, load_aet_dictionary
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.config import UploadSettings, env_name, parse_status_codes
 from dicom_adapter.logs import configure_logging, fields
+from dicom_adapter.routing import (
+    DEFAULT_LABEL,
+    RoutingConfigError,
+    RoutingTable,
+    load_routing,
+)
 
 log = logging.getLogger("dicom_adapter.cli")
 
@@ -47,6 +53,9 @@ def listener_flags(func: Callable) -> Callable:
         flag("aet_dictionary", type=click.Path(dir_okay=False, exists=True), help="JSON file of known AEs: [{name, host, port}]."),
         flag("aet_dictionary_inline", envvar="ENV_AETS_JSON", help="The AET dictionary as a JSON string."),
         flag("require_known_calling_aet", is_flag=True, help="Only accept associations from calling AEs in the AET dictionary."),
+        flag("destination_config_path", type=click.Path(dir_okay=False, exists=True), help="JSON routing rules: [{filter, dicomweb_destination | name/host/port | dimse_destination | destinations}]."),
+        flag("destination_config_inline", envvar="ENV_DESTINATION_CONFIG_JSON", help="The routing rules as a JSON string."),
+        flag("send_to_all_matching_destinations", is_flag=True, help="Send to every matching rule's destinations (default: the first match only)."),
         flag("max_associations", type=click.IntRange(1, 1000), default=32, show_default=True, help="Most concurrent associations."),
         flag("max_pdu_length", type=click.IntRange(4096, 16 << 20), default=262144, show_default=True, help="Largest PDU peers may send us, in bytes (memory per association)."),
         flag("drain_timeout", type=click.FloatRange(0), default=30.0, show_default=True, help="On SIGTERM, how long open associations may finish, in s."),
@@ -57,25 +66,37 @@ def listener_flags(func: Callable) -> Callable:
     return func
 
 
-def listener_settings(options: dict[str, Any]) -> Any:
-    """Logging set up, the AET dictionary read and checked, the listener's settings built."""
+def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tuple[Any, RoutingTable]:
+    """Logging set up, the AET dictionary and routing rules read and checked, the listener's
+    settings built. Bad configuration stops the command here, saying which entry and why."""
     from .server import ListenerSettings
 
     configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
     try:
         peers = load_aet_dictionary(options["aet_dictionary"], options["aet_dictionary_inline"])
-    except (AetDictionaryError, OSError) as exc:
+        routing = load_routing(
+            options["destination_config_path"],
+            options["destination_config_inline"],
+            peers=peers,
+            send_to_all_matching=options["send_to_all_matching_destinations"],
+            has_default=has_default_store,
+        )
+    except (AetDictionaryError, RoutingConfigError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
     if options["require_known_calling_aet"] and not peers:
         raise click.UsageError("--require_known_calling_aet needs an AET dictionary")
-    return ListenerSettings(
+    if not routing.rules and not has_default_store:
+        raise click.UsageError("give --dicomweb_address (the store), or routing rules with --destination_config_path/_inline")
+    settings = ListenerSettings(
         aet=options["dimse_aet"],
         port=options["dimse_port"],
         host=options["dimse_host"],
         allowed_calling_aets=frozenset(peers) if options["require_known_calling_aet"] else frozenset(),
+        also_called_aets=frozenset(routing.called_aets - {options["dimse_aet"]}),
         max_associations=options["max_associations"],
         max_pdu_length=options["max_pdu_length"],
     )
+    return settings, routing
 
 
 def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fields: Any) -> None:
@@ -101,7 +122,7 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
 
 @main.command()
 @listener_flags
-@flag("dicomweb_address", required=True, help="DICOMweb service root of the store, e.g. http://localhost:8042/dicom-web.")
+@flag("dicomweb_address", help="DICOMweb service root of the (default) store, e.g. http://localhost:8042/dicom-web.")
 @spool_flag
 @flag("stow_overwrite", is_flag=True, help="Replace a different stored instance with the same SOP Instance UID.")
 @flag("http_error_codes_to_retry", default="408,429,500,502,503,504", show_default=True, help="HTTP statuses retried as transient (e.g. '429,5xx').")
@@ -116,9 +137,10 @@ def local(**options: Any) -> None:
     from .local import LocalRuntime
     from .upload_process import UploadProcessSettings
 
-    settings = listener_settings(options)
+    settings, routing = listener_settings(options, has_default_store=bool(options["dicomweb_address"]))
     upload_settings = UploadSettings(
-        dicomweb_address=options["dicomweb_address"],
+        dicomweb_address=options["dicomweb_address"] or "",
+        calling_aet=options["dimse_aet"],
         stow_overwrite=options["stow_overwrite"],
         retry_status_codes=parse_status_codes(options["http_error_codes_to_retry"]),
         min_upload_delay_ms=options["min_upload_delay"],
@@ -133,10 +155,15 @@ def local(**options: Any) -> None:
     )
     serve(
         lambda: LocalRuntime(
-            settings, upload_process_settings, processes=options["dimse_processes"], drain_timeout_s=options["drain_timeout"]
+            settings,
+            upload_process_settings,
+            processes=options["dimse_processes"],
+            drain_timeout_s=options["drain_timeout"],
+            routing=routing,
         ),
         options,
-        store=options["dicomweb_address"],
+        store=options["dicomweb_address"] or "-",
+        rules=len(routing.rules),
     )
 
 
@@ -153,7 +180,8 @@ def edge(**options: Any) -> None:
     """Run the edge only (GKE): instances go to a GCS buffer with a Pub/Sub event; Cloud Functions upload."""
     from .cloud import CloudRuntime, CloudSettings
 
-    settings = listener_settings(options)
+    # The stow_upload function's DICOM_ADAPTER_DICOMWEB_ADDRESS is the default store.
+    settings, routing = listener_settings(options, has_default_store=True)
     check_cloud_names(options["gcs_buffer"], options["pubsub_topic"])
     cloud = CloudSettings(
         gcs_buffer=options["gcs_buffer"],
@@ -165,7 +193,7 @@ def edge(**options: Any) -> None:
         gcs_chunk_size=options["gcs_chunk_size"] << 20,
     )
     serve(
-        lambda: CloudRuntime(settings, cloud, drain_timeout_s=options["drain_timeout"]),
+        lambda: CloudRuntime(settings, cloud, drain_timeout_s=options["drain_timeout"], routing=routing),
         options,
         buffer=options["gcs_buffer"],
         topic=options["pubsub_topic"],
@@ -201,23 +229,24 @@ def one_buffer(options: dict[str, Any]) -> None:
 @main.command()
 @buffer_flags
 @flag("sop_instance_uid", multiple=True, help="Only this instance (repeatable); default: all dead letters.")
+@flag("destination", help="Only dead letters of this destination (as `status` names it).")
 def redrive(**options: Any) -> None:
     """Put dead-lettered instances back into the upload queue."""
     configure_logging()
     one_buffer(options)
     uids = set(options["sop_instance_uid"]) or None
     if options["spool_dir"]:
-        moved = [path.name for path in Spool(options["spool_dir"]).redrive(uids)]
+        moved = [path.name for path in Spool(options["spool_dir"]).redrive(uids, options["destination"])]
     else:
-        moved = redrive_cloud(options["gcs_buffer"], options["pubsub_topic"], uids)
+        moved = redrive_cloud(options["gcs_buffer"], options["pubsub_topic"], uids, options["destination"])
     for name in moved:
         log.info("redriven", extra=fields(entry=name))
     click.echo(f"redrove {len(moved)} instance(s)")
-    if uids and not moved:
+    if (uids or options["destination"]) and not moved:
         sys.exit(1)
 
 
-def redrive_cloud(gcs_buffer: str, pubsub_topic: str | None, uids: set[str] | None) -> list[str]:
+def redrive_cloud(gcs_buffer: str, pubsub_topic: str | None, uids: set[str] | None, destination: str | None) -> list[str]:
     """Move dead objects back into the queue and publish their events again."""
     from dicom_adapter.buffers.gcs import GcsBuffer, GcsLocation
     from dicom_adapter.pubsub import EventPublisher
@@ -226,7 +255,7 @@ def redrive_cloud(gcs_buffer: str, pubsub_topic: str | None, uids: set[str] | No
         raise click.UsageError("--gcs_buffer needs --pubsub_topic, where the events go")
     publisher = EventPublisher(pubsub_topic)
     try:
-        events = GcsBuffer(GcsLocation.parse(gcs_buffer)).redrive(uids)
+        events = GcsBuffer(GcsLocation.parse(gcs_buffer)).redrive(uids, destination)
         for event in events:
             publisher.publish(event)
     finally:
@@ -246,16 +275,21 @@ def status(json_output: bool, **options: Any) -> None:
         letters = [(path.name, record) for path, record in spool.dead_letters()]
     else:
         state, letters = cloud_status(options["gcs_buffer"])
-    dead = [{"entry": name, "reason": record.get("reason"), "dead_lettered_at": record.get("dead_lettered_at")} for name, record in letters]
+    dead = [
+        {"entry": name, "destination": record.get("destination", DEFAULT_LABEL), "reason": record.get("reason"), "dead_lettered_at": record.get("dead_lettered_at")}
+        for name, record in letters
+    ]
     if json_output:
         click.echo(json.dumps({**state, "dead_letter_entries": dead}, indent=2))
         return
     age = "-" if state["oldest_queued_age_s"] is None else f"{state['oldest_queued_age_s']:.1f} s"
     click.echo(f"queued:        {state['queued']} ({state['queued_bytes']} bytes)")
     click.echo(f"oldest queued: {age}")
+    for label, count in sorted(state["queued_by_destination"].items()):
+        click.echo(f"  to {label}: {count}")
     click.echo(f"dead letters:  {state['dead_letters']}")
     for letter in dead:
-        click.echo(f"  {letter['entry']}: {letter['reason']}")
+        click.echo(f"  {letter['entry']} ({letter['destination']}): {letter['reason']}")
 
 
 def cloud_status(gcs_buffer: str) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
@@ -267,8 +301,13 @@ def cloud_status(gcs_buffer: str) -> tuple[dict[str, Any], list[tuple[str, dict[
     queued = list(bucket.queued())
     now = datetime.now(timezone.utc)
     letters = [(blob.name, record) for blob, record in bucket.dead_letters()]
+    by_destination: dict[str, int] = {}
+    for blob in queued:
+        label = bucket.event_of(blob).destination_label or DEFAULT_LABEL
+        by_destination[label] = by_destination.get(label, 0) + 1
     state = {
         "queued": len(queued),
+        "queued_by_destination": by_destination,
         "queued_bytes": sum(int(blob.size or 0) for blob in queued),
         "dead_letters": len(letters),
         "oldest_queued_age_s": max(((now - blob.time_created).total_seconds() for blob in queued), default=None),

@@ -15,6 +15,7 @@ from pathlib import Path
 from dicom_adapter.buffers.gcs import GcsBuffer, GcsLocation
 from dicom_adapter.logs import fields
 from dicom_adapter.pubsub import EventPublisher
+from dicom_adapter.routing import RoutingTable
 
 from .buffering import CloudBuffer
 from .health import HealthServer
@@ -39,14 +40,21 @@ class CloudSettings:
 class CloudRuntime:
     """Listener + health endpoints; drained on stop (nothing is queued locally to keep)."""
 
-    def __init__(self, listener_settings: ListenerSettings, settings: CloudSettings, *, drain_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        listener_settings: ListenerSettings,
+        settings: CloudSettings,
+        *,
+        drain_timeout_s: float = 30.0,
+        routing: RoutingTable = RoutingTable(()),
+    ) -> None:
         self.drain_timeout_s = drain_timeout_s
         incoming = Path(settings.work_dir) / "incoming"
         # Leftovers of an earlier run are receptions nobody was acked for.
         shutil.rmtree(incoming, ignore_errors=True)
         self.bucket = GcsBuffer(GcsLocation.parse(settings.gcs_buffer), chunk_size=settings.gcs_chunk_size)
         self.publisher = EventPublisher(settings.pubsub_topic, timeout_s=settings.publish_timeout_s)
-        self.listener = Listener(listener_settings, StoreService(CloudBuffer(self.bucket, self.publisher, incoming)))
+        self.listener = Listener(listener_settings, StoreService(CloudBuffer(self.bucket, self.publisher, incoming), routing))
         self.health = HealthServer(
             settings.health_host,
             settings.health_port,

@@ -12,6 +12,7 @@ import logging
 
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.logs import fields
+from dicom_adapter.routing import RoutingTable
 
 from .buffering import SpoolBuffer
 from .listener_process import (
@@ -36,21 +37,23 @@ class LocalRuntime:
         *,
         processes: int = 1,
         drain_timeout_s: float = 30.0,
+        routing: RoutingTable = RoutingTable(()),
     ) -> None:
         self.spool = Spool(upload_settings.spool_dir)
+        self.spool.register_destinations(routing.destinations)
         cleared = self.spool.clear_incoming()
         if cleared:
             log.info("cleared unfinished receptions from an earlier run", extra=fields(count=cleared))
         self.drain_timeout_s = drain_timeout_s
         self.uploads = UploadProcess(upload_settings)
         first = shared_port_settings(listener_settings, listener_settings.port, processes)
-        self.listener = Listener(first, StoreService(SpoolBuffer(self.spool, self.uploads.notices.notify)))
+        self.listener = Listener(first, StoreService(SpoolBuffer(self.spool, self.uploads.notices.notify), routing))
         # With port 0 the first listener picked one; the others share what it got.
         shared = shared_port_settings(listener_settings, self.listener.port, processes)
         self.extra_listeners = [
             ListenerProcess(
                 ListenerProcessSettings(
-                    shared, upload_settings.spool_dir, drain_timeout_s, upload_settings.json_logs, upload_settings.verbose
+                    shared, upload_settings.spool_dir, drain_timeout_s, upload_settings.json_logs, upload_settings.verbose, routing
                 ),
                 self.uploads.writer,
                 index,

@@ -6,6 +6,8 @@ event carries (file:///... or gs://...), so `stow_upload` does not care which on
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 
@@ -21,6 +23,10 @@ class BufferedObject(Protocol):
 
     def open_chunks(self) -> Iterator[bytes]:
         """The whole Part-10 file, in chunks, from its start."""
+
+    def local_path(self) -> AbstractContextManager[Path]:
+        """The object as a local file for as long as the context lasts (for a C-STORE, which
+        pynetdicom streams from a file)."""
 
     def complete(self) -> bool:
         """Remove the object: the store confirmed the instance. False if it was already gone."""

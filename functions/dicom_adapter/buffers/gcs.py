@@ -18,17 +18,20 @@ import base64
 import dataclasses
 import json
 import logging
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import google_crc32c
 from google.api_core import exceptions as api_exceptions
 
 from ..events import BufferedInstance, utc_now
 from ..logs import fields
-from .spool import SUFFIX, RECORD_SUFFIX, sop_instance_uid_of
+from ..routing import DEFAULT_LABEL, Destination
+from .spool import RECORD_SUFFIX, SUFFIX, Spool, sop_instance_uid_of
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,8 @@ def crc32c_of_file(path: Path) -> str:
 def instance_metadata(instance: BufferedInstance, crc32c: str) -> dict[str, str]:
     metadata = {key: str(getattr(instance, key)) for key in _INSTANCE_KEYS}
     metadata["crc32c"] = crc32c
+    if instance.destination:
+        metadata["destination"] = json.dumps(instance.destination, separators=(",", ":"))
     return metadata
 
 
@@ -121,6 +126,8 @@ def instance_from_metadata(uri: str, metadata: dict[str, str] | None) -> Buffere
     metadata = metadata or {}
     values: dict[str, Any] = {key: metadata[key] for key in _INSTANCE_KEYS}
     values["size"] = int(values["size"])
+    if metadata.get("destination"):
+        values["destination"] = json.loads(metadata["destination"])
     return BufferedInstance(buffer_uri=uri, **values)
 
 
@@ -137,13 +144,31 @@ class GcsBuffer:
 
     # --- the edge's side -------------------------------------------------------------------
 
-    def put_file(self, path: Path, name: str, instance: BufferedInstance) -> BufferedInstance:
-        """Upload a complete Part-10 file create-only; return its event (with the object's URI).
-
-        Files up to one chunk go in one multipart request; larger ones by resumable upload in
-        chunks, so memory stays bounded (one chunk) whatever the instance's size."""
-        object_name = self.location.object_name(QUEUE, name)
+    def put_file(
+        self, path: Path, name: str, instance: BufferedInstance, destinations: Sequence[Destination | None] = (None,)
+    ) -> list[BufferedInstance]:
+        """Upload a complete Part-10 file create-only, one object per destination (server-side
+        copies after the first); return their events. Nothing is left behind on failure."""
         crc32c = crc32c_of_file(path)
+        events: list[BufferedInstance] = []
+        try:
+            for destination in destinations:
+                event = dataclasses.replace(instance, destination=destination.to_json() if destination else None)
+                object_name = self.location.object_name(QUEUE, Spool.for_destination(name, destination))
+                if not events:
+                    generation = self._upload(path, object_name, event, crc32c)
+                else:
+                    generation = self._copy(events[0], object_name, event, crc32c)
+                events.append(dataclasses.replace(event, buffer_uri=object_uri(self.location.bucket, object_name, generation)))
+        except BufferWriteFailed:
+            for created in events:
+                self.discard(created)
+            raise
+        return events
+
+    def _upload(self, path: Path, object_name: str, instance: BufferedInstance, crc32c: str) -> int:
+        """Files up to one chunk go in one multipart request; larger ones by resumable upload in
+        chunks, so memory stays bounded (one chunk) whatever the instance's size."""
         blob = self.bucket.blob(object_name, chunk_size=self.chunk_size if instance.size > self.chunk_size else None)
         blob.metadata = instance_metadata(instance, crc32c)
         try:
@@ -162,7 +187,19 @@ class GcsBuffer:
             blob = existing
         except (api_exceptions.GoogleAPIError, OSError, ValueError) as exc:
             raise BufferWriteFailed(f"buffer upload failed: {_brief(exc)}") from None
-        return dataclasses.replace(instance, buffer_uri=object_uri(self.location.bucket, object_name, blob.generation))
+        return blob.generation
+
+    def _copy(self, source: BufferedInstance, object_name: str, instance: BufferedInstance, crc32c: str) -> int:
+        _, source_name, generation = parse_object_uri(source.buffer_uri)
+        try:
+            copy = self.bucket.copy_blob(
+                self.bucket.blob(source_name, generation=generation), self.bucket, object_name, if_generation_match=0
+            )
+            copy.metadata = instance_metadata(instance, crc32c)
+            copy.patch()
+        except (api_exceptions.GoogleAPIError, OSError, ValueError) as exc:
+            raise BufferWriteFailed(f"buffer copy failed: {_brief(exc)}") from None
+        return copy.generation
 
     def discard(self, instance: BufferedInstance) -> bool:
         """Delete an object whose event could not be published (the sender hears a failure)."""
@@ -205,16 +242,18 @@ class GcsBuffer:
         except ValueError:
             return {"reason": (dead.metadata or {}).get("reason", "")}
 
-    def redrive(self, sop_instance_uids: set[str] | None = None) -> list[BufferedInstance]:
-        """Move dead letters (all, or those with these UIDs) back into the queue; return their
-        events, which the caller publishes."""
+    def redrive(self, sop_instance_uids: set[str] | None = None, destination: str | None = None) -> list[BufferedInstance]:
+        """Move dead letters (all, or those with these UIDs and/or for this destination label)
+        back into the queue; return their events, which the caller publishes."""
         events = []
-        for dead, _ in self.dead_letters():
+        for dead, record in self.dead_letters():
             name = dead.name.rsplit("/", 1)[-1]
             if sop_instance_uids and sop_instance_uid_of(name) not in sop_instance_uids:
                 continue
+            if destination and record.get("destination", DEFAULT_LABEL) != destination:
+                continue
             target_name = self.location.object_name(QUEUE, name)
-            metadata = {k: v for k, v in (dead.metadata or {}).items() if k in _INSTANCE_KEYS or k == "crc32c"}
+            metadata = {k: v for k, v in (dead.metadata or {}).items() if k in _INSTANCE_KEYS or k in ("crc32c", "destination")}
             queued = self.bucket.copy_blob(dead, self.bucket, target_name)
             queued.metadata = metadata
             queued.patch()
@@ -252,6 +291,16 @@ class GcsObject:
         with self._blob.open("rb", chunk_size=CHUNK) as reader:
             while chunk := reader.read(CHUNK):
                 yield chunk
+
+    @contextmanager
+    def local_path(self) -> Iterator[Path]:
+        """Download to a temporary file, chunk by chunk (in Cloud Functions /tmp is memory:
+        size the function for the largest instance sent to DIMSE destinations)."""
+        with tempfile.NamedTemporaryFile(suffix=SUFFIX) as local:
+            for chunk in self.open_chunks():
+                local.write(chunk)
+            local.flush()
+            yield Path(local.name)
 
     def complete(self) -> bool:
         """Delete the object; False if an earlier delivery already did."""
