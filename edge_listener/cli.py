@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -59,11 +60,16 @@ def main() -> None:
 @flag("drain_timeout", type=click.FloatRange(0), default=30.0, show_default=True, help="On SIGTERM, how long open associations may finish, in s.")
 @flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout.")
 @flag("verbose", is_flag=True, help="Debug logging (never data set contents).")
+@flag("fuzzy_matching", is_flag=True, help="C-FIND: ask the store for fuzzy matching of person names.")
+@flag("qido_page_size", type=click.IntRange(1, 5000), default=500, show_default=True, help="C-FIND: results per QIDO-RS page (limit/offset).")
+@flag("dimse_cmove_aet", help="Calling AE title of outgoing associations (C-MOVE, commitment reports); default: --dimse_aet.")
+@flag("qido_url", help="URL of the qido Cloud Function to ask instead of searching the store in process.")
 def local(**options: Any) -> None:
     """Run the edge and the upload pipeline on this machine, with a spool directory as buffer."""
     from .dispatcher import DispatchSettings
     from .local import LocalRuntime
     from .server import ListenerSettings
+    from .services import QueryRetrieveSettings
     from .upload_process import UploadProcessSettings
 
     configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
@@ -95,12 +101,22 @@ def local(**options: Any) -> None:
         json_logs=options["log_format"] == "json",
         verbose=options["verbose"],
     )
+    query_retrieve = QueryRetrieveSettings(
+        store=upload_settings,
+        fuzzy_matching=options["fuzzy_matching"],
+        qido_page_size=options["qido_page_size"],
+        qido_url=options["qido_url"],
+        peers=peers,
+        cmove_aet=options["dimse_cmove_aet"],
+        staging_dir=Path(options["spool_dir"]) / "retrieve",
+    )
     try:
         runtime = LocalRuntime(
             listener_settings,
             upload_process_settings,
             processes=options["dimse_processes"],
             drain_timeout_s=options["drain_timeout"],
+            query_retrieve=query_retrieve,
         )
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {options['dimse_host']}:{options['dimse_port']}: {exc.strerror or exc}") from None

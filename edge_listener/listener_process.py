@@ -21,6 +21,7 @@ from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.logs import configure_logging, fields
 
 from .server import Listener, ListenerSettings
+from .services import QueryRetrieveSettings, build_services
 from .store import StoreService
 from .upload_process import Notices
 
@@ -35,6 +36,7 @@ class ListenerProcessSettings:
     drain_timeout_s: float
     json_logs: bool = False
     verbose: bool = False
+    query_retrieve: QueryRetrieveSettings | None = None
 
 
 class ListenerProcess:
@@ -87,7 +89,7 @@ def _child_main(settings: ListenerProcessSettings, writer: Connection, ready: An
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(json_format=settings.json_logs, verbose=settings.verbose)
     notices = Notices(writer)
-    listener = Listener(settings.listener, StoreService(Spool(settings.spool_dir), notices.notify))
+    listener = Listener(settings.listener, StoreService(Spool(settings.spool_dir), notices.notify), build_services(settings.query_retrieve))
     listener.start()
     ready.set()
     parent = os.getppid()

@@ -15,6 +15,7 @@ from dicom_adapter.logs import fields
 
 from .listener_process import ListenerProcess, ListenerProcessSettings, shared_port_settings
 from .server import Listener, ListenerSettings
+from .services import QueryRetrieveSettings, build_services
 from .store import StoreService
 from .upload_process import UploadProcess, UploadProcessSettings
 
@@ -31,6 +32,7 @@ class LocalRuntime:
         *,
         processes: int = 1,
         drain_timeout_s: float = 30.0,
+        query_retrieve: QueryRetrieveSettings | None = None,
     ) -> None:
         self.spool = Spool(upload_settings.spool_dir)
         cleared = self.spool.clear_incoming()
@@ -39,13 +41,13 @@ class LocalRuntime:
         self.drain_timeout_s = drain_timeout_s
         self.uploads = UploadProcess(upload_settings)
         first = shared_port_settings(listener_settings, listener_settings.port, processes)
-        self.listener = Listener(first, StoreService(self.spool, self.uploads.notices.notify))
+        self.listener = Listener(first, StoreService(self.spool, self.uploads.notices.notify), build_services(query_retrieve))
         # With port 0 the first listener picked one; the others share what it got.
         shared = shared_port_settings(listener_settings, self.listener.port, processes)
         self.extra_listeners = [
             ListenerProcess(
                 ListenerProcessSettings(
-                    shared, upload_settings.spool_dir, drain_timeout_s, upload_settings.json_logs, upload_settings.verbose
+                    shared, upload_settings.spool_dir, drain_timeout_s, upload_settings.json_logs, upload_settings.verbose, query_retrieve
                 ),
                 self.uploads.writer,
                 index,

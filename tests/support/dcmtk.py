@@ -30,6 +30,7 @@ __all__ = [
     "StoreSCP",
     "storescp",
     "STORESCU_TS_OPTION",
+    "findscu",
 ]
 
 DCMTK_BIN = Path(os.environ.get("DCMTK_BIN", "/usr/bin"))
@@ -204,3 +205,29 @@ def storescp(
     return StoreSCP(
         output_dir, aet=aet, port=port, log_dir=log_dir, extra_args=extra_args, cleanup_scope=cleanup_scope
     ).start()
+
+
+def findscu(
+    host: str,
+    port: int,
+    keys: Sequence[str] = (),
+    *,
+    out_dir: str | os.PathLike[str],
+    model: str = "S",
+    called_aet: str = "ANY-SCP",
+    calling_aet: str = "FINDSCU",
+    query_file: str | os.PathLike[str] | None = None,
+    extra_args: Sequence[str] = (),
+    timeout: float = 120.0,
+) -> tuple[subprocess.CompletedProcess[str], list[Path]]:
+    """C-FIND with DCMTK findscu (model "S" study root, "P" patient root); the responses are
+    extracted into `out_dir` (rsp0001.dcm, ...) and returned in order with the process result.
+    `query_file` is a DICOM file with the identifier (e.g. in a declared character set)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    args = [f"-{model}", "-X", "-od", os.fspath(out), "-aet", calling_aet, "-aec", called_aet, *extra_args]
+    for key in keys:
+        args += ["-k", key]
+    files = [os.fspath(query_file)] if query_file is not None else []
+    result = run_dcmtk("findscu", [*args, host, str(port), *files], timeout=timeout)
+    return result, sorted(out.glob("rsp*.dcm"))

@@ -1,0 +1,61 @@
+"""The DIMSE services beside C-STORE (C-FIND, C-MOVE, C-GET, Storage Commitment), built from
+one picklable settings object so every listener process builds the same ones.
+
+In local mode they ask the DICOMweb store in process; with `qido_url` (cloud mode) C-FIND and
+the instance look-ups of retrieval go to the `qido` Cloud Function instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dicom_adapter import qido
+from dicom_adapter.aets import Peer
+from dicom_adapter.config import UploadSettings
+from dicom_adapter.dicomweb import DicomWebAddress, DicomWebClient
+from dicom_adapter.upload import _new_session
+
+from .query import Finder, QueryService
+from .server import DimseService
+
+
+@dataclass(frozen=True)
+class QueryRetrieveSettings:
+    store: UploadSettings  # the DICOMweb store and how to reach it
+    fuzzy_matching: bool = False
+    qido_page_size: int = 500
+    qido_url: str | None = None  # cloud mode: the qido function; None: search the store in process
+    peers: dict[str, Peer] = field(default_factory=dict)  # AET dictionary: move destinations, commitment requesters
+    cmove_aet: str | None = None  # calling AE of outgoing associations; None: the listener's AE title
+    staging_dir: Path | None = None  # where retrieved instances wait for their C-STORE
+
+
+def dicomweb_client(settings: UploadSettings) -> DicomWebClient:
+    return DicomWebClient(
+        DicomWebAddress(settings.dicomweb_address),
+        _new_session(settings),
+        retry_status_codes=settings.retry_status_codes,
+        timeout=(settings.connect_timeout_s, settings.read_timeout_s),
+    )
+
+
+def finder(settings: QueryRetrieveSettings, client: DicomWebClient) -> Finder:
+    """How C-FIND identifiers are answered: the qido function, or the same code in process."""
+    if settings.qido_url:
+        from dicom_adapter.qido_client import QidoFunctionClient
+
+        return QidoFunctionClient(settings.qido_url, fuzzy=settings.fuzzy_matching).find
+    return functools.partial(_find_in_process, client, settings)
+
+
+def _find_in_process(client: DicomWebClient, settings: QueryRetrieveSettings, identifier, model):  # type: ignore[no-untyped-def]
+    return qido.find(client, identifier, model, fuzzy=settings.fuzzy_matching, page_size=settings.qido_page_size)
+
+
+def build_services(settings: QueryRetrieveSettings | None) -> list[DimseService]:
+    if settings is None:
+        return []
+    client = dicomweb_client(settings.store)
+    return [QueryService(finder(settings, client))]
