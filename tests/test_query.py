@@ -25,7 +25,12 @@ PAGE_SIZE = 4
 
 # Orthanc's QIDO-RS matches person names case-sensitively by default, its C-FIND does not:
 # make both the same so the two answers can be compared.
-ORTHANC_DICOMWEB = {"Enable": True, "Root": "/dicom-web/", "Ssl": False, "QidoCaseSensitive": False}
+# Its QIDO-RS answers are in its DefaultEncoding (Latin-1 unless told): a Greek name would come
+# back as '^'.
+ORTHANC_QR_CONFIG = {
+    "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Ssl": False, "QidoCaseSensitive": False},
+    "DefaultEncoding": "Utf8",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +42,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[CorpusStudy]:
 def loaded_orthanc(tmp_path_factory: pytest.TempPathFactory, corpus: list[CorpusStudy]) -> Iterator[Orthanc]:
     if not orthanc_available():
         pytest.skip("Orthanc with the DICOMweb plugin is not installed")
-    server = Orthanc(tmp_path_factory.mktemp("orthanc-qr"), extra_config={"DicomWeb": ORTHANC_DICOMWEB}, cleanup_scope="session")
+    server = Orthanc(tmp_path_factory.mktemp("orthanc-qr"), extra_config=ORTHANC_QR_CONFIG, cleanup_scope="session")
     server.start()
     try:
         response = server.stow(*[instance.path for study in corpus for instance in study.instances])
@@ -148,3 +153,118 @@ def test_find_with_more_results_than_a_page_returns_everything(name: str, tmp_pa
     theirs, ours = _both(tmp_path, loaded_orthanc, paging_adapter, keys)
     assert ours == theirs
     assert len(ours) == expected > PAGE_SIZE
+
+
+PATIENT_ROOT_QUERIES = {
+    "all patients": (["QueryRetrieveLevel=PATIENT", "PatientName", "PatientID", "PatientBirthDate", "PatientSex"], 12),
+    "patient by id": (["QueryRetrieveLevel=PATIENT", "PatientName", "PatientID=PID009", "PatientBirthDate"], 1),
+    "patients by name wildcard": (["QueryRetrieveLevel=PATIENT", "PatientName=Doe*", "PatientID"], 2),
+    "patient counts": (
+        ["QueryRetrieveLevel=PATIENT", "PatientID", "NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries", "NumberOfPatientRelatedInstances"],
+        12,
+    ),
+    "studies of a patient": (["QueryRetrieveLevel=STUDY", "PatientID=PID004", "StudyInstanceUID", "StudyDate", "AccessionNumber"], 2),
+    "series of a patient": (["QueryRetrieveLevel=SERIES", "PatientID=PID008", "StudyInstanceUID", "SeriesInstanceUID", "Modality"], 3),
+    "images of a patient": (["QueryRetrieveLevel=IMAGE", "PatientID=PID001", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"], 2),
+}
+
+
+@pytest.mark.parametrize("name", list(PATIENT_ROOT_QUERIES))
+def test_patient_root_find_equals_orthanc(name: str, tmp_path: Path, loaded_orthanc: Orthanc, adapter: LocalAdapter):
+    keys, minimum = PATIENT_ROOT_QUERIES[name]
+    theirs, ours = _both(tmp_path, loaded_orthanc, adapter, keys, model="P")
+    assert ours == theirs
+    assert len(ours) >= minimum
+
+
+def _pynetdicom_find(adapter: LocalAdapter, identifier: Dataset, model: str = "S") -> list[tuple[Dataset, Dataset | None]]:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind
+
+    sop_class = StudyRootQueryRetrieveInformationModelFind if model == "S" else PatientRootQueryRetrieveInformationModelFind
+    ae = AE(ae_title="PYFINDSCU")
+    ae.add_requested_context(sop_class)
+    assoc = ae.associate("127.0.0.1", adapter.port, ae_title=adapter.aet)
+    assert assoc.is_established
+    try:
+        return list(assoc.send_c_find(identifier, sop_class))
+    finally:
+        assoc.release()
+
+
+def test_responses_use_the_requested_character_set_or_utf8(loaded_orthanc: Orthanc, adapter: LocalAdapter):
+    query = Dataset()
+    query.SpecificCharacterSet = "ISO_IR 100"
+    query.QueryRetrieveLevel = "PATIENT"
+    query.PatientName = ""
+    query.PatientID = ""
+    answers = {str(ds.PatientID): ds for status, ds in _pynetdicom_find(adapter, query, "P") if status.Status == 0xFF00}
+    assert answers["PID004"].SpecificCharacterSet == "ISO_IR 100"
+    assert str(answers["PID004"].PatientName) == "Müller^Jürgen"
+    assert answers["PID010"].SpecificCharacterSet == "ISO_IR 192", "Greek does not fit Latin-1: UTF-8 instead"
+    assert str(answers["PID010"].PatientName) == "Παπαδόπουλος^Νίκος"
+    # Without a declared character set only plain ASCII answers go out in the default repertoire.
+    del query.SpecificCharacterSet
+    answers = {str(ds.PatientID): ds for status, ds in _pynetdicom_find(adapter, query, "P") if status.Status == 0xFF00}
+    assert "SpecificCharacterSet" not in answers["PID001"]
+    assert answers["PID004"].SpecificCharacterSet == "ISO_IR 192"
+
+
+def _identifier(**values: object) -> Dataset:
+    ds = Dataset()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+BAD_IDENTIFIERS = {
+    "no level": (_identifier(PatientName="", StudyInstanceUID=""), "S", 0xA900, "Query/Retrieve Level (0008,0052) is missing"),
+    "patient level in study root": (_identifier(QueryRetrieveLevel="PATIENT", PatientID=""), "S", 0xA900, "level PATIENT is not in the study root model"),
+    "unknown level": (_identifier(QueryRetrieveLevel="FRAME", PatientID=""), "P", 0xA900, "level FRAME is not in the patient root model"),
+    "several names": (_identifier(QueryRetrieveLevel="STUDY", PatientName=["A*", "B*"]), "S", 0xA900, "(0010,0010) has several values; only UIDs may"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_IDENTIFIERS))
+def test_a_bad_identifier_gets_a_failure_status_with_a_comment(name: str, adapter: LocalAdapter):
+    identifier, model, code, comment = BAD_IDENTIFIERS[name]
+    responses = _pynetdicom_find(adapter, identifier, model)
+    assert len(responses) == 1
+    status, answer = responses[0]
+    assert status.Status == code and answer is None
+    assert status.ErrorComment == comment
+
+
+def test_sequence_matching_is_refused_but_an_empty_sequence_is_a_return_key(adapter: LocalAdapter):
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3"
+    (status, _), = _pynetdicom_find(adapter, _identifier(QueryRetrieveLevel="STUDY", ReferencedStudySequence=[item]))
+    assert status.Status == 0xA900 and status.ErrorComment == "sequence matching is not supported: (0008,1110)"
+    responses = _pynetdicom_find(adapter, _identifier(QueryRetrieveLevel="STUDY", PatientID="PID001", ReferencedStudySequence=[Dataset()]))
+    assert [int(status.Status) for status, _ in responses] == [0xFF00, 0x0000]
+
+
+def test_a_store_that_is_down_gives_a_failure_with_a_comment(tmp_path: Path):
+    from support.processes import free_port
+
+    with LocalAdapter(tmp_path, f"http://127.0.0.1:{free_port()}/dicom-web") as down:
+        (status, _), = _pynetdicom_find(down, _identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID=""))
+    assert status.Status == 0xA700
+    assert status.ErrorComment.startswith("store unavailable: ConnectionError")
+
+
+def test_cancel_stops_the_paging(tmp_path: Path, paging_adapter: LocalAdapter):
+    keys = ["QueryRetrieveLevel=IMAGE", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
+    result, files = findscu("127.0.0.1", paging_adapter.port, keys, out_dir=tmp_path, called_aet=paging_adapter.aet, extra_args=["--cancel", "2", "-v"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(files) < 45
+    assert "Cancel" in result.stderr + result.stdout, result.stderr[-2000:]
+    paging_adapter.process.wait_for_output(r"C-FIND cancelled", timeout=30)
+
+
+def test_no_identifier_values_in_the_logs(adapter: LocalAdapter, paging_adapter: LocalAdapter):
+    for running in (adapter, paging_adapter):
+        logs = running.logs()
+        assert "C-FIND" in logs
+        for phi in ("PID0", "Smith", "Müller", "ACC0", "19700101"):
+            assert phi not in logs
