@@ -18,6 +18,7 @@ from dicom_adapter.dicomweb import DicomWebAddress, DicomWebClient
 from dicom_adapter.upload import _new_session
 
 from .query import Finder, QueryService
+from .retrieve import Resolver, RetrieveService
 from .server import DimseService
 
 
@@ -50,6 +51,19 @@ def finder(settings: QueryRetrieveSettings, client: DicomWebClient) -> Finder:
     return functools.partial(_find_in_process, client, settings)
 
 
+def resolver(settings: QueryRetrieveSettings, client: DicomWebClient) -> Resolver:
+    """How C-MOVE/C-GET identifiers become instances: the qido function, or in process."""
+    if settings.qido_url:
+        from dicom_adapter.qido_client import QidoFunctionClient
+
+        return QidoFunctionClient(settings.qido_url).resolve_instances
+    return functools.partial(_resolve_in_process, client, settings)
+
+
+def _resolve_in_process(client: DicomWebClient, settings: QueryRetrieveSettings, identifier, model):  # type: ignore[no-untyped-def]
+    return qido.resolve_instances(client, identifier, model, page_size=settings.qido_page_size)
+
+
 def _find_in_process(client: DicomWebClient, settings: QueryRetrieveSettings, identifier, model):  # type: ignore[no-untyped-def]
     return qido.find(client, identifier, model, fuzzy=settings.fuzzy_matching, page_size=settings.qido_page_size)
 
@@ -58,4 +72,9 @@ def build_services(settings: QueryRetrieveSettings | None) -> list[DimseService]
     if settings is None:
         return []
     client = dicomweb_client(settings.store)
-    return [QueryService(finder(settings, client))]
+    services: list[DimseService] = [QueryService(finder(settings, client))]
+    if settings.staging_dir is not None:
+        services.append(
+            RetrieveService(resolver(settings, client), client, settings.peers, settings.staging_dir, settings.cmove_aet)
+        )
+    return services

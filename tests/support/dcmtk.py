@@ -147,8 +147,9 @@ class StoreSCP(ManagedProcess):
     """A running DCMTK storescp: a C-STORE destination writing what it receives to a directory.
 
     Started in bit-preserving mode (+B: files written exactly as received, so byte-exactness
-    can be asserted on them), accepting every transfer syntax DCMTK knows (+xa) and unknown
-    SOP classes (-pm). Files are named <modality>.<SOPInstanceUID>.
+    can be asserted on them), accepting every transfer syntax DCMTK knows (+xa; with
+    `uncompressed_only`, storescp's default: the uncompressed ones) and unknown SOP classes
+    (-pm). Files are named <modality>.<SOPInstanceUID>.
     """
 
     def __init__(
@@ -160,6 +161,7 @@ class StoreSCP(ManagedProcess):
         log_dir: str | os.PathLike[str] | None = None,
         extra_args: Sequence[str] = (),
         cleanup_scope: str = "test",
+        uncompressed_only: bool = False,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +172,7 @@ class StoreSCP(ManagedProcess):
             dcmtk_tool("storescp"),
             "-aet", aet,
             "-od", str(self.output_dir),
-            "+B", "+xa", "-pm",
+            "+B", *([] if uncompressed_only else ["+xa"]), "-pm",
             *extra_args,
             str(self.port),
         ]
