@@ -63,6 +63,7 @@ def main() -> None:
 @flag("fuzzy_matching", is_flag=True, help="C-FIND: ask the store for fuzzy matching of person names.")
 @flag("qido_page_size", type=click.IntRange(1, 5000), default=500, show_default=True, help="C-FIND: results per QIDO-RS page (limit/offset).")
 @flag("dimse_cmove_aet", help="Calling AE title of outgoing associations (C-MOVE, commitment reports); default: --dimse_aet.")
+@flag("commitment_wait", type=click.FloatRange(0), default=120.0, show_default=True, help="Storage commitment: how long to wait for instances still queued for upload, in s.")
 @flag("qido_url", help="URL of the qido Cloud Function to ask instead of searching the store in process.")
 def local(**options: Any) -> None:
     """Run the edge and the upload pipeline on this machine, with a spool directory as buffer."""
@@ -109,6 +110,8 @@ def local(**options: Any) -> None:
         peers=peers,
         cmove_aet=options["dimse_cmove_aet"],
         staging_dir=Path(options["spool_dir"]) / "retrieve",
+        spool_dir=Path(options["spool_dir"]),
+        commitment_wait_s=options["commitment_wait"],
     )
     try:
         runtime = LocalRuntime(

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from dicom_adapter import qido
 from dicom_adapter.aets import Peer
+from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.config import UploadSettings
 from dicom_adapter.dicomweb import DicomWebAddress, DicomWebClient
 from dicom_adapter.upload import _new_session
 
+from .commitment import CommitmentService
 from .query import Finder, QueryService
 from .retrieve import Resolver, RetrieveService
 from .server import DimseService
@@ -31,6 +33,8 @@ class QueryRetrieveSettings:
     peers: dict[str, Peer] = field(default_factory=dict)  # AET dictionary: move destinations, commitment requesters
     cmove_aet: str | None = None  # calling AE of outgoing associations; None: the listener's AE title
     staging_dir: Path | None = None  # where retrieved instances wait for their C-STORE
+    spool_dir: Path | None = None  # commitment waits for instances still queued here
+    commitment_wait_s: float = 120.0  # ...at most this long
 
 
 def dicomweb_client(settings: UploadSettings) -> DicomWebClient:
@@ -77,4 +81,6 @@ def build_services(settings: QueryRetrieveSettings | None) -> list[DimseService]
         services.append(
             RetrieveService(resolver(settings, client), client, settings.peers, settings.staging_dir, settings.cmove_aet)
         )
+    spool = Spool(settings.spool_dir) if settings.spool_dir is not None else None
+    services.append(CommitmentService(client, settings.peers, spool, settings.cmove_aet, settings.commitment_wait_s))
     return services
