@@ -15,8 +15,8 @@ from dicom_adapter import qido
 from dicom_adapter.aets import Peer
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.config import UploadSettings
-from dicom_adapter.dicomweb import DicomWebAddress, DicomWebClient
-from dicom_adapter.upload import _new_session
+from dicom_adapter.dicomweb import DicomWebClient
+from dicom_adapter.upload import store_client
 
 from .commitment import CommitmentService
 from .query import Finder, QueryService
@@ -35,15 +35,6 @@ class QueryRetrieveSettings:
     staging_dir: Path | None = None  # where retrieved instances wait for their C-STORE
     spool_dir: Path | None = None  # commitment waits for instances still queued here
     commitment_wait_s: float = 120.0  # ...at most this long
-
-
-def dicomweb_client(settings: UploadSettings) -> DicomWebClient:
-    return DicomWebClient(
-        DicomWebAddress(settings.dicomweb_address),
-        _new_session(settings),
-        retry_status_codes=settings.retry_status_codes,
-        timeout=(settings.connect_timeout_s, settings.read_timeout_s),
-    )
 
 
 def finder(settings: QueryRetrieveSettings, client: DicomWebClient) -> Finder:
@@ -75,7 +66,7 @@ def _find_in_process(client: DicomWebClient, settings: QueryRetrieveSettings, id
 def build_services(settings: QueryRetrieveSettings | None) -> list[DimseService]:
     if settings is None:
         return []
-    client = dicomweb_client(settings.store)
+    client = store_client(settings.store)
     services: list[DimseService] = [QueryService(finder(settings, client))]
     if settings.staging_dir is not None:
         services.append(

@@ -181,6 +181,16 @@ class Uploader:
         return UploadResult("dead_lettered", outcome.reason)
 
 
+def store_client(settings: UploadSettings) -> DicomWebClient:
+    """A client of the store for searches and retrievals (query/retrieve, commitment)."""
+    return DicomWebClient(
+        DicomWebAddress(settings.dicomweb_address),
+        _new_session(settings),
+        retry_status_codes=settings.retry_status_codes,
+        timeout=(settings.connect_timeout_s, settings.read_timeout_s),
+    )
+
+
 def _new_session(settings: UploadSettings) -> requests.Session:
     if settings.use_google_auth:
         import google.auth
