@@ -37,10 +37,11 @@ from dicom_adapter.part10 import MalformedDataset, read_file_meta
 from dicom_adapter.qido import PATIENT_ROOT, STUDY_ROOT, InstanceRef, QueryError
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, build_context, evt
+from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelGet,
@@ -241,6 +242,7 @@ def _suboperations(
 ) -> None:
     started = time.monotonic()
     responses.remaining = len(refs)
+    _throttle(store_assoc)
     for number, ref in enumerate(refs):
         if event.is_cancelled:
             log.info("retrieve cancelled", extra=fields(**context, completed=responses.completed))
@@ -350,6 +352,31 @@ def _offered_contexts(sop_classes: set[str]) -> list[Any]:
     return contexts[:MAX_CONTEXTS]
 
 
+MAX_QUEUED_PDUS = 32  # P-DATA waiting for the socket, per association (x the peer's PDU size)
+
+
+def _throttle(assoc: Any) -> None:
+    """Make pynetdicom wait for the socket while it sends a data set from a file.
+
+    Its DIMSE layer turns the whole file into P-DATA PDUs and queues them for the network
+    thread without waiting; a fast disk and a slow peer would put the whole instance in that
+    queue. Only P-DATA waits: association control PDUs (release, abort) never do.
+    """
+    dul = assoc.dul
+    if getattr(dul, "_throttled", False):
+        return
+    send_pdu = dul.send_pdu
+
+    def throttled_send_pdu(primitive: Any) -> None:
+        if isinstance(primitive, P_DATA):
+            while dul.to_provider_queue.qsize() >= MAX_QUEUED_PDUS and dul.is_alive() and not dul._kill_thread:
+                time.sleep(0.0005)
+        send_pdu(primitive)
+
+    dul.send_pdu = throttled_send_pdu
+    dul._throttled = True
+
+
 def _log_context(event: Event, **extra: Any) -> dict[str, Any]:
     return {"calling_aet": event.assoc.requestor.ae_title, "sop_class_uid": str(event.request.AffectedSOPClassUID), **extra}
 
@@ -386,5 +413,7 @@ def _exchange_scp(event_type: Any) -> Callable[..., None]:
 
 def install() -> None:
     """Route C-MOVE/C-GET requests bound to our handlers to them (idempotent)."""
+    # send_c_store(path) sends the file's data set as it lies on disk, in pieces.
+    _config.STORE_SEND_CHUNKED_DATASET = True
     QueryRetrieveServiceClass._move_scp = _exchange_scp(evt.EVT_C_MOVE)  # type: ignore[method-assign]
     QueryRetrieveServiceClass._get_scp = _exchange_scp(evt.EVT_C_GET)  # type: ignore[method-assign]
