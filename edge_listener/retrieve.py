@@ -22,7 +22,6 @@ the destination association as the listener's AE, so for requests bound to the h
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
