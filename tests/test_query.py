@@ -8,6 +8,7 @@ on the translation (test_qido_translation.py)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -268,3 +269,61 @@ def test_no_identifier_values_in_the_logs(adapter: LocalAdapter, paging_adapter:
         assert "C-FIND" in logs
         for phi in ("PID0", "Smith", "Müller", "ACC0", "19700101"):
             assert phi not in logs
+
+
+def _send_raw_identifier(adapter: LocalAdapter, primitive_type, sop_class: str, identifier: bytes, **fields) -> Dataset:
+    """Send a request whose identifier is the given bytes; return the first response's status."""
+    from io import BytesIO
+
+    from pynetdicom import AE
+
+    ae = AE(ae_title="RAWSCU")
+    ae.dimse_timeout = 20
+    ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate("127.0.0.1", adapter.port, ae_title=adapter.aet)
+    assert assoc.is_established
+    try:
+        request = primitive_type()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = sop_class
+        request.Priority = 2
+        for name, value in fields.items():
+            setattr(request, name, value)
+        request.Identifier = BytesIO(identifier)
+        # Pause the association's reactor as pynetdicom's own send_c_* do, or it takes the response.
+        assoc._reactor_checkpoint.clear()
+        while not assoc._is_paused:
+            time.sleep(0.001)
+        assoc.dimse.send_msg(request, assoc.accepted_contexts[0].context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+        assoc._reactor_checkpoint.set()
+        assert response is not None, adapter.process.output_tail()
+        status = Dataset()
+        status.Status = response.Status
+        if response.ErrorComment:
+            status.ErrorComment = response.ErrorComment
+        return status
+    finally:
+        assoc.release()
+
+
+# A sequence of undefined length whose item runs past the end: pydicom cannot decode it.
+TRUNCATED_IDENTIFIER = b"\x08\x00\x10\x11SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\x10\x00\x00\x00abc"
+
+
+def test_an_undecodable_c_find_identifier_gets_c000(adapter: LocalAdapter):
+    from pynetdicom.dimse_primitives import C_FIND
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    status = _send_raw_identifier(adapter, C_FIND, StudyRootQueryRetrieveInformationModelFind, TRUNCATED_IDENTIFIER)
+    assert status.Status == 0xC000 and status.ErrorComment == "identifier cannot be decoded"
+    assert adapter.process.is_running()
+
+
+def test_an_undecodable_c_move_identifier_gets_c000(adapter: LocalAdapter):
+    from pynetdicom.dimse_primitives import C_MOVE
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+    status = _send_raw_identifier(adapter, C_MOVE, StudyRootQueryRetrieveInformationModelMove, TRUNCATED_IDENTIFIER, MoveDestination="DEST")
+    assert status.Status == 0xC000 and status.ErrorComment.startswith("identifier cannot be processed")
+    assert adapter.process.is_running()
