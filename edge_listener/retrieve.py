@@ -22,6 +22,8 @@ the destination association as the listener's AE, so for requests bound to the h
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -104,13 +106,34 @@ class RetrieveService:
     )
 
     def __post_init__(self) -> None:
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
-        for leftover in self.staging_dir.glob("*.dcm"):  # from a run that died mid-retrieve
-            leftover.unlink(missing_ok=True)
+        self.staging_dir = _own_staging_dir(self.staging_dir)
         install()
 
     def handlers(self) -> list[tuple[Any, ...]]:
         return [(evt.EVT_C_MOVE, handle_move, [self]), (evt.EVT_C_GET, handle_get, [self])]
+
+
+def _own_staging_dir(root: Path) -> Path:
+    """This process's folder under `root` (listener processes share the spool), emptied, and
+    the folders of processes that are gone removed with what they left mid-retrieve."""
+    root.mkdir(parents=True, exist_ok=True)
+    for folder in root.iterdir():
+        if folder.is_dir() and folder.name.isdigit() and int(folder.name) != os.getpid() and not _alive(int(folder.name)):
+            shutil.rmtree(folder, ignore_errors=True)
+    own = root / str(os.getpid())
+    shutil.rmtree(own, ignore_errors=True)
+    own.mkdir()
+    return own
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Responses:
