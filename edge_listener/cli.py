@@ -62,9 +62,60 @@ def listener_flags(func: Callable) -> Callable:
         flag("drain_timeout", type=click.FloatRange(0), default=30.0, show_default=True, help="On SIGTERM, how long open associations may finish, in s."),
         flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout."),
         flag("verbose", is_flag=True, help="Debug logging (never data set contents)."),
+        *hardening_flags,
     ]):
         func = option(func)
     return func
+
+
+# TLS, who may talk to us, and bounds (docs/security.md); part of listener_flags.
+hardening_flags = [
+    flag("dimse_tls_cert", type=click.Path(dir_okay=False, exists=True), help="PEM certificate: --dimse_port serves DIMSE over TLS (1.2+); also our client certificate towards peers marked \"tls\"."),
+    flag("dimse_tls_key", type=click.Path(dir_okay=False, exists=True), help="PEM private key of --dimse_tls_cert."),
+    flag("dimse_tls_ca", type=click.Path(dir_okay=False, exists=True), help="PEM CA certificate(s): clients must present a certificate it signed; peers we call must too."),
+    flag("dimse_plain_port", type=click.IntRange(0, 65535), help="With TLS on --dimse_port: also serve plain DIMSE on this port (0: any free port)."),
+    flag("check_calling_host", is_flag=True, help="Only accept a calling AE from the host its AET dictionary entry names (implies the allow-list)."),
+    flag("query_retrieve_aets", help="Comma-separated calling AEs that may C-FIND, C-MOVE and C-GET (default: every admitted AE)."),
+    flag("dimse_services", default="all", show_default=True, help="DIMSE services to offer: all, or a comma-separated list of c-echo,c-store,c-find,c-move,c-get,commitment."),
+    flag("max_associations_per_aet", type=click.IntRange(0, 1000), default=0, show_default=True, help="Most concurrent associations from one calling AE (0: no limit below --max_associations)."),
+    flag("acse_timeout", type=click.FloatRange(1), default=30.0, show_default=True, help="Longest wait for an association request/TLS handshake, and for a PDU before the association is up, in s."),
+    flag("dimse_timeout", type=click.FloatRange(1), default=60.0, show_default=True, help="Longest wait for a DIMSE message from a peer we called, in s."),
+    flag("network_timeout", type=click.FloatRange(1), default=120.0, show_default=True, help="An association silent this long is aborted, and a PDU must arrive within it, in s."),
+    flag("spool_high_water_mark", default="95%", show_default=True, help="Refuse C-STORE (0xA700 buffer full) while the buffer's disk is this full: a percentage, or bytes in use (40GiB); 100% = off."),
+]
+
+
+def hardening_settings(options: dict[str, Any], peers: dict[str, Any]) -> dict[str, Any]:
+    """ListenerSettings fields from the hardening flags; bad values stop the command here."""
+    from dicom_adapter.dimse_tls import TlsConfigError, TlsFiles
+
+    from .admission import parse_aet_list, parse_services
+    from .high_water import HighWaterMark
+
+    try:
+        tls = TlsFiles.from_options(options["dimse_tls_cert"], options["dimse_tls_key"], options["dimse_tls_ca"])
+        if tls is not None:
+            tls.server_context()  # unreadable files or a key that does not match: say so now
+        services = parse_services(options["dimse_services"])
+        mark = HighWaterMark.parse(options["spool_high_water_mark"])
+    except (TlsConfigError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if options["dimse_plain_port"] is not None and tls is None:
+        raise click.UsageError("--dimse_plain_port is the plain port beside a TLS one: give --dimse_tls_cert and --dimse_tls_key")
+    if options["check_calling_host"] and not peers:
+        raise click.UsageError("--check_calling_host needs an AET dictionary")
+    return {
+        "tls": tls,
+        "plain_port": options["dimse_plain_port"],
+        "calling_hosts": {name: peer.host for name, peer in peers.items()} if options["check_calling_host"] else {},
+        "query_retrieve_aets": parse_aet_list(options["query_retrieve_aets"]),
+        "services": services,
+        "max_associations_per_aet": options["max_associations_per_aet"],
+        "acse_timeout_s": options["acse_timeout"],
+        "dimse_timeout_s": options["dimse_timeout"],
+        "network_timeout_s": options["network_timeout"],
+        "high_water_mark": mark,
+    }
 
 
 def query_retrieve_flags(func: Callable) -> Callable:
@@ -131,6 +182,7 @@ def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tu
         also_called_aets=frozenset(routing.called_aets - {options["dimse_aet"]}),
         max_associations=options["max_associations"],
         max_pdu_length=options["max_pdu_length"],
+        **hardening_settings(options, peers),
     )
     return settings, routing, peers
 
@@ -146,8 +198,11 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
         signal.signal(signum, lambda *_: stop.set())
     try:
         runtime.start()
-        log.info("ready", extra=fields(aet=options["dimse_aet"], port=runtime.listener.port, **ready_fields))
-        click.echo(f"dicom-adapter ready: {options['dimse_aet']} on {options['dimse_host']}:{runtime.listener.port}")
+        listener = runtime.listener
+        tls = listener.settings.tls is not None
+        log.info("ready", extra=fields(aet=options["dimse_aet"], port=listener.port, tls=tls, plain_port=listener.plain_port, **ready_fields))
+        plain = f", plain DIMSE on port {listener.plain_port}" if listener.plain_port is not None else ""
+        click.echo(f"dicom-adapter ready: {options['dimse_aet']} on {options['dimse_host']}:{listener.port}{' (TLS)' if tls else ''}{plain}")
         sys.stdout.flush()
         while not stop.wait(1.0):
             runtime.supervise()
@@ -182,6 +237,7 @@ def local(**options: Any) -> None:
         retry_status_codes=parse_status_codes(options["http_error_codes_to_retry"]),
         min_upload_delay_ms=options["min_upload_delay"],
         max_waiting_time_between_uploads_ms=options["max_waiting_time_between_uploads"],
+        dimse_tls=settings.tls,
     )
     upload_process_settings = UploadProcessSettings(
         spool_dir=options["spool_dir"],
@@ -225,7 +281,7 @@ def edge(**options: Any) -> None:
     # The stow_upload function's DICOM_ADAPTER_DICOMWEB_ADDRESS is the default store.
     settings, routing, peers = listener_settings(options, has_default_store=True)
     check_cloud_names(options["gcs_buffer"], options["pubsub_topic"])
-    store = UploadSettings(dicomweb_address=options["dicomweb_address"] or "", calling_aet=options["dimse_aet"])
+    store = UploadSettings(dicomweb_address=options["dicomweb_address"] or "", calling_aet=options["dimse_aet"], dimse_tls=settings.tls)
     query_retrieve = query_retrieve_settings(options, peers, store, Path(options["work_dir"]), None)
     cloud = CloudSettings(
         gcs_buffer=options["gcs_buffer"],

@@ -20,6 +20,7 @@ from typing import Any
 from dicom_adapter.aets import Peer
 from dicom_adapter.buffers.spool import Spool, sop_instance_uid_of
 from dicom_adapter.dicomweb import DicomWebClient, DicomWebError
+from dicom_adapter.dimse_tls import TlsFiles, tls_args
 from dicom_adapter.logs import fields
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context, build_role, evt
@@ -52,6 +53,7 @@ class CommitmentService:
     calling_aet: str | None = None
     wait_for_buffered_s: float = 120.0
     poll_s: float = 0.5
+    tls: TlsFiles | None = None  # our certificate towards requesters marked "tls"
     contexts: list[tuple[str, list[str]]] = field(default_factory=lambda: [(StorageCommitmentPushModel, QUERY_TRANSFER_SYNTAXES)])
 
     def handlers(self) -> list[tuple[Any, ...]]:
@@ -95,7 +97,7 @@ def _verify_and_report(service: CommitmentService, peer: Peer, calling_aet: str,
     try:
         deadline = time.monotonic() + service.wait_for_buffered_s
         outcomes = [(ref, verify(service, ref, deadline)) for ref in references]
-        report(peer, calling_aet, transaction_uid, outcomes)
+        report(peer, calling_aet, transaction_uid, outcomes, service.tls)
     except Exception:
         log.exception("commitment report failed", extra=fields(called_aet=peer.name, transaction_uid=transaction_uid))
 
@@ -124,8 +126,10 @@ def _buffered(spool: Spool | None, sop_instance_uid: str) -> bool:
     return any(sop_instance_uid_of(path.name) == sop_instance_uid for path in spool.queue.glob(f"*-{sop_instance_uid}-*"))
 
 
-def report(peer: Peer, calling_aet: str, transaction_uid: str, outcomes: list[tuple[Reference, int | None]]) -> None:
-    """Send the N-EVENT-REPORT on a new association to the requester."""
+def report(
+    peer: Peer, calling_aet: str, transaction_uid: str, outcomes: list[tuple[Reference, int | None]], tls: TlsFiles | None = None
+) -> None:
+    """Send the N-EVENT-REPORT on a new association to the requester (TLS if it is marked so)."""
     info = Dataset()
     info.TransactionUID = transaction_uid
     committed, failed = [], []
@@ -146,7 +150,10 @@ def report(peer: Peer, calling_aet: str, transaction_uid: str, outcomes: list[tu
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     contexts = [build_context(StorageCommitmentPushModel, QUERY_TRANSFER_SYNTAXES)]
-    assoc = ae.associate(peer.host, peer.port, contexts=contexts, ae_title=peer.name, ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
+    assoc = ae.associate(
+        peer.host, peer.port, contexts=contexts, ae_title=peer.name,
+        ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)], tls_args=tls_args(tls, peer.host, peer.tls),
+    )
     where = {"called_aet": peer.name, "transaction_uid": transaction_uid, "committed": len(committed), "failed": len(failed)}
     if not assoc.is_established:
         log.error("commitment report not delivered: association refused", extra=fields(**where))

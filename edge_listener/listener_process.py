@@ -79,11 +79,19 @@ class ListenerProcess:
             self._process.join(5)
 
 
-def shared_port_settings(settings: ListenerSettings, port: int, processes: int) -> ListenerSettings:
-    """Settings for one of `processes` listeners sharing `port` and the association limit
-    (rounded down, so together they never exceed it)."""
+def shared_port_settings(settings: ListenerSettings, port: int, processes: int, plain_port: int | None = None) -> ListenerSettings:
+    """Settings for one of `processes` listeners sharing `port` (and the plain port beside a
+    TLS one) and the association limits (rounded down, at least 1 each)."""
     per_process = max(1, settings.max_associations // processes)
-    return replace(settings, port=port, reuse_port=processes > 1, max_associations=per_process)
+    per_aet = max(1, settings.max_associations_per_aet // processes) if settings.max_associations_per_aet else 0
+    return replace(
+        settings,
+        port=port,
+        plain_port=settings.plain_port if plain_port is None else plain_port,
+        reuse_port=processes > 1,
+        max_associations=per_process,
+        max_associations_per_aet=per_aet,
+    )
 
 
 def _child_main(settings: ListenerProcessSettings, writer: Connection, ready: Any) -> None:

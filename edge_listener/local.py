@@ -51,7 +51,7 @@ class LocalRuntime:
         first = shared_port_settings(listener_settings, listener_settings.port, processes)
         self.listener = Listener(first, StoreService(SpoolBuffer(self.spool, self.uploads.notices.notify), routing), build_services(query_retrieve))
         # With port 0 the first listener picked one; the others share what it got.
-        shared = shared_port_settings(listener_settings, self.listener.port, processes)
+        shared = shared_port_settings(listener_settings, self.listener.port, processes, self.listener.plain_port)
         self.extra_listeners = [
             ListenerProcess(
                 ListenerProcessSettings(

@@ -25,13 +25,15 @@ from typing import Any
 from dicom_adapter.part10 import MalformedDataset, encode_file_meta, read_file_meta
 from pynetdicom import dimse_messages
 
+from .high_water import HighWaterGuard, HighWaterMark
+
 _META_START = 144  # preamble (128) + 'DICM' (4) + the (0002,0000) element (12)
 
 
 class ReceptionFile:
     """Enough of NamedTemporaryFile for pynetdicom: write, file.flush, close, name."""
 
-    def __init__(self, folder: str, **_ignored: Any) -> None:
+    def __init__(self, folder: str, high_water: HighWaterGuard | None = None, **_ignored: Any) -> None:
         self.error: OSError | None = None
         self.dataset_offset: int | None = None  # known once the file meta is written
         self._head = bytearray()
@@ -42,6 +44,8 @@ class ReceptionFile:
         self._calling_aet = assoc.requestor.ae_title if assoc is not None else ""
         self._called_aet = assoc.acceptor.ae_title if assoc is not None else ""
         try:
+            if high_water is not None:
+                high_water.check()  # at the mark: write nothing, the handler answers "buffer full"
             self._file = tempfile.NamedTemporaryFile(delete=False, mode="wb", suffix=".part", dir=folder)
             self.name = self._file.name
         except OSError as exc:
@@ -110,9 +114,11 @@ class ReceptionFile:
             self.error = self.error or exc
 
 
-def receive_into(folder: Path) -> None:
-    """Make pynetdicom write incoming data sets into `folder`, as ReceptionFiles."""
-    dimse_messages.NamedTemporaryFile = partial(ReceptionFile, str(folder))  # type: ignore[attr-defined]
+def receive_into(folder: Path, high_water: HighWaterMark | None = None) -> None:
+    """Make pynetdicom write incoming data sets into `folder`, as ReceptionFiles (none while
+    the folder's disk is at the high-water mark)."""
+    guard = HighWaterGuard(high_water, str(folder)) if high_water is not None else None
+    dimse_messages.NamedTemporaryFile = partial(ReceptionFile, str(folder), guard)  # type: ignore[attr-defined]
 
 
 def reception_of(request: Any) -> ReceptionFile:

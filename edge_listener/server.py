@@ -9,18 +9,23 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
+from dicom_adapter.dimse_tls import TlsFiles
 from dicom_adapter.logs import fields
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from . import reactor_tuning
+from .admission import SERVICES, AdmissionSettings, Gatekeeper, on_closed, on_requested, serves_event, service_of
+from .bounds import GuardedRequestHandler
+from .high_water import HighWaterMark
 from .reception import receive_into
 from .store import StoreService, handle_store
 
@@ -62,15 +67,50 @@ class ListenerSettings:
     max_pdu_length: int = 262144
     # Several listener processes share the port (the kernel spreads connections over them).
     reuse_port: bool = False
+    # --- who may talk to us, and how many (admission.py) ---
+    max_associations_per_aet: int = 0  # 0: only max_associations applies
+    calling_hosts: Mapping[str, str] = field(default_factory=dict)  # AE -> its host; empty: no host check
+    query_retrieve_aets: frozenset[str] = field(default_factory=frozenset)  # may C-FIND/C-MOVE/C-GET; empty: all
+    services: frozenset[str] = frozenset(SERVICES)
+    # --- TLS: `port` serves TLS when set; `plain_port` (if any) serves plain DIMSE beside it ---
+    tls: TlsFiles | None = None
+    plain_port: int | None = None
+    # --- refuse C-STOREs while the reception folder's disk is this full (high_water.py) ---
+    high_water_mark: HighWaterMark | None = None
+
+    def admission(self) -> AdmissionSettings:
+        return AdmissionSettings(
+            allowed_calling_aets=self.allowed_calling_aets,
+            calling_hosts=self.calling_hosts,
+            query_retrieve_aets=self.query_retrieve_aets,
+            max_associations=self.max_associations,
+            max_associations_per_aet=self.max_associations_per_aet,
+        )
+
+    @property
+    def max_connections(self) -> int:
+        """Open connections at most (negotiating, rejected or serving); more are closed at
+        once. Room above max_associations so the excess still hears A-ASSOCIATE-RJ."""
+        return 2 * self.max_associations + 8
 
 
 class EdgeAssociationServer(ThreadedAssociationServer):
     """Turns Nagle off on accepted sockets (DIMSE is request/response: delays cost throughput)
-    and can share its port with other listener processes (SO_REUSEPORT)."""
+    and can share its port with other listener processes (SO_REUSEPORT).
 
-    def __init__(self, *args: Any, reuse_port: bool = False, **kwargs: Any) -> None:
+    The accept loop only accepts: the TLS handshake runs in the connection's own thread, with
+    the ACSE timeout, so a slow or hostile client cannot hold up the next one. Connections
+    beyond `max_connections` are closed at once; each reads through bounds.py's guard."""
+
+    def __init__(
+        self, *args: Any, reuse_port: bool = False, max_connections: int = 1000, handshake_timeout_s: float = 30.0, **kwargs: Any
+    ) -> None:
         self.reuse_port = reuse_port  # before the base class binds the socket
-        super().__init__(*args, **kwargs)
+        self.max_connections = max_connections
+        self.handshake_timeout_s = handshake_timeout_s
+        self._handshaking = 0
+        self._count_lock = threading.Lock()
+        super().__init__(*args, request_handler=GuardedRequestHandler, **kwargs)
 
     def server_bind(self) -> None:
         if self.reuse_port:
@@ -80,22 +120,66 @@ class EdgeAssociationServer(ThreadedAssociationServer):
     def get_request(self):  # type: ignore[override]
         client, address = self.socket.accept()  # type: ignore[union-attr]
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.ssl_context:
-            client = self.ssl_context.wrap_socket(client, server_side=True)
         return client, address
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        with self._count_lock:
+            open_now = len(self.active_associations) + self._handshaking
+        if open_now >= self.max_connections:
+            log.warning("too many open connections: closing a new one unanswered", extra=fields(peer=_peer(client_address), open=open_now))
+            return False  # socketserver closes it
+        return True
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:  # type: ignore[override]
+        if self.ssl_context:
+            request = self._handshake(request, client_address)
+            if request is None:
+                return
+        super().process_request_thread(request, client_address)
+
+    def _handshake(self, client: socket.socket, client_address: Any) -> ssl.SSLSocket | None:
+        """The TLS handshake, bounded in time; None (connection closed, logged) if it fails."""
+        with self._count_lock:
+            self._handshaking += 1
+        try:
+            client.settimeout(self.handshake_timeout_s)
+            secure = self.ssl_context.wrap_socket(client, server_side=True)  # type: ignore[union-attr]
+            secure.settimeout(None)
+            return secure
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.warning("TLS handshake failed: connection closed", extra=fields(peer=_peer(client_address), reason=_tls_reason(exc)))
+            self.shutdown_request(client)
+            return None
+        finally:
+            with self._count_lock:
+                self._handshaking -= 1
+
+
+def _peer(client_address: Any) -> str:
+    return f"{client_address[0]}:{client_address[1]}" if isinstance(client_address, tuple) else str(client_address)
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return "handshake timed out"
+    return type(exc).__name__
 
 
 def build_ae(settings: ListenerSettings) -> AE:
+    """The AE; calling-AE allow-list and association limits are admission.py's (EVT_REQUESTED)."""
     ae = AE(ae_title=settings.aet)
     ae.require_called_aet = True
-    if settings.allowed_calling_aets:
-        ae.require_calling_aet = sorted(settings.allowed_calling_aets)
-    ae.maximum_associations = settings.max_associations
+    # pynetdicom counts every connection here, even one still negotiating; the Gatekeeper
+    # counts admitted associations, so this is only the connection ceiling.
+    ae.maximum_associations = settings.max_connections
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
     ae.network_timeout = settings.network_timeout_s
     ae.maximum_pdu_size = settings.max_pdu_length
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    if "c-echo" in settings.services:
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     return ae
 
 
@@ -157,13 +241,19 @@ class Listener:
 
     def __init__(self, settings: ListenerSettings, store: StoreService, services: Sequence[DimseService] = ()) -> None:
         self.settings = settings
-        receive_into(store.buffer.incoming)
+        receive_into(store.buffer.incoming, settings.high_water_mark)
         reactor_tuning.install()
+        # Storage SOP classes are accepted without a list (module docstring) only while C-STORE is on.
+        _config.UNRESTRICTED_STORAGE_SERVICE = "c-store" in settings.services
         self.ae = build_ae(settings)
+        self.gatekeeper = Gatekeeper(settings.admission())
         for service in services:
             for sop_class, transfer_syntaxes in service.contexts:
-                self.ae.add_supported_context(sop_class, transfer_syntaxes)
+                if service_of(sop_class) in settings.services:
+                    self.ae.add_supported_context(sop_class, transfer_syntaxes)
         handlers = [
+            (evt.EVT_REQUESTED, on_requested, [self.gatekeeper]),
+            (evt.EVT_CONN_CLOSE, on_closed, [self.gatekeeper]),
             (evt.EVT_C_STORE, handle_store, [store]),
             *([(evt.EVT_REQUESTED, answer_as_called_aet, [settings.also_called_aets])] if settings.also_called_aets else []),
             (evt.EVT_DIMSE_RECV, reactor_tuning.mark_busy),
@@ -176,41 +266,64 @@ class Listener:
         ]
         for service in services:
             handlers += service.handlers()
-        self.server = self.ae.make_server(
-            (settings.host, settings.port),
-            evt_handlers=handlers,
-            server_class=EdgeAssociationServer,
-            reuse_port=settings.reuse_port,
+        handlers = [handler for handler in handlers if serves_event(handler[0], settings.services)]
+        self.server = self._make_server(settings.port, handlers, settings.tls.server_context() if settings.tls else None)
+        # The plain port beside a TLS one (same AE, same handlers, same limits).
+        self.plain_server = (
+            self._make_server(settings.plain_port, handlers, None) if settings.tls and settings.plain_port is not None else None
         )
-        self._thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.1}, name="dimse-listener", daemon=True
+        self.servers = [self.server, *([self.plain_server] if self.plain_server else [])]
+        self._threads = [
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=f"dimse-listener-{index}", daemon=True)
+            for index, server in enumerate(self.servers)
+        ]
+
+    def _make_server(self, port: int, handlers: list[Any], ssl_context: ssl.SSLContext | None) -> EdgeAssociationServer:
+        return self.ae.make_server(
+            (self.settings.host, port),
+            evt_handlers=handlers,
+            ssl_context=ssl_context,
+            server_class=EdgeAssociationServer,
+            reuse_port=self.settings.reuse_port,
+            max_connections=self.settings.max_connections,
+            handshake_timeout_s=self.settings.acse_timeout_s,
         )
 
     @property
     def port(self) -> int:
         return self.server.server_address[1]
 
+    @property
+    def plain_port(self) -> int | None:
+        """The plain DIMSE port beside the TLS one, if there is one."""
+        return self.plain_server.server_address[1] if self.plain_server else None
+
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def is_serving(self) -> bool:
-        return self._thread.is_alive()
+        return all(thread.is_alive() for thread in self._threads)
 
     def stop_accepting(self) -> None:
-        """Close the listening socket; associations in progress carry on."""
+        """Close the listening sockets; associations in progress carry on."""
         # pynetdicom's own shutdown() also forgets the server in the AE; stop the socketserver
         # loop (if it runs: shutdown() would wait for ever otherwise) and close the socket only.
-        if self._thread.is_alive():
-            socketserver.BaseServer.shutdown(self.server)
-            self._thread.join(timeout=5)
-        self.server.server_close()
+        for server, thread in zip(self.servers, self._threads):
+            if thread.is_alive():
+                socketserver.BaseServer.shutdown(server)
+                thread.join(timeout=5)
+            server.server_close()
+
+    def _associations(self) -> list[Any]:
+        return [assoc for server in self.servers for assoc in server.active_associations]
 
     def active_associations(self) -> int:
         """Associations that are established (a connection that never negotiated does not count)."""
-        return sum(1 for assoc in self.server.active_associations if assoc.is_established)
+        return sum(1 for assoc in self._associations() if assoc.is_established)
 
     def abort_all(self) -> None:
-        for assoc in self.server.active_associations:
+        for assoc in self._associations():
             assoc.abort()
 
     def drain(self, timeout_s: float) -> None:

@@ -70,8 +70,12 @@ def build_services(settings: QueryRetrieveSettings | None) -> list[DimseService]
     services: list[DimseService] = [QueryService(finder(settings, client))]
     if settings.staging_dir is not None:
         services.append(
-            RetrieveService(resolver(settings, client), client, settings.peers, settings.staging_dir, settings.cmove_aet)
+            RetrieveService(
+                resolver(settings, client), client, settings.peers, settings.staging_dir, settings.cmove_aet, tls=settings.store.dimse_tls
+            )
         )
     spool = Spool(settings.spool_dir) if settings.spool_dir is not None else None
-    services.append(CommitmentService(client, settings.peers, spool, settings.cmove_aet, settings.commitment_wait_s))
+    services.append(
+        CommitmentService(client, settings.peers, spool, settings.cmove_aet, settings.commitment_wait_s, tls=settings.store.dimse_tls)
+    )
     return services

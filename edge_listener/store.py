@@ -34,6 +34,7 @@ from .dimse import (
     SUCCESS,
     status,
 )
+from .high_water import BufferFull
 from .reception import ReceptionFile, reception_of
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ def _route(routing: RoutingTable, received: Path, calling_aet: str, called_aet: 
 
 
 def _spool_failure(exc: OSError) -> str:
+    if isinstance(exc, BufferFull):
+        return "buffer full: spool disk above its high-water mark"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return "spool disk full"
     return f"spool write failed: {exc.strerror or exc}"

@@ -172,7 +172,8 @@ def test_full_spool_disk_answers_out_of_resources_and_keeps_only_whole_entries(t
     from support.processes import free_port
 
     unreachable = f"http://127.0.0.1:{free_port()}/dicom-web"
-    adapter = LocalAdapter(tmp_path / "adapter", unreachable, spool_dir=tiny_disk / "spool")
+    # No high-water mark: this is the path of a disk that fills up under the writer's feet.
+    adapter = LocalAdapter(tmp_path / "adapter", unreachable, spool_dir=tiny_disk / "spool", extra_args=["--spool_high_water_mark", "100%"])
     instances = [make_ct_instance(tmp_path / f"ct{i}.dcm", size_kb=900) for i in range(10)]
     with adapter:
         results = send_files([i.path for i in instances], adapter.port, called_aet=ADAPTER_AET)

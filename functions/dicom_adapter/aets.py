@@ -1,7 +1,9 @@
 """The AET dictionary: the DIMSE peers we know, in the Google adapter's JSON format.
 
 `[{"name": "PACS", "host": "10.0.0.5", "port": 104}, ...]`, from a file (--aet_dictionary), a
-string (--aet_dictionary_inline) or the environment variable ENV_AETS_JSON.
+string (--aet_dictionary_inline) or the environment variable ENV_AETS_JSON. Our extension:
+`"tls": true` makes associations we open to that peer (C-MOVE, commitment reports, C-STORE
+routing) use DIMSE TLS (dimse_tls.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ class Peer:
     name: str
     host: str
     port: int
+    tls: bool = False  # we connect to it with TLS
 
 
 class AetDictionaryError(ValueError):
@@ -43,9 +46,12 @@ def parse_aet_dictionary(text: str, source: str = "AET dictionary") -> dict[str,
             port = int(port)
         if not isinstance(port, int) or not 0 < port < 65536:
             raise AetDictionaryError(f"{where} ({name}): 'port' must be a number from 1 to 65535")
+        tls = entry.get("tls", False)
+        if not isinstance(tls, bool):
+            raise AetDictionaryError(f"{where} ({name}): 'tls' must be true or false")
         if name.strip() in peers:
             raise AetDictionaryError(f"{where}: AE title {name!r} is listed twice")
-        peers[name.strip()] = Peer(name.strip(), host, port)
+        peers[name.strip()] = Peer(name.strip(), host, port, tls)
     return peers
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from .dimse_tls import TlsFiles
 
 ENV_PREFIX = "DICOM_ADAPTER_"
 
@@ -53,6 +56,7 @@ class UploadSettings:
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 300.0
     calling_aet: str = "DICOMADAPTER"  # our AE title towards DIMSE destinations
+    dimse_tls: "TlsFiles | None" = None  # our certificate towards DIMSE destinations marked "tls"
 
     @property
     def use_google_auth(self) -> bool:
@@ -69,7 +73,14 @@ class UploadSettings:
             min_upload_delay_ms=int(env.get(env_name("min_upload_delay"), 100)),
             max_waiting_time_between_uploads_ms=int(env.get(env_name("max_waiting_time_between_uploads"), 5000)),
             calling_aet=env.get(env_name("dimse_aet"), "DICOMADAPTER"),
+            dimse_tls=_dimse_tls_from_env(env),
         )
+
+
+def _dimse_tls_from_env(env: Mapping[str, str]) -> "TlsFiles | None":
+    from .dimse_tls import TlsFiles
+
+    return TlsFiles.from_env(env)
 
 
 def uses_google_auth(address: str) -> bool:

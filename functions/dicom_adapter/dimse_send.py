@@ -19,6 +19,7 @@ from pynetdicom import AE, _config
 
 from .aets import Peer
 from .dicomweb import StowOutcome, StowVerdict
+from .dimse_tls import TlsConfigError, TlsFiles, tls_args
 from .part10 import read_file_meta
 
 _config.STORE_SEND_CHUNKED_DATASET = True
@@ -28,15 +29,20 @@ log = logging.getLogger(__name__)
 _REJECT_REASONS = {0x01: "permanent", 0x02: "transient"}
 
 
-def send_part10(path: Path, peer: Peer, *, calling_aet: str, timeout_s: float = 60.0) -> StowOutcome:
-    """C-STORE one Part-10 file to `peer` on an association of its own."""
+def send_part10(path: Path, peer: Peer, *, calling_aet: str, timeout_s: float = 60.0, tls: TlsFiles | None = None) -> StowOutcome:
+    """C-STORE one Part-10 file to `peer` on an association of its own (TLS if the peer is
+    marked so, with our certificate `tls`)."""
     with open(path, "rb") as fp:
         meta = read_file_meta(fp)
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context(meta.sop_class_uid, [meta.transfer_syntax_uid])
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.name)
     where = f"{peer.name}@{peer.host}:{peer.port}"
+    try:
+        secure = tls_args(tls, peer.host, peer.tls)
+    except TlsConfigError as exc:  # configuration, not the peer: fix it, then redrive
+        return StowOutcome(StowVerdict.REJECTED, None, f"{where}: {exc}")
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.name, tls_args=secure)
     if assoc.is_rejected:
         result = getattr(assoc.acceptor.primitive, "result", 0x02)
         verdict = StowVerdict.REJECTED if result == 0x01 else StowVerdict.TRANSIENT

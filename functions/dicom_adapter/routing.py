@@ -54,6 +54,7 @@ class Destination:
     aet: str = ""
     host: str = ""
     port: int = 0
+    tls: bool = False  # DIMSE over TLS (the peer's "tls" in the AET dictionary or the rule)
 
     @classmethod
     def dicomweb(cls, address: str) -> "Destination":
@@ -63,7 +64,7 @@ class Destination:
 
     @classmethod
     def dimse(cls, peer: Peer) -> "Destination":
-        return cls("dimse", aet=peer.name, host=peer.host, port=peer.port)
+        return cls("dimse", aet=peer.name, host=peer.host, port=peer.port, tls=peer.tls)
 
     @property
     def label(self) -> str:
@@ -78,14 +79,14 @@ class Destination:
     def to_json(self) -> dict[str, Any]:
         if self.kind == "dicomweb":
             return {"kind": "dicomweb", "address": self.address}
-        return {"kind": "dimse", "aet": self.aet, "host": self.host, "port": self.port}
+        return {"kind": "dimse", "aet": self.aet, "host": self.host, "port": self.port, **({"tls": True} if self.tls else {})}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Destination":
         if data.get("kind") == "dicomweb" and isinstance(data.get("address"), str):
             return cls.dicomweb(data["address"])
         if data.get("kind") == "dimse" and all(isinstance(data.get(k), t) for k, t in (("aet", str), ("host", str), ("port", int))):
-            return cls("dimse", aet=data["aet"], host=data["host"], port=data["port"])
+            return cls("dimse", aet=data["aet"], host=data["host"], port=data["port"], tls=data.get("tls") is True)
         raise ValueError(f"not a destination: {data!r}")
 
 
@@ -286,7 +287,9 @@ def _destination_of(item: Any, peers: Mapping[str, Peer], where: str) -> Destina
             raise RoutingConfigError(f"{where}: a DIMSE destination needs 'host'")
         if not isinstance(port, int) or not 0 < port < 65536:
             raise RoutingConfigError(f"{where}: 'port' must be a number from 1 to 65535")
-        return Destination.dimse(Peer(name.strip(), host, port))
+        if not isinstance(item.get("tls", False), bool):
+            raise RoutingConfigError(f"{where}: 'tls' must be true or false")
+        return Destination.dimse(Peer(name.strip(), host, port, item.get("tls", False)))
     raise RoutingConfigError(f"{where}: no destination (dicomweb_destination, dimse_destination, or name/host/port)")
 
 

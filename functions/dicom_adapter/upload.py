@@ -159,9 +159,12 @@ class Uploader:
         )
         try:
             if destination.kind == "dimse":
-                peer = Peer(destination.aet, destination.host, destination.port)
+                peer = Peer(destination.aet, destination.host, destination.port, destination.tls)
                 with buffered.local_path() as path:
-                    return retrying(send_part10, path, peer, calling_aet=self.settings.calling_aet, timeout_s=self.settings.connect_timeout_s * 6)
+                    return retrying(
+                        send_part10, path, peer, calling_aet=self.settings.calling_aet,
+                        timeout_s=self.settings.connect_timeout_s * 6, tls=self.settings.dimse_tls,
+                    )
             part = BodyPart(buffered.size(), buffered.open_chunks)
             return retrying(self._client(destination.address).store_instance, part, instance.sop_instance_uid)
         except RetryError as exc:
