@@ -201,3 +201,32 @@ def test_malformed_sop_instance_uid_is_refused(tmp_path: Path, adapter: LocalAda
     assert result.error_comment == "SOP Instance UID is not a valid UID"
     assert adapter.queue_entries() == []
     _assert_still_serving_and_clean(adapter, tmp_path, fresh_orthanc)
+
+
+def test_high_water_mark_refuses_before_the_disk_is_full_and_recovers(tmp_path: Path, tiny_disk: Path, fresh_orthanc: Orthanc):
+    """At 50% of a 6 MiB disk C-STORE answers 0xA700 "buffer full" (never a half-written file or
+    "disk full"); once the store is back and the queue drains, the same instances are taken."""
+    fresh_orthanc.stop()  # the queue can only grow
+    instances = [make_ct_instance(tmp_path / f"ct{i}.dcm", size_kb=900) for i in range(8)]
+    adapter = LocalAdapter(tmp_path / "adapter", fresh_orthanc.dicomweb_url, spool_dir=tiny_disk / "spool", extra_args=["--spool_high_water_mark", "50%"])
+    with adapter:
+        results = send_files([i.path for i in instances], adapter.port, called_aet=ADAPTER_AET)
+        statuses = [r.status for r in results]
+        assert 1 <= statuses.count(0) <= 4, statuses
+        refused = [r for r in results if r.status != 0]
+        assert {(r.status, r.error_comment) for r in refused} == {(0xA700, "buffer full: spool disk above its high-water mark")}
+        assert adapter.incoming_files() == []
+        assert len(adapter.queue_entries()) == statuses.count(0)
+        assert "spool disk at its high-water mark" in adapter.logs()
+        fresh_orthanc.start()  # space returns as the queue drains
+        pending = [r.path for r in refused]
+        deadline = time.monotonic() + 120
+        while pending and time.monotonic() < deadline:
+            adapter.wait_until_drained()
+            [result] = send_files(pending[:1], adapter.port, called_aet=ADAPTER_AET)
+            if result.status == 0:
+                pending.pop(0)
+        assert pending == []
+        adapter.wait_until_drained()
+        assert "below its high-water mark again" in adapter.logs()
+    assert sorted(fresh_orthanc.list_sop_instance_uids()) == sorted(i.sop_instance_uid for i in instances)
