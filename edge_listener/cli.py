@@ -222,6 +222,7 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
 @flag("max_waiting_time_between_uploads", type=click.IntRange(1), default=5000, show_default=True, help="Longest retry delay within one delivery, in ms.")
 @flag("redelivery_max_delay", type=click.FloatRange(0.1), default=30.0, show_default=True, help="Longest wait before a failed delivery is tried again, in s.")
 @flag("upload_workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Concurrent uploads.")
+@flag("upload_read_timeout", type=click.FloatRange(0.1), default=300.0, show_default=True, help="Longest wait for the store's answer to one upload, in s (then retried).")
 @flag("dimse_processes", type=click.IntRange(1, 64), default=1, show_default=True, help="Listener processes sharing the DIMSE port (more associations at once on more cores).")
 def local(**options: Any) -> None:
     """Run the edge and the upload pipeline on this machine, with a spool directory as buffer."""
@@ -238,6 +239,7 @@ def local(**options: Any) -> None:
         min_upload_delay_ms=options["min_upload_delay"],
         max_waiting_time_between_uploads_ms=options["max_waiting_time_between_uploads"],
         dimse_tls=settings.tls,
+        read_timeout_s=options["upload_read_timeout"],
     )
     upload_process_settings = UploadProcessSettings(
         spool_dir=options["spool_dir"],
