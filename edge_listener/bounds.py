@@ -25,6 +25,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 log = logging.getLogger(__name__)
 
 P_DATA_TF = 0x04
+_KNOWN_PDU_TYPES = range(0x01, 0x08)
 MAX_CONTROL_PDU = 1 << 20  # A-ASSOCIATE-RQ with 128 contexts and user identity fits easily
 P_DATA_SLACK = 1024
 _READ_CHUNK = 65536
@@ -53,7 +54,8 @@ class GuardedAssociationSocket(AssociationSocket):
             data = self._read(nr_bytes, deadline)
             if nr_bytes == 6 and len(data) == 6:
                 pdu_type, _, length = struct.unpack(">BBL", data)
-                self._pdu = (pdu_type, length, deadline)
+                if pdu_type in _KNOWN_PDU_TYPES:  # pynetdicom drops the connection on any other
+                    self._pdu = (pdu_type, length, deadline)
             return data
         pdu_type, length, deadline = self._pdu
         self._pdu = None
@@ -66,6 +68,18 @@ class GuardedAssociationSocket(AssociationSocket):
             self._send_abort()
             raise PduRejected(f"PDU type 0x{pdu_type:02X} of {length} bytes exceeds the limit of {allowed}")
         return self._read(nr_bytes, deadline)
+
+    def close(self) -> None:
+        super().close()
+        self._wake_acceptor()
+
+    def _wake_acceptor(self) -> None:
+        """The connection ended before any A-ASSOCIATE-RQ: wake the association thread, which
+        would otherwise wait out the whole ACSE timeout for it, holding its connection slot
+        (a port scan or a load balancer's TCP probe would each take one for that long)."""
+        assoc = self.assoc
+        if assoc.is_acceptor and assoc.requestor.primitive is None and not assoc.is_established:
+            assoc.dul.to_user_queue.put(None)  # read as "no request came": the thread ends
 
     def _max_length(self, pdu_type: int) -> int:
         if pdu_type == P_DATA_TF and self.assoc.acceptor.maximum_length:
@@ -84,11 +98,16 @@ class GuardedAssociationSocket(AssociationSocket):
                 sock.settimeout(remaining)
                 chunk = sock.recv(min(_READ_CHUNK, nr_bytes - len(data)))
                 if not chunk:
+                    self._wake_acceptor()
                     break
                 data += chunk
         except TimeoutError:
             log.warning("PDU not received in time: closing the connection", extra=fields(peer=self._peer(), received=len(data), expected=nr_bytes))
+            self._wake_acceptor()
             raise PduRejected("PDU not received within the timeout") from None
+        except OSError:
+            self._wake_acceptor()
+            raise
         finally:
             if self.socket is not None:
                 sock.settimeout(None)

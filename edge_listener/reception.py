@@ -41,6 +41,7 @@ class ReceptionFile:
         self.name = ""  # pynetdicom unlinks this name after the handler; "" unlinks nothing
         # pynetdicom creates the file from the association's DUL thread, which knows its association.
         assoc = getattr(threading.current_thread(), "assoc", None)
+        self._assoc = assoc
         self._calling_aet = assoc.requestor.ae_title if assoc is not None else ""
         self._called_aet = assoc.acceptor.ae_title if assoc is not None else ""
         try:
@@ -48,6 +49,8 @@ class ReceptionFile:
                 high_water.check()  # at the mark: write nothing, the handler answers "buffer full"
             self._file = tempfile.NamedTemporaryFile(delete=False, mode="wb", suffix=".part", dir=folder)
             self.name = self._file.name
+            with _open_lock:
+                _open_receptions.add(self)
         except OSError as exc:
             self.error = exc
 
@@ -112,6 +115,36 @@ class ReceptionFile:
             self._file.close()
         except OSError as exc:
             self.error = self.error or exc
+
+
+# Receptions whose file may still be on disk, so that one whose association died without a
+# clean close (pynetdicom's network thread can end on an exception and skip its close event)
+# is still removed: see discard_orphans.
+_open_receptions: set[ReceptionFile] = set()
+_open_lock = threading.Lock()
+
+
+def discard_orphans() -> int:
+    """Delete the files of receptions whose association has ended without handing them to the
+    buffer (nobody was acknowledged for them); return how many were removed."""
+    removed = 0
+    with _open_lock:
+        candidates = list(_open_receptions)
+    for reception in candidates:
+        assoc = reception._assoc
+        finished = not reception.name or not os.path.exists(reception.name)
+        if not finished and assoc is not None and assoc.is_alive():
+            continue
+        with _open_lock:
+            _open_receptions.discard(reception)
+        if not finished:
+            reception.close()
+            try:
+                os.unlink(reception.name)
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def receive_into(folder: Path, high_water: HighWaterMark | None = None) -> None:

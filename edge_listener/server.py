@@ -23,10 +23,18 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from . import reactor_tuning
-from .admission import SERVICES, AdmissionSettings, Gatekeeper, on_closed, on_requested, serves_event, service_of
+from .admission import (
+    SERVICES,
+    AdmissionSettings,
+    Gatekeeper,
+    on_closed,
+    on_requested,
+    serves_event,
+    service_of,
+)
 from .bounds import GuardedRequestHandler
 from .high_water import HighWaterMark
-from .reception import receive_into
+from .reception import discard_orphans, receive_into
 from .store import StoreService, handle_store
 
 log = logging.getLogger(__name__)
@@ -38,6 +46,7 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 # adapter stores bytes, it never needs to decode them. Known non-storage classes (Verification,
 # and later Query/Retrieve) still negotiate against the supported contexts below.
 _config.UNRESTRICTED_STORAGE_SERVICE = True
+ORPHAN_SWEEP_S = 2.0
 
 
 class DimseService(Protocol):
@@ -123,6 +132,7 @@ class EdgeAssociationServer(ThreadedAssociationServer):
         return client, address
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
+        discard_orphans()  # each new connection also clears what dead ones left behind
         with self._count_lock:
             open_now = len(self.active_associations) + self._handshaking
         if open_now >= self.max_connections:
@@ -226,6 +236,7 @@ def _discard_partial_reception(event: evt.Event) -> None:
     message = getattr(getattr(event.assoc, "dimse", None), "message", None)
     partial_file = getattr(message, "_data_set_file", None)
     if partial_file is None or not partial_file.name:
+        discard_orphans()
         return
     try:
         partial_file.close()
@@ -277,6 +288,15 @@ class Listener:
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=f"dimse-listener-{index}", daemon=True)
             for index, server in enumerate(self.servers)
         ]
+        self._janitor_stop = threading.Event()
+        self._janitor = threading.Thread(target=self._sweep_orphans, name="dimse-reception-janitor", daemon=True)
+
+    def _sweep_orphans(self) -> None:
+        """Remove, every few seconds, reception files whose association died uncleanly."""
+        while not self._janitor_stop.wait(ORPHAN_SWEEP_S):
+            removed = discard_orphans()
+            if removed:
+                log.warning("removed data sets of associations that ended mid-transfer", extra=fields(count=removed))
 
     def _make_server(self, port: int, handlers: list[Any], ssl_context: ssl.SSLContext | None) -> EdgeAssociationServer:
         return self.ae.make_server(
@@ -301,6 +321,7 @@ class Listener:
     def start(self) -> None:
         for thread in self._threads:
             thread.start()
+        self._janitor.start()
 
     def is_serving(self) -> bool:
         return all(thread.is_alive() for thread in self._threads)
@@ -337,3 +358,4 @@ class Listener:
         if self.active_associations():
             log.warning("aborting associations still open after the drain timeout", extra=fields(count=self.active_associations()))
             self.abort_all()
+        self._janitor_stop.set()

@@ -14,13 +14,23 @@ from typing import Iterator
 
 import pytest
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind, Verification
-
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 from support.adapter import ADAPTER_AET, LocalAdapter
 from support.dcmtk import echoscu
 from support.dicom_files import make_ct_instance
 from support.processes import RssSampler
-from support.raw_dimse import P_DATA_TF, association_request_bytes, closed_within, pdu, read_pdu, trickle
+from support.raw_dimse import (
+    P_DATA_TF,
+    association_request_bytes,
+    closed_within,
+    pdu,
+    read_pdu,
+    trickle,
+)
 from support.sender import send_files
 
 UNREACHABLE_STORE = "http://127.0.0.1:9/dicom-web"  # these tests never upload

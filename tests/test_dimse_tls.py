@@ -15,7 +15,6 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
-
 from support.adapter import ADAPTER_AET, LocalAdapter
 from support.dcmtk import StoreSCP, echoscu, run_dcmtk, storescu
 from support.dicom_files import dataset_bytes_after_meta, make_ct_instance
@@ -93,8 +92,9 @@ def test_a_stalled_handshake_does_not_hold_up_the_next_client(tls_adapter: Local
 
 
 def test_tls_is_checked_at_start(tmp_path: Path, pki: Pki):
-    from support.adapter import adapter_command
     import subprocess
+
+    from support.adapter import adapter_command
 
     base = adapter_command() + ["local", "--dimse_aet", "A", "--dimse_port", "0", "--spool_dir", str(tmp_path / "s"), "--dicomweb_address", "http://127.0.0.1:9/dicom-web"]
     mismatched = subprocess.run(base + ["--dimse_tls_cert", str(pki.adapter.cert), "--dimse_tls_key", str(pki.client.key)], capture_output=True, text=True, timeout=60)

@@ -3,7 +3,6 @@ or a clean abort; never a crash, a hang or a partial spool file; the adapter kee
 
 from __future__ import annotations
 
-import io
 import socket
 import struct
 import time
@@ -12,14 +11,11 @@ from pathlib import Path
 import pydicom
 import pytest
 from pynetdicom import AE, build_context
-from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu import P_DATA_TF
-
 from support.adapter import ADAPTER_AET, LocalAdapter
 from support.dcmtk import echoscu
 from support.dicom_files import dataset_bytes_after_meta, make_ct_instance
 from support.orthanc import Orthanc
+from support.raw_dimse import c_store_pdus
 from support.sender import send_files
 
 
@@ -83,20 +79,7 @@ def test_command_and_data_set_disagreeing_on_the_uid_is_refused(tmp_path: Path, 
 def _store_pdus(instance_path: Path, context_id: int, max_pdu: int = 4096) -> list[bytes]:
     """The P-DATA-TF PDUs of a C-STORE of this file, as a sender puts them on the wire."""
     header = pydicom.dcmread(instance_path, stop_before_pixels=True)
-    primitive = C_STORE()
-    primitive.MessageID = 1
-    primitive.AffectedSOPClassUID = header.SOPClassUID
-    primitive.AffectedSOPInstanceUID = header.SOPInstanceUID
-    primitive.Priority = 2
-    primitive.DataSet = io.BytesIO(dataset_bytes_after_meta(instance_path))
-    message = C_STORE_RQ()
-    message.primitive_to_message(primitive)
-    pdus = []
-    for p_data in message.encode_msg(context_id, max_pdu):
-        pdu = P_DATA_TF()
-        pdu.from_primitive(p_data)
-        pdus.append(pdu.encode())
-    return pdus
+    return c_store_pdus(header.SOPClassUID, header.SOPInstanceUID, dataset_bytes_after_meta(instance_path), context_id, max_pdu)
 
 
 def _associate(adapter: LocalAdapter, sop_class: str):

@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pynetdicom import AE
-
 from support.adapter import ADAPTER_AET, LocalAdapter
-from support.dicom_files import GeneratedInstance, dataset_bytes_after_meta, make_ct_instance
+from support.dicom_files import (
+    GeneratedInstance,
+    dataset_bytes_after_meta,
+    make_ct_instance,
+)
 from support.healthcare_api_fake import HealthcareApiFake
 from support.processes import RssSampler, free_port
 
@@ -158,7 +161,7 @@ def test_soak_under_faults_loses_nothing(tmp_path: Path):
     try:
         adapter.start()
         modalities = [Modality(f"MODALITY{m}", adapter.port, files) for m, files in enumerate(modality_files)]
-        progress = lambda: sum(len(m.acknowledged) for m in modalities) / len(sent)  # noqa: E731
+        progress = lambda: sum(len(m.acknowledged) for m in modalities) / len(sent)
         deadline = time.monotonic() + DEADLINE_S
         with MemoryWatch(adapter) as memory:
             senders = [threading.Thread(target=m.run, args=(deadline,)) for m in modalities]
