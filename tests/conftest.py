@@ -11,6 +11,7 @@ Fixture map:
   fake_gcs (session)         fake-gcs-server for the real google-cloud-storage client
   pubsub_emulator (session)  Google's Pub/Sub emulator (or its gRPC stand-in) for the real client
   marker_demographics        {DICOM keyword: marker value} for PHI-leak tests
+  no_phi_in_logs (autouse)   fails a test whose product log lines carry marker demographics
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-
 from support.dcmtk import StoreSCP, storescp
 from support.dicom_files import MARKER_DEMOGRAPHICS
 from support.gcp import FakeGcs, PubSubEmulator, fake_gcs_binary
 from support.healthcare_api_fake import HealthcareApiFake
 from support.orthanc import Orthanc, orthanc_available
+from support.phi_watch import PhiWatch
 from support.processes import live_processes, start_sequence
 
 log = logging.getLogger(__name__)
@@ -129,3 +130,18 @@ def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PubSub
     server = PubSubEmulator(tmp_path_factory.mktemp("pubsub")).start()
     yield server
     server.stop()
+
+
+_phi_watch = PhiWatch().install()
+
+
+@pytest.fixture(autouse=True)
+def no_phi_in_logs() -> Iterator[None]:
+    """Suite-wide: no marker demographics in any product log line written during this test, in
+    this process or in a product process (support/phi_watch.py); tracebacks included."""
+    before = len(_phi_watch.leaks)
+    yield
+    _phi_watch.scan_processes()
+    leaks = _phi_watch.leaks[before:]
+    if leaks:
+        pytest.fail("PHI markers in product logs:\n" + "\n".join(leaks[:10]), pytrace=False)

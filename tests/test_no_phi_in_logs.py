@@ -12,7 +12,12 @@ from pathlib import Path
 
 from support.adapter import ADAPTER_AET, LocalAdapter, adapter_command
 from support.dcmtk import storescu
-from support.dicom_files import MARKER_STRINGS, find_marker_phi, make_ct_instance, make_ct_series
+from support.dicom_files import (
+    MARKER_STRINGS,
+    find_marker_phi,
+    make_ct_instance,
+    make_ct_series,
+)
 from support.healthcare_api_fake import HealthcareApiFake
 from support.sender import send_files
 
@@ -69,3 +74,29 @@ def test_json_log_format_is_cloud_logging_structured(tmp_path: Path, healthcare_
     assert labels["sop_instance_uid"] == instance.sop_instance_uid
     assert labels["calling_aet"] == "PYSCU"
     assert find_marker_phi(adapter.process.stdout()) == []
+
+
+def test_the_suite_wide_watch_catches_markers_in_records_tracebacks_and_process_output(tmp_path: Path):
+    """conftest's no_phi_in_logs relies on support/phi_watch.py: plant markers where it looks."""
+    import logging
+    import sys
+
+    from support.dicom_files import MARKER_PATIENT_NAME
+    from support.phi_watch import PhiWatch
+
+    watch = PhiWatch()  # not installed: planting through the real loggers would fail this test
+    try:
+        raise ValueError(f"cannot match {MARKER_PATIENT_NAME}")
+    except ValueError:
+        record = logging.LogRecord("dicom_adapter.qido", logging.ERROR, __file__, 1, "query failed", None, sys.exc_info())
+    watch.handle(record)
+    clean = logging.LogRecord("dicom_adapter.qido", logging.INFO, __file__, 1, "stored", None, None)
+    watch.handle(clean)
+    assert len(watch.leaks) == 1 and "ValueError" in watch.leaks[0]
+    output = tmp_path / "adapter.stderr.log"
+    output.write_text("INFO stored sop_instance_uid=1.2.3\n")
+    watch._scan_file(output, "adapter")
+    with open(output, "a") as fp:
+        fp.write(f"ERROR failed for {MARKER_PATIENT_NAME.lower()}\n")
+    watch._scan_file(output, "adapter")
+    assert len(watch.leaks) == 2 and watch.lines_checked == 4
