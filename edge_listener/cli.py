@@ -131,6 +131,9 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
 @flag("redelivery_max_delay", type=click.FloatRange(0.1), default=30.0, show_default=True, help="Longest wait before a failed delivery is tried again, in s.")
 @flag("upload_workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Concurrent uploads.")
 @flag("dimse_processes", type=click.IntRange(1, 64), default=1, show_default=True, help="Listener processes sharing the DIMSE port (more associations at once on more cores).")
+@flag("export_config_path", type=click.Path(dir_okay=False, exists=True), help="Export rules (docs/export.md): where instances stored in --dicomweb_address go on to.")
+@flag("export_config_inline", help="The export rules as a JSON string.")
+@flag("export_to_all_matching_destinations", is_flag=True, help="Export to every matching rule's destinations (default: the first match only).")
 def local(**options: Any) -> None:
     """Run the edge and the upload pipeline on this machine, with a spool directory as buffer."""
     from .dispatcher import DispatchSettings
@@ -152,6 +155,7 @@ def local(**options: Any) -> None:
         dispatch=DispatchSettings(workers=options["upload_workers"], retry_max_s=options["redelivery_max_delay"]),
         json_logs=options["log_format"] == "json",
         verbose=options["verbose"],
+        export_routing=export_routing(options),
     )
     serve(
         lambda: LocalRuntime(
@@ -200,6 +204,73 @@ def edge(**options: Any) -> None:
     )
 
 
+def export_routing(options: dict[str, Any]) -> RoutingTable | None:
+    """The export rules of `local`, checked at start like the import rules."""
+    if not (options["export_config_path"] or options["export_config_inline"]):
+        return None
+    if not options["dicomweb_address"]:
+        raise click.UsageError("export rules need --dicomweb_address: the store whose new instances they export")
+    try:
+        peers = load_aet_dictionary(options["aet_dictionary"], options["aet_dictionary_inline"])
+        return load_routing(options["export_config_path"], options["export_config_inline"], peers=peers,
+                            send_to_all_matching=options["export_to_all_matching_destinations"], export=True)
+    except (AetDictionaryError, RoutingConfigError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.command()
+@flag("project_id", required=True, help="Project of the subscription.")
+@flag("subscription_id", required=True, help="Pull subscription on the DICOM store's notification topic.")
+@flag("peer_dimse_aet", help="AE title of the DIMSE peer to C-STORE to.")
+@flag("peer_dimse_ip", help="Host of the DIMSE peer.")
+@flag("peer_dimse_port", type=click.IntRange(1, 65535), help="Port of the DIMSE peer.")
+@flag("peer_dicomweb_address", help="DICOMweb service root to STOW-RS to (instead of a DIMSE peer).")
+@flag("client_aet", default="DICOMADAPTER", show_default=True, help="Our AE title towards the DIMSE peer.")
+@flag("dicomweb_address", help="The source store, if its notifications name it other than on https://healthcare.googleapis.com/v1.")
+@flag("dead_letter_topic", help="Publish instances the peer rejects for good here, with the reason (projects/P/topics/T).")
+@flag("http_error_codes_to_retry", default="408,429,500,502,503,504", show_default=True, help="HTTP statuses retried as transient.")
+@flag("export_workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Instances sent at once.")
+@flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout.")
+@flag("verbose", is_flag=True, help="Debug logging (never data set contents).")
+def export(**options: Any) -> None:
+    """Send each new instance of a DICOM store to one peer (the Google export adapter's mode)."""
+    from dicom_adapter.aets import Peer
+    from dicom_adapter.routing import Destination
+
+    from .single_peer import SinglePeerExport, SinglePeerSettings
+
+    configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
+    dimse = [options[k] for k in ("peer_dimse_aet", "peer_dimse_ip", "peer_dimse_port")]
+    if options["peer_dicomweb_address"] and any(dimse) or not options["peer_dicomweb_address"] and not all(dimse):
+        raise click.UsageError("give --peer_dimse_aet, --peer_dimse_ip and --peer_dimse_port, or --peer_dicomweb_address")
+    if options["dead_letter_topic"]:
+        check_cloud_names(None, options["dead_letter_topic"])
+    peer = (Destination.dicomweb(options["peer_dicomweb_address"]) if options["peer_dicomweb_address"]
+            else Destination.dimse(Peer(options["peer_dimse_aet"], options["peer_dimse_ip"], options["peer_dimse_port"])))
+    subscription = f"projects/{options['project_id']}/subscriptions/{options['subscription_id']}"
+    runner = SinglePeerExport(SinglePeerSettings(
+        subscription=subscription,
+        peer=peer,
+        upload=UploadSettings(dicomweb_address=options["dicomweb_address"] or "", calling_aet=options["client_aet"],
+                              retry_status_codes=parse_status_codes(options["http_error_codes_to_retry"])),
+        dead_letter_topic=options["dead_letter_topic"] or "",
+        workers=options["export_workers"],
+    ))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    runner.start()
+    log.info("ready", extra=fields(subscription=subscription, peer=peer.label))
+    click.echo(f"dicom-adapter export ready: {subscription} -> {peer.label}")
+    sys.stdout.flush()
+    try:
+        runner.wait(stop)
+    except Exception as exc:  # the subscription stream ended: say why, exit non-zero
+        raise click.ClickException(f"subscription {subscription} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        runner.stop()
+
+
 def check_cloud_names(gcs_buffer: str | None, pubsub_topic: str | None) -> None:
     from dicom_adapter.buffers.gcs import GcsLocation
     from dicom_adapter.pubsub import check_topic_name
@@ -236,7 +307,10 @@ def redrive(**options: Any) -> None:
     one_buffer(options)
     uids = set(options["sop_instance_uid"]) or None
     if options["spool_dir"]:
+        from .export_queue import ExportSpool
+
         moved = [path.name for path in Spool(options["spool_dir"]).redrive(uids, options["destination"])]
+        moved += [path.name for path in ExportSpool(options["spool_dir"]).redrive(uids, options["destination"])]
     else:
         moved = redrive_cloud(options["gcs_buffer"], options["pubsub_topic"], uids, options["destination"])
     for name in moved:
@@ -270,9 +344,12 @@ def status(json_output: bool, **options: Any) -> None:
     """Queue depth, dead letters and the oldest queued entry's age."""
     one_buffer(options)
     if options["spool_dir"]:
+        from .export_queue import ExportSpool
+
         spool = Spool(options["spool_dir"])
-        state = spool.status().__dict__
-        letters = [(path.name, record) for path, record in spool.dead_letters()]
+        exports = ExportSpool(options["spool_dir"])
+        state = {**spool.status().__dict__, **exports.status()}
+        letters = [(path.name, record) for path, record in spool.dead_letters() + exports.dead_letters()]
     else:
         state, letters = cloud_status(options["gcs_buffer"])
     dead = [
@@ -287,7 +364,11 @@ def status(json_output: bool, **options: Any) -> None:
     click.echo(f"oldest queued: {age}")
     for label, count in sorted(state["queued_by_destination"].items()):
         click.echo(f"  to {label}: {count}")
-    click.echo(f"dead letters:  {state['dead_letters']}")
+    if "exports_queued" in state:
+        click.echo(f"exports:       {state['exports_queued']} queued, {state['exports_pending_notifications']} notifications to route")
+        for label, count in sorted(state["exports_queued_by_destination"].items()):
+            click.echo(f"  to {label}: {count}")
+    click.echo(f"dead letters:  {state['dead_letters']}" + (f" (+{state['exports_dead_letters']} exports)" if state.get("exports_dead_letters") else ""))
     for letter in dead:
         click.echo(f"  {letter['entry']} ({letter['destination']}): {letter['reason']}")
 

@@ -1,4 +1,5 @@
-"""A small DICOMweb client: STOW-RS of Part-10 files, WADO-RS digests, instance deletion.
+"""A small DICOMweb client: STOW-RS of Part-10 files, WADO-RS digests, instance deletion,
+WADO-RS retrieval (streamed) and metadata.
 
 Modelled on dicomweb-client's verb-noun methods, but streaming: `store_instance` sends the file
 as it lies in the buffer (byte-exact, bounded memory) and reports what the store said about it
@@ -30,6 +31,8 @@ WARNING_REASON = "00081196"
 # some gateways pass through in STOW answers.
 DUPLICATE_FAILURE_REASONS = frozenset({0x0111, 45070})
 PROCESSING_FAILURE = 0x0110
+# Ask for an instance exactly as stored, never transcoded (PS3.18 8.7.3.5.2).
+ANY_TRANSFER_SYNTAX = "*"
 
 
 class StowVerdict(enum.Enum):
@@ -150,6 +153,52 @@ class DicomWebClient:
         if response.status_code not in (200, 202, 204, 404):
             response.raise_for_status()
 
+    def retrieve_instance(
+        self, study: str, series: str, sop_instance: str, *, transfer_syntax: str = ANY_TRANSFER_SYNTAX
+    ) -> "RetrievedInstance | None":
+        """WADO-RS one instance, streamed; None if the store does not have it.
+
+        `transfer_syntax="*"` asks for the bytes as stored; a UID asks the store to transcode.
+        """
+        accept = f'multipart/related; type="application/dicom"; transfer-syntax={transfer_syntax}'
+        try:
+            response = self.session.get(
+                self.address.instance_url(study, series, sop_instance),
+                headers={"Accept": accept},
+                stream=True,
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            raise DicomWebError(f"{type(exc).__name__}: {_short(str(exc))}") from None
+        if response.status_code == 404:
+            response.close()
+            return None
+        if not 200 <= response.status_code < 300:
+            reason = f"HTTP {response.status_code} {response.reason or ''}".strip()
+            response.close()
+            raise DicomWebError(reason, response.status_code)
+        return RetrievedInstance(response)
+
+    def retrieve_instance_metadata(self, study: str, series: str, sop_instance: str) -> dict[str, Any] | None:
+        """WADO-RS .../metadata: the instance's DICOM JSON (bulk data by URI); None if not found."""
+        try:
+            response = self.session.get(
+                self.address.instance_url(study, series, sop_instance) + "/metadata",
+                headers={"Accept": "application/dicom+json"},
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            raise DicomWebError(f"{type(exc).__name__}: {_short(str(exc))}") from None
+        with response:
+            if response.status_code == 404:
+                return None
+            if not 200 <= response.status_code < 300:
+                raise DicomWebError(_summary(response, _json_body(response), None), response.status_code)
+            body = _json_body(response)
+        if isinstance(body, list) and body and isinstance(body[0], dict):
+            return body[0]
+        raise DicomWebError("WADO-RS metadata is not a DICOM JSON list", response.status_code)
+
 
 def _json_body(response: requests.Response) -> Any:
     """The JSON body, judged by content: Orthanc sends DICOM JSON errors with no Content-Type."""
@@ -222,3 +271,54 @@ def _store_detail(response: requests.Response, body: Any) -> str:
 def _short(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- WADO-RS retrieval ---------------------------------------------------------------------
+
+class DicomWebError(RuntimeError):
+    """The store answered a search or retrieval with an error; `reason` is safe to log."""
+
+    def __init__(self, reason: str, http_status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.http_status = http_status
+
+
+class RetrievedInstance:
+    """A WADO-RS instance response being streamed: the Part-10 bytes, one chunk at a time.
+
+    Use as a context manager; `copy_to(file)` writes the instance without holding it in memory.
+    """
+
+    def __init__(self, response: requests.Response, chunk_size: int = 1 << 16) -> None:
+        self._response = response
+        self._chunk_size = chunk_size
+        self.content_type = response.headers.get("Content-Type", "")
+
+    def copy_to(self, out: Any) -> int:
+        """Write the instance's Part-10 bytes to the binary file `out`; return their count."""
+        written = 0
+
+        def write(data: bytes) -> None:
+            nonlocal written
+            out.write(data)
+            written += len(data)
+
+        chunks = self._response.iter_content(self._chunk_size)
+        if self.content_type.lower().startswith("application/dicom"):
+            for chunk in chunks:
+                write(chunk)
+            return written
+        parts = split_parts(chunks, boundary_of(self.content_type), lambda headers: write)
+        if parts != 1:
+            raise DicomWebError(f"WADO-RS answered {parts} parts for one instance")
+        return written
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> "RetrievedInstance":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
