@@ -83,7 +83,8 @@ class SinglePeerExport:
             message.ack() if ok else message.nack()
 
         flow = pubsub_v1.types.FlowControl(max_messages=self.settings.workers)
-        self._future = self._client.subscribe(self.settings.subscription, callback, flow_control=flow)
+        # On stop, deliveries in progress finish (and ack) before the stream closes.
+        self._future = self._client.subscribe(self.settings.subscription, callback, flow_control=flow, await_callbacks_on_shutdown=True)
 
     def wait(self, stop: threading.Event) -> None:
         while not stop.wait(1.0):

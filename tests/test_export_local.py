@@ -4,6 +4,7 @@ export queue in the spool."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -196,3 +197,25 @@ def test_export_rules_are_checked_at_start(tmp_path: Path, fresh_orthanc: Orthan
         result = start(rules)
         assert result.returncode == 2, result.stdout + result.stderr
         assert message in result.stderr, result.stderr
+
+
+def test_dicomweb_destinations_get_their_credentials_by_reference(tmp_path: Path, fresh_orthanc: Orthanc):
+    token_file = tmp_path / "password"
+    token_file.write_text("s3cret\n")
+    with HealthcareApiFake() as bearer, HealthcareApiFake() as basic:
+        rules = [{"filter": "", "destinations": [
+            {"dicomweb_destination": bearer.url, "auth": {"bearer_token_secret": "env:EXPORT_TOKEN"}},
+            {"dicomweb_destination": basic.url, "auth": {"username": "exporter", "password_secret": f"file:{token_file}"}},
+        ]}]
+        instance = make_ct_instance(tmp_path / "ct.dcm")
+        adapter = LocalAdapter(tmp_path / "adapter", fresh_orthanc.dicomweb_url, extra_args=["--export_config_inline", json.dumps(rules)],
+                               extra_env={"EXPORT_TOKEN": "t0ken"})
+        with adapter:
+            assert [r.status for r in send_files([instance.path], adapter.port, called_aet=ADAPTER_AET)] == [0]
+            _wait(lambda: bearer.instance_count() == 1 and basic.instance_count() == 1, 90, "delivered", adapter)
+            logs = adapter.logs()
+        [bearer_stow] = bearer.stow_requests()
+        [basic_stow] = basic.stow_requests()
+    assert bearer_stow.headers["Authorization"] == "Bearer t0ken"
+    assert basic_stow.headers["Authorization"] == "Basic " + base64.b64encode(b"exporter:s3cret").decode()
+    assert "t0ken" not in logs and "s3cret" not in logs
