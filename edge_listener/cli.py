@@ -119,6 +119,26 @@ def local(**options: Any) -> None:
         runtime.drain()
 
 
+@main.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@spool_flag
+@flag("workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Files read and buffered at once.")
+@flag("report", type=click.Path(dir_okay=False), help="Write the JSON report here (default: SPOOL/import-reports/<time>.json).")
+@flag("force", is_flag=True, help="Import again what the import ledger lists as done.")
+@flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout.")
+@flag("verbose", is_flag=True, help="Debug logging (never data set contents or file names).")
+def import_(paths: tuple[str, ...], **options: Any) -> None:
+    """Buffer DICOM files, folders, ZIP archives and DICOMDIR media for upload.
+
+    Each instance goes into the spool's upload queue like a received C-STORE; a running
+    `dicom-adapter local` on the same spool uploads it. Re-running skips what is done.
+    """
+    from .intake.command import run_import_command
+
+    configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
+    sys.exit(run_import_command(list(paths), **{k: options[k] for k in ("spool_dir", "workers", "report", "force")}))
+
+
 @main.command()
 @spool_flag
 @flag("sop_instance_uid", multiple=True, help="Only this instance (repeatable); default: all dead letters.")
