@@ -57,6 +57,10 @@ def main() -> None:
 @flag("max_associations", type=click.IntRange(1, 1000), default=32, show_default=True, help="Most concurrent associations.")
 @flag("max_pdu_length", type=click.IntRange(4096, 16 << 20), default=262144, show_default=True, help="Largest PDU peers may send us, in bytes (memory per association).")
 @flag("drain_timeout", type=click.FloatRange(0), default=30.0, show_default=True, help="On SIGTERM, how long open associations may finish, in s.")
+@flag("watch_dir", type=click.Path(file_okay=False), help="Drop folder: DICOM files and ZIPs put here are imported, then moved to done/ (bad ones to rejected/).")
+@flag("watch_settle_time", type=click.FloatRange(0), default=2.0, show_default=True, help="A dropped file is taken once unchanged this long, in s.")
+@flag("watch_incomplete_timeout", type=click.FloatRange(0), default=300.0, show_default=True, help="A dropped file that looks cut short is rejected only once unchanged this long, in s.")
+@flag("watch_delete_done", is_flag=True, help="Delete imported files from the drop folder instead of moving them to done/.")
 @flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout.")
 @flag("verbose", is_flag=True, help="Debug logging (never data set contents).")
 def local(**options: Any) -> None:
@@ -95,12 +99,23 @@ def local(**options: Any) -> None:
         json_logs=options["log_format"] == "json",
         verbose=options["verbose"],
     )
+    watch = None
+    if options["watch_dir"]:
+        from .intake.watch import WatchSettings
+
+        watch = WatchSettings(
+            folder=options["watch_dir"],
+            settle_s=options["watch_settle_time"],
+            incomplete_timeout_s=options["watch_incomplete_timeout"],
+            delete_done=options["watch_delete_done"],
+        )
     try:
         runtime = LocalRuntime(
             listener_settings,
             upload_process_settings,
             processes=options["dimse_processes"],
             drain_timeout_s=options["drain_timeout"],
+            watch=watch,
         )
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {options['dimse_host']}:{options['dimse_port']}: {exc.strerror or exc}") from None

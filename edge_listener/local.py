@@ -9,10 +9,13 @@ code the Cloud Function runs.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from dicom_adapter.buffers.spool import Spool
+from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
 
+from .intake.watch import WatchedFolder, WatchSettings
 from .listener_process import ListenerProcess, ListenerProcessSettings, shared_port_settings
 from .server import Listener, ListenerSettings
 from .store import StoreService
@@ -31,6 +34,7 @@ class LocalRuntime:
         *,
         processes: int = 1,
         drain_timeout_s: float = 30.0,
+        watch: WatchSettings | None = None,
     ) -> None:
         self.spool = Spool(upload_settings.spool_dir)
         cleared = self.spool.clear_incoming()
@@ -52,6 +56,7 @@ class LocalRuntime:
             )
             for index in range(1, processes)
         ]
+        self.watcher = _watched_folder(watch, self.spool, self.uploads.notices.notify) if watch else None
 
     def start(self) -> None:
         self.uploads.start()
@@ -61,6 +66,8 @@ class LocalRuntime:
         for extra in self.extra_listeners:
             if not extra.wait_ready(60):
                 raise RuntimeError("a listener process did not start within 60 s")
+        if self.watcher is not None:
+            self.watcher.start()
 
     def supervise(self) -> None:
         """Called periodically while running: keep the child processes alive."""
@@ -72,6 +79,8 @@ class LocalRuntime:
         """Stop accepting, let associations and uploads in progress finish, keep the rest queued.
 
         Safe on a runtime that only partly started."""
+        if self.watcher is not None:
+            self.watcher.stop(self.drain_timeout_s)
         for extra in self.extra_listeners:
             extra.begin_stop()
         self.listener.drain(self.drain_timeout_s)
@@ -82,3 +91,13 @@ class LocalRuntime:
         self.uploads.stop(timeout=self.drain_timeout_s + 60)
         status = self.spool.status()
         log.info("stopped", extra=fields(queued=status.queued, dead_letters=status.dead_letters))
+
+
+def _watched_folder(settings: WatchSettings, spool: Spool, announce: Callable[[BufferedInstance], None]) -> WatchedFolder:
+    """The drop folder, feeding the spool like a C-STORE does (the ledger is the import's)."""
+    from .intake.intake import Intake
+    from .intake.ledger import Ledger
+    from .intake.sink import SpoolSink
+
+    intake = Intake(SpoolSink(spool, announce), Ledger.in_spool(spool.root), use_fingerprints=False)
+    return WatchedFolder(settings, intake)

@@ -47,6 +47,10 @@ class Intake:
         self.force = force
         self._lock = threading.Lock()
         self._in_flight: set[tuple[str, str]] = set()
+        settled = ledger.settle_pending()  # before the sweep: it looks for the staged copies
+        if settled:
+            log.info("an interrupted import had buffered more than its ledger said", extra=fields(count=settled))
+        sink.sweep_stale()
 
     def take(self, source: Source) -> Outcome:
         """Never raises: whatever goes wrong becomes the source's outcome (no silent drop)."""
@@ -58,7 +62,7 @@ class Intake:
 
     def _take(self, source: Source) -> Outcome:
         if source.problem:
-            return self._refused(source, NotAnInstance(FAILED, source.problem))
+            return self._refused(source, NotAnInstance(FAILED, source.problem, incomplete=source.incomplete))
         fingerprint = source.fingerprint if self.use_fingerprints else None
         if fingerprint is not None and self.ledger.has_source(fingerprint):
             return Outcome(source, ALREADY_PRESENT, "unchanged since an earlier import")
@@ -82,9 +86,11 @@ class Intake:
             self.ledger.record(uid, digest, entry=None, fingerprint=source.fingerprint)
             return Outcome(source, ALREADY_PRESENT, "this instance (same UID and data set) was imported before", uid)
         try:
+            self.ledger.begin(uid, digest, staged.path)
             instance = self.sink.put(staged)
         except OSError as exc:
             staged.discard()
+            self.ledger.abandon(uid, digest)
             return self._refused(source, NotAnInstance(FAILED, f"buffer write failed: {_safe(exc)}"), uid)
         finally:
             with self._lock:

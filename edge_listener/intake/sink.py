@@ -27,7 +27,11 @@ class BufferSink(Protocol):
     staging_dir: Path
 
     def put(self, staged: StagedInstance) -> BufferedInstance:
-        """Make the staged file durably buffered (it is consumed) and its event sure to arrive."""
+        """Make the staged file durably buffered and its event sure to arrive. The staged file
+        is gone afterwards, and only then (the ledger's crash recovery relies on that)."""
+
+    def sweep_stale(self) -> None:
+        """Remove staged copies left by processes that are gone (after the ledger settled them)."""
 
 
 class SpoolSink:
@@ -41,13 +45,9 @@ class SpoolSink:
     def __init__(self, spool: Spool, announce: Callable[[BufferedInstance], None] | None = None) -> None:
         self.spool = spool
         self.announce = announce
-        root = spool.root / STAGING
-        root.mkdir(exist_ok=True)
-        for leftover in root.iterdir():
-            if leftover.name.isdigit() and not _process_alive(int(leftover.name)):
-                shutil.rmtree(leftover, ignore_errors=True)
-        self.staging_dir = root / str(os.getpid())
-        self.staging_dir.mkdir(exist_ok=True)  # another sink of this process may share it
+        self._root = spool.root / STAGING
+        self.staging_dir = self._root / str(os.getpid())
+        self.staging_dir.mkdir(parents=True, exist_ok=True)  # another sink of this process may share it
 
     def put(self, staged: StagedInstance) -> BufferedInstance:
         fsync_file(staged.path)
@@ -66,6 +66,11 @@ class SpoolSink:
         if self.announce is not None:
             self.announce(instance)
         return instance
+
+    def sweep_stale(self) -> None:
+        for leftover in self._root.iterdir():
+            if leftover.name.isdigit() and not _process_alive(int(leftover.name)):
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def close(self) -> None:
         try:

@@ -26,11 +26,16 @@ class Source:
     fingerprint: str | None  # None: cannot tell whether it changed, always read
     open: Callable[[], ContextManager[BinaryIO]]
     problem: str = ""  # set when the source cannot be read at all (e.g. a DICOMDIR lists a missing file)
+    incomplete: bool = False  # the problem may be a file still being written
 
     @property
     def ref(self) -> str:
-        """A short name for log lines: the label may hold patient names, this hash does not."""
-        return hashlib.sha256(self.label.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        return file_ref(self.label)
+
+
+def file_ref(label: str) -> str:
+    """A short name for log lines: a file name may hold patient names, this hash does not."""
+    return hashlib.sha256(label.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
 def iter_sources(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Source]:
@@ -39,17 +44,18 @@ def iter_sources(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Source]:
         if path.is_dir():
             yield from _walk(path)
         else:
-            yield from _sources_of_file(path, top_level=True)
+            yield from sources_of_file(path, top_level=True)
 
 
 def _walk(folder: Path) -> Iterator[Source]:
     for root, dirs, files in os.walk(folder, onerror=None):
         dirs.sort()
         for name in sorted(files):
-            yield from _sources_of_file(Path(root, name), top_level=False)
+            yield from sources_of_file(Path(root, name))
 
 
-def _sources_of_file(path: Path, *, top_level: bool) -> Iterator[Source]:
+def sources_of_file(path: Path, *, top_level: bool = False) -> Iterator[Source]:
+    """The file itself, or the members of a ZIP, or (top level only) the files a DICOMDIR lists."""
     try:
         stat = path.stat()
         with open(path, "rb") as fp:
@@ -57,8 +63,12 @@ def _sources_of_file(path: Path, *, top_level: bool) -> Iterator[Source]:
     except OSError as exc:
         yield Source(str(path), 0, None, _unreadable(exc), problem=f"cannot read: {exc.strerror or type(exc).__name__}")
         return
-    if head.startswith(ZIP_MAGIC) and head[128:132] != b"DICM" and zipfile.is_zipfile(path):
-        yield from _zip_members(path, stat)
+    if head.startswith(ZIP_MAGIC) and head[128:132] != b"DICM":
+        if zipfile.is_zipfile(path):
+            yield from _zip_members(path, stat)
+        else:
+            problem = "ZIP archive without its central directory (cut short, or still being written)"
+            yield Source(str(path), stat.st_size, None, _unreadable(None), problem=problem, incomplete=True)
     elif top_level and _is_dicomdir(path, head):
         # Named on the command line: the media's files are what it lists. (Met while walking
         # a folder, the walk finds those files itself and the DICOMDIR is reported as skipped.)

@@ -142,6 +142,8 @@ def _bare_dataset_syntax(head: bytes, size: int) -> str:
 
     Only data sets that start with group 0008 qualify: every instance has (0008,0016) and
     (0008,0018), and elements come in tag order; anything else is not taken for DICOM."""
+    if size < 132 and not head.strip(b"\x00"):
+        raise NotAnInstance(NOT_DICOM, "empty, or a preamble without 'DICM': cut short", incomplete=True)
     if size < 8 or head[:2] != b"\x08\x00":
         raise NotAnInstance(NOT_DICOM, "no DICOM file header ('DICM' at byte 128) and not a bare data set")
     vr = head[4:6]
