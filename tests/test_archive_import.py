@@ -260,3 +260,4 @@ def test_watched_folder_takes_slowly_written_files_only_once_complete(tmp_path: 
         assert [p for p in drop.iterdir() if p.is_file()] == []
         logs = adapter.logs()
     assert logs.count("watched file rejected") == 1
+    assert "file looks cut short; waiting for the rest" in logs  # the re-opening writer was waited for

@@ -29,6 +29,7 @@ class Outcome:
     sop_instance_uid: str = ""
     rewrapped: str = ""
     incomplete: bool = False
+    log_reason: str = ""  # when `reason` may quote a file name, this is what the log says
 
     def report_entry(self) -> dict[str, str]:
         entry = {"source": self.source.label, "file_ref": self.source.ref, "outcome": self.kind, "reason": self.reason}
@@ -52,13 +53,25 @@ class Intake:
             log.info("an interrupted import had buffered more than its ledger said", extra=fields(count=settled))
         sink.sweep_stale()
 
-    def take(self, source: Source) -> Outcome:
-        """Never raises: whatever goes wrong becomes the source's outcome (no silent drop)."""
+    def take(self, source: Source, *, final: bool = True) -> Outcome:
+        """Never raises: whatever goes wrong becomes the source's outcome (no silent drop).
+
+        final=False: the caller will try again if the file turns out cut short (the watched
+        folder, while a writer may still be at it), so that is not logged as a failure."""
         try:
-            return self._take(source)
+            outcome = self._take(source)
         except Exception as exc:  # a bug, not a bad file; its message may quote a path: type only
             log.error("import failed unexpectedly", extra=fields(file_ref=source.ref, error=type(exc).__name__))
             return Outcome(source, FAILED, f"adapter error: {_describe(exc)}")
+        if outcome.kind in (IMPORTED, ALREADY_PRESENT):
+            return outcome
+        if outcome.incomplete and not final:
+            log.info("file looks cut short; waiting for the rest", extra=fields(file_ref=source.ref))
+        else:
+            # Our reasons name offsets and tags, never values; the file is named by its hash only.
+            level = logging.INFO if outcome.kind == SKIPPED else logging.WARNING
+            log.log(level, "file not imported", extra=fields(file_ref=source.ref, outcome=outcome.kind, reason=outcome.log_reason or outcome.reason))
+        return outcome
 
     def _take(self, source: Source) -> Outcome:
         if source.problem:
@@ -101,10 +114,7 @@ class Intake:
         return Outcome(source, IMPORTED, sop_instance_uid=uid, rewrapped=staged.rewrapped)
 
     def _refused(self, source: Source, refusal: NotAnInstance, uid: str = "", *, log_reason: str = "") -> Outcome:
-        # Our reasons name offsets and tags, never values; the file is named by its hash only.
-        level = logging.INFO if refusal.outcome == SKIPPED else logging.WARNING
-        log.log(level, "file not imported", extra=fields(file_ref=source.ref, outcome=refusal.outcome, reason=log_reason or refusal.reason))
-        return Outcome(source, refusal.outcome, refusal.reason, uid, incomplete=refusal.incomplete)
+        return Outcome(source, refusal.outcome, refusal.reason, uid, incomplete=refusal.incomplete, log_reason=log_reason)
 
 
 def _describe(exc: BaseException) -> str:

@@ -135,7 +135,7 @@ class WatchedFolder:
     def _take(self, path: Path, *, may_wait: bool) -> bool:
         """Import the file; False if it looks cut short and may still be growing."""
         sources: list[Source] = list(sources_of_file(path))
-        outcomes: list[Outcome] = [self.intake.take(source) for source in sources]
+        outcomes: list[Outcome] = [self.intake.take(source, final=not may_wait) for source in sources]
         if may_wait and any(o.incomplete for o in outcomes):
             return False
         problems = [o for o in outcomes if o.kind not in (IMPORTED, ALREADY_PRESENT, SKIPPED)]
