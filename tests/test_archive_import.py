@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -153,23 +154,34 @@ def test_import_lands_every_valid_instance_byte_exact_and_a_second_run_imports_n
     assert find_marker_phi(logs) == []
 
 
-def test_killed_import_resumes_and_buffers_every_instance_once(tmp_path: Path):
-    spool = tmp_path / "spool"
-    series = make_ct_series(tmp_path / "archive", 1500, size_kb=1)
-    report = tmp_path / "report.json"
+def _start_import_and_wait_for(spool: Path, archive: Path, report: Path, entries: int, log_dir: Path) -> ManagedProcess:
     run = ManagedProcess(
-        adapter_command() + ["import", "--spool_dir", str(spool), "--report", str(report), str(tmp_path / "archive")],
-        log_dir=tmp_path,
-        name="import",
+        adapter_command() + ["import", "--spool_dir", str(spool), "--report", str(report), str(archive)], log_dir=log_dir, name="import"
     ).start()
     queue = spool / "queue"
     deadline = time.monotonic() + 60
-    while not (queue.exists() and len(os.listdir(queue)) >= 400):
+    while not (queue.exists() and len(os.listdir(queue)) >= entries):
         assert run.is_running() and time.monotonic() < deadline, run.output_tail()
         time.sleep(0.01)
+    return run
+
+
+def test_interrupted_and_killed_import_resumes_and_buffers_every_instance_once(tmp_path: Path):
+    spool, queue = tmp_path / "spool", tmp_path / "spool" / "queue"
+    series = make_ct_series(tmp_path / "archive", 1500, size_kb=1)
+    # Ctrl-C: what is in progress finishes, the report says so, exit 130.
+    report = tmp_path / "interrupted.json"
+    run = _start_import_and_wait_for(spool, tmp_path / "archive", report, 300, tmp_path)
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=60) == 130
+    interrupted = json.loads(report.read_text())
+    assert interrupted["interrupted"] is True
+    assert interrupted["summary"]["imported"] == len(os.listdir(queue)) < len(series)
+    # kill -9 in the middle of the second run: no report, and the ledger is behind the spool.
+    report = tmp_path / "report.json"
+    run = _start_import_and_wait_for(spool, tmp_path / "archive", report, interrupted["summary"]["imported"] + 300, tmp_path)
     run.kill()
-    buffered_before = len(os.listdir(queue))
-    assert buffered_before < len(series), "the import finished before it could be killed"
+    assert len(os.listdir(queue)) < len(series), "the import finished before it could be killed"
     assert not report.exists()
 
     second, summary = run_import(spool, tmp_path / "archive", report=report)

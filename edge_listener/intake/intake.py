@@ -96,7 +96,7 @@ class Intake:
                 self._in_flight.add(key)
         if duplicate:
             staged.discard()
-            self.ledger.record(uid, digest, entry=None, fingerprint=source.fingerprint)
+            self.ledger.record(uid, digest, entry=None, fingerprint=fingerprint)
             return Outcome(source, ALREADY_PRESENT, "this instance (same UID and data set) was imported before", uid)
         try:
             self.ledger.begin(uid, digest, staged.path)
@@ -109,7 +109,7 @@ class Intake:
             with self._lock:
                 self._in_flight.discard(key)
         entry = instance.buffer_uri.rsplit("/", 1)[-1]
-        self.ledger.record(uid, digest, entry=entry, fingerprint=source.fingerprint)
+        self.ledger.record(uid, digest, entry=entry, fingerprint=fingerprint)
         log.debug("imported", extra=fields(**instance.log_fields(), file_ref=source.ref, rewrapped=staged.rewrapped or None))
         return Outcome(source, IMPORTED, sop_instance_uid=uid, rewrapped=staged.rewrapped)
 

@@ -25,11 +25,16 @@ class Progress:
         self._last_line = self.started
         stream = stream or sys.stderr
         self._bar: Any = None
+        self._redirect: Any = None
         if stream.isatty():
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, file=stream, dynamic_ncols=True)
             self._bar.set_description(self._files_text())
+            # Log lines (a file not imported) print above the bar instead of through it.
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
 
     def _files_text(self) -> str:
         return f"{self.files}/{self.total_files} files"
@@ -64,5 +69,7 @@ class Progress:
         )
 
     def close(self) -> None:
+        if self._redirect is not None:
+            self._redirect.__exit__(None, None, None)
         if self._bar is not None:
             self._bar.close()
