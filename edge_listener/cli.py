@@ -19,6 +19,12 @@ from dicom_adapter.aets import AetDictionaryError, load_aet_dictionary
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.config import UploadSettings, env_name, parse_status_codes
 from dicom_adapter.logs import configure_logging, fields
+from dicom_adapter.routing import (
+    DEFAULT_LABEL,
+    RoutingConfigError,
+    RoutingTable,
+    load_routing,
+)
 
 log = logging.getLogger("dicom_adapter.cli")
 
@@ -38,15 +44,86 @@ def main() -> None:
     """dicom-adapter: DIMSE (C-STORE, C-ECHO, ...) in front of a DICOMweb store."""
 
 
+def listener_flags(func: Callable) -> Callable:
+    """The flags of the DIMSE listener, the same for `local` and `edge`."""
+    for option in reversed([
+        flag("dimse_aet", required=True, help="AE title this adapter answers to (the called AE)."),
+        flag("dimse_port", type=click.IntRange(0, 65535), default=2575, show_default=True, help="DIMSE port (0: any free port)."),
+        flag("dimse_host", default="0.0.0.0", show_default=True, help="Address to listen on."),
+        flag("aet_dictionary", type=click.Path(dir_okay=False, exists=True), help="JSON file of known AEs: [{name, host, port}]."),
+        flag("aet_dictionary_inline", envvar="ENV_AETS_JSON", help="The AET dictionary as a JSON string."),
+        flag("require_known_calling_aet", is_flag=True, help="Only accept associations from calling AEs in the AET dictionary."),
+        flag("destination_config_path", type=click.Path(dir_okay=False, exists=True), help="JSON routing rules: [{filter, dicomweb_destination | name/host/port | dimse_destination | destinations}]."),
+        flag("destination_config_inline", envvar="ENV_DESTINATION_CONFIG_JSON", help="The routing rules as a JSON string."),
+        flag("send_to_all_matching_destinations", is_flag=True, help="Send to every matching rule's destinations (default: the first match only)."),
+        flag("max_associations", type=click.IntRange(1, 1000), default=32, show_default=True, help="Most concurrent associations."),
+        flag("max_pdu_length", type=click.IntRange(4096, 16 << 20), default=262144, show_default=True, help="Largest PDU peers may send us, in bytes (memory per association)."),
+        flag("drain_timeout", type=click.FloatRange(0), default=30.0, show_default=True, help="On SIGTERM, how long open associations may finish, in s."),
+        flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout."),
+        flag("verbose", is_flag=True, help="Debug logging (never data set contents)."),
+    ]):
+        func = option(func)
+    return func
+
+
+def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tuple[Any, RoutingTable]:
+    """Logging set up, the AET dictionary and routing rules read and checked, the listener's
+    settings built. Bad configuration stops the command here, saying which entry and why."""
+    from .server import ListenerSettings
+
+    configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
+    try:
+        peers = load_aet_dictionary(options["aet_dictionary"], options["aet_dictionary_inline"])
+        routing = load_routing(
+            options["destination_config_path"],
+            options["destination_config_inline"],
+            peers=peers,
+            send_to_all_matching=options["send_to_all_matching_destinations"],
+            has_default=has_default_store,
+        )
+    except (AetDictionaryError, RoutingConfigError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if options["require_known_calling_aet"] and not peers:
+        raise click.UsageError("--require_known_calling_aet needs an AET dictionary")
+    if not routing.rules and not has_default_store:
+        raise click.UsageError("give --dicomweb_address (the store), or routing rules with --destination_config_path/_inline")
+    settings = ListenerSettings(
+        aet=options["dimse_aet"],
+        port=options["dimse_port"],
+        host=options["dimse_host"],
+        allowed_calling_aets=frozenset(peers) if options["require_known_calling_aet"] else frozenset(),
+        also_called_aets=frozenset(routing.called_aets - {options["dimse_aet"]}),
+        max_associations=options["max_associations"],
+        max_pdu_length=options["max_pdu_length"],
+    )
+    return settings, routing
+
+
+def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fields: Any) -> None:
+    """Start a runtime, say `ready`, keep it supervised until SIGTERM/SIGINT, then drain it."""
+    try:
+        runtime = make_runtime()
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {options['dimse_host']}:{options['dimse_port']}: {exc.strerror or exc}") from None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        runtime.start()
+        log.info("ready", extra=fields(aet=options["dimse_aet"], port=runtime.listener.port, **ready_fields))
+        click.echo(f"dicom-adapter ready: {options['dimse_aet']} on {options['dimse_host']}:{runtime.listener.port}")
+        sys.stdout.flush()
+        while not stop.wait(1.0):
+            runtime.supervise()
+        log.info("stopping: draining associations and uploads in progress")
+    finally:
+        runtime.drain()
+
+
 @main.command()
-@flag("dimse_aet", required=True, help="AE title this adapter answers to (the called AE).")
-@flag("dimse_port", type=click.IntRange(0, 65535), default=2575, show_default=True, help="DIMSE port (0: any free port).")
-@flag("dimse_host", default="0.0.0.0", show_default=True, help="Address to listen on.")
-@flag("dicomweb_address", required=True, help="DICOMweb service root of the store, e.g. http://localhost:8042/dicom-web.")
+@listener_flags
+@flag("dicomweb_address", help="DICOMweb service root of the (default) store, e.g. http://localhost:8042/dicom-web.")
 @spool_flag
-@flag("aet_dictionary", type=click.Path(dir_okay=False, exists=True), help="JSON file of known AEs: [{name, host, port}].")
-@flag("aet_dictionary_inline", envvar="ENV_AETS_JSON", help="The AET dictionary as a JSON string.")
-@flag("require_known_calling_aet", is_flag=True, help="Only accept associations from calling AEs in the AET dictionary.")
 @flag("stow_overwrite", is_flag=True, help="Replace a different stored instance with the same SOP Instance UID.")
 @flag("http_error_codes_to_retry", default="408,429,500,502,503,504", show_default=True, help="HTTP statuses retried as transient (e.g. '429,5xx').")
 @flag("min_upload_delay", type=click.IntRange(1), default=100, show_default=True, help="First retry delay within one delivery, in ms.")
@@ -54,43 +131,24 @@ def main() -> None:
 @flag("redelivery_max_delay", type=click.FloatRange(0.1), default=30.0, show_default=True, help="Longest wait before a failed delivery is tried again, in s.")
 @flag("upload_workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Concurrent uploads.")
 @flag("dimse_processes", type=click.IntRange(1, 64), default=1, show_default=True, help="Listener processes sharing the DIMSE port (more associations at once on more cores).")
-@flag("max_associations", type=click.IntRange(1, 1000), default=32, show_default=True, help="Most concurrent associations.")
-@flag("max_pdu_length", type=click.IntRange(4096, 16 << 20), default=262144, show_default=True, help="Largest PDU peers may send us, in bytes (memory per association).")
-@flag("drain_timeout", type=click.FloatRange(0), default=30.0, show_default=True, help="On SIGTERM, how long open associations may finish, in s.")
 @flag("watch_dir", type=click.Path(file_okay=False), help="Drop folder: DICOM files and ZIPs put here are imported, then moved to done/ (bad ones to rejected/).")
 @flag("watch_settle_time", type=click.FloatRange(0), default=2.0, show_default=True, help="A dropped file is taken once unchanged this long, in s.")
 @flag("watch_incomplete_timeout", type=click.FloatRange(0), default=300.0, show_default=True, help="A dropped file that looks cut short is rejected only once unchanged this long, in s.")
 @flag("watch_delete_done", is_flag=True, help="Delete imported files from the drop folder instead of moving them to done/.")
-@flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout.")
-@flag("verbose", is_flag=True, help="Debug logging (never data set contents).")
 def local(**options: Any) -> None:
     """Run the edge and the upload pipeline on this machine, with a spool directory as buffer."""
     from .dispatcher import DispatchSettings
     from .local import LocalRuntime
-    from .server import ListenerSettings
     from .upload_process import UploadProcessSettings
 
-    configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
-    try:
-        peers = load_aet_dictionary(options["aet_dictionary"], options["aet_dictionary_inline"])
-    except (AetDictionaryError, OSError) as exc:
-        raise click.UsageError(str(exc)) from None
-    if options["require_known_calling_aet"] and not peers:
-        raise click.UsageError("--require_known_calling_aet needs an AET dictionary")
+    settings, routing = listener_settings(options, has_default_store=bool(options["dicomweb_address"]))
     upload_settings = UploadSettings(
-        dicomweb_address=options["dicomweb_address"],
+        dicomweb_address=options["dicomweb_address"] or "",
+        calling_aet=options["dimse_aet"],
         stow_overwrite=options["stow_overwrite"],
         retry_status_codes=parse_status_codes(options["http_error_codes_to_retry"]),
         min_upload_delay_ms=options["min_upload_delay"],
         max_waiting_time_between_uploads_ms=options["max_waiting_time_between_uploads"],
-    )
-    listener_settings = ListenerSettings(
-        aet=options["dimse_aet"],
-        port=options["dimse_port"],
-        host=options["dimse_host"],
-        allowed_calling_aets=frozenset(peers) if options["require_known_calling_aet"] else frozenset(),
-        max_associations=options["max_associations"],
-        max_pdu_length=options["max_pdu_length"],
     )
     upload_process_settings = UploadProcessSettings(
         spool_dir=options["spool_dir"],
@@ -109,29 +167,78 @@ def local(**options: Any) -> None:
             incomplete_timeout_s=options["watch_incomplete_timeout"],
             delete_done=options["watch_delete_done"],
         )
-    try:
-        runtime = LocalRuntime(
-            listener_settings,
+    serve(
+        lambda: LocalRuntime(
+            settings,
             upload_process_settings,
             processes=options["dimse_processes"],
             drain_timeout_s=options["drain_timeout"],
+            routing=routing,
             watch=watch,
-        )
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {options['dimse_host']}:{options['dimse_port']}: {exc.strerror or exc}") from None
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        ),
+        options,
+        store=options["dicomweb_address"] or "-",
+        rules=len(routing.rules),
+    )
+
+
+@main.command()
+@listener_flags
+@flag("gcs_buffer", required=True, help="Where acknowledged instances wait for upload: gs://BUCKET[/PREFIX].")
+@flag("pubsub_topic", required=True, help="Topic for buffered-instance events: projects/PROJECT/topics/TOPIC.")
+@flag("work_dir", default="/tmp/dicom-adapter", show_default=True, type=click.Path(file_okay=False), help="Local folder for data sets being received (an emptyDir on GKE).")
+@flag("health_port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="HTTP port of /healthz and /readyz.")
+@flag("publish_timeout", type=click.FloatRange(1), default=20.0, show_default=True, help="Longest wait for Pub/Sub to confirm an event before the C-STORE fails, in s.")
+@flag("gcs_chunk_size", type=click.IntRange(1, 256), default=8, show_default=True, help="Resumable-upload chunk for instances larger than this, in MiB (memory per large upload in flight).")
+@flag("health_check_interval", type=click.FloatRange(0.5), default=10.0, show_default=True, help="How often readiness checks GCS and Pub/Sub, in s.")
+def edge(**options: Any) -> None:
+    """Run the edge only (GKE): instances go to a GCS buffer with a Pub/Sub event; Cloud Functions upload."""
+    from .cloud import CloudRuntime, CloudSettings
+
+    # The stow_upload function's DICOM_ADAPTER_DICOMWEB_ADDRESS is the default store.
+    settings, routing = listener_settings(options, has_default_store=True)
+    check_cloud_names(options["gcs_buffer"], options["pubsub_topic"])
+    cloud = CloudSettings(
+        gcs_buffer=options["gcs_buffer"],
+        pubsub_topic=options["pubsub_topic"],
+        work_dir=options["work_dir"],
+        health_port=options["health_port"],
+        publish_timeout_s=options["publish_timeout"],
+        check_interval_s=options["health_check_interval"],
+        gcs_chunk_size=options["gcs_chunk_size"] << 20,
+    )
+    serve(
+        lambda: CloudRuntime(settings, cloud, drain_timeout_s=options["drain_timeout"], routing=routing),
+        options,
+        buffer=options["gcs_buffer"],
+        topic=options["pubsub_topic"],
+    )
+
+
+def check_cloud_names(gcs_buffer: str | None, pubsub_topic: str | None) -> None:
+    from dicom_adapter.buffers.gcs import GcsLocation
+    from dicom_adapter.pubsub import check_topic_name
+
     try:
-        runtime.start()
-        log.info("ready", extra=fields(aet=options["dimse_aet"], port=runtime.listener.port, store=options["dicomweb_address"]))
-        click.echo(f"dicom-adapter ready: {options['dimse_aet']} on {options['dimse_host']}:{runtime.listener.port}")
-        sys.stdout.flush()
-        while not stop.wait(1.0):
-            runtime.supervise()
-        log.info("stopping: draining associations and uploads in progress")
-    finally:
-        runtime.drain()
+        if gcs_buffer is not None:
+            GcsLocation.parse(gcs_buffer)
+        if pubsub_topic is not None:
+            check_topic_name(pubsub_topic)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def buffer_flags(func: Callable) -> Callable:
+    """Which buffer `redrive` and `status` act on: a local spool, or the cloud's bucket."""
+    func = flag("pubsub_topic", help="With --gcs_buffer: the topic redriven events are published to.")(func)
+    func = flag("gcs_buffer", help="The cloud buffer, gs://BUCKET[/PREFIX] (instead of --spool_dir).")(func)
+    return flag("spool_dir", type=click.Path(file_okay=False), help="Spool directory of `dicom-adapter local`.")(func)
+
+
+def one_buffer(options: dict[str, Any]) -> None:
+    if bool(options["spool_dir"]) == bool(options["gcs_buffer"]):
+        raise click.UsageError("give either --spool_dir or --gcs_buffer")
+    check_cloud_names(options["gcs_buffer"], options["pubsub_topic"])
 
 
 @main.command("import")
@@ -155,36 +262,89 @@ def import_(paths: tuple[str, ...], **options: Any) -> None:
 
 
 @main.command()
-@spool_flag
+@buffer_flags
 @flag("sop_instance_uid", multiple=True, help="Only this instance (repeatable); default: all dead letters.")
-def redrive(spool_dir: str, sop_instance_uid: tuple[str, ...]) -> None:
+@flag("destination", help="Only dead letters of this destination (as `status` names it).")
+def redrive(**options: Any) -> None:
     """Put dead-lettered instances back into the upload queue."""
     configure_logging()
-    moved = Spool(spool_dir).redrive(set(sop_instance_uid) or None)
-    for path in moved:
-        log.info("redriven", extra=fields(entry=path.name))
+    one_buffer(options)
+    uids = set(options["sop_instance_uid"]) or None
+    if options["spool_dir"]:
+        moved = [path.name for path in Spool(options["spool_dir"]).redrive(uids, options["destination"])]
+    else:
+        moved = redrive_cloud(options["gcs_buffer"], options["pubsub_topic"], uids, options["destination"])
+    for name in moved:
+        log.info("redriven", extra=fields(entry=name))
     click.echo(f"redrove {len(moved)} instance(s)")
-    if sop_instance_uid and not moved:
+    if (uids or options["destination"]) and not moved:
         sys.exit(1)
 
 
+def redrive_cloud(gcs_buffer: str, pubsub_topic: str | None, uids: set[str] | None, destination: str | None) -> list[str]:
+    """Move dead objects back into the queue and publish their events again."""
+    from dicom_adapter.buffers.gcs import GcsBuffer, GcsLocation
+    from dicom_adapter.pubsub import EventPublisher
+
+    if not pubsub_topic:
+        raise click.UsageError("--gcs_buffer needs --pubsub_topic, where the events go")
+    publisher = EventPublisher(pubsub_topic)
+    try:
+        events = GcsBuffer(GcsLocation.parse(gcs_buffer)).redrive(uids, destination)
+        for event in events:
+            publisher.publish(event)
+    finally:
+        publisher.close()
+    return [event.buffer_uri for event in events]
+
+
 @main.command()
-@spool_flag
+@buffer_flags
 @click.option("--json", "json_output", is_flag=True, help="Print JSON instead of text.")
-def status(spool_dir: str, json_output: bool) -> None:
+def status(json_output: bool, **options: Any) -> None:
     """Queue depth, dead letters and the oldest queued entry's age."""
-    spool = Spool(spool_dir)
-    state = spool.status()
-    letters = [
-        {"entry": path.name, "reason": record.get("reason"), "dead_lettered_at": record.get("dead_lettered_at")}
-        for path, record in spool.dead_letters()
+    one_buffer(options)
+    if options["spool_dir"]:
+        spool = Spool(options["spool_dir"])
+        state = spool.status().__dict__
+        letters = [(path.name, record) for path, record in spool.dead_letters()]
+    else:
+        state, letters = cloud_status(options["gcs_buffer"])
+    dead = [
+        {"entry": name, "destination": record.get("destination", DEFAULT_LABEL), "reason": record.get("reason"), "dead_lettered_at": record.get("dead_lettered_at")}
+        for name, record in letters
     ]
     if json_output:
-        click.echo(json.dumps({**state.__dict__, "dead_letter_entries": letters}, indent=2))
+        click.echo(json.dumps({**state, "dead_letter_entries": dead}, indent=2))
         return
-    age = "-" if state.oldest_queued_age_s is None else f"{state.oldest_queued_age_s:.1f} s"
-    click.echo(f"queued:        {state.queued} ({state.queued_bytes} bytes)")
+    age = "-" if state["oldest_queued_age_s"] is None else f"{state['oldest_queued_age_s']:.1f} s"
+    click.echo(f"queued:        {state['queued']} ({state['queued_bytes']} bytes)")
     click.echo(f"oldest queued: {age}")
-    click.echo(f"dead letters:  {state.dead_letters}")
-    for letter in letters:
-        click.echo(f"  {letter['entry']}: {letter['reason']}")
+    for label, count in sorted(state["queued_by_destination"].items()):
+        click.echo(f"  to {label}: {count}")
+    click.echo(f"dead letters:  {state['dead_letters']}")
+    for letter in dead:
+        click.echo(f"  {letter['entry']} ({letter['destination']}): {letter['reason']}")
+
+
+def cloud_status(gcs_buffer: str) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    from datetime import datetime, timezone
+
+    from dicom_adapter.buffers.gcs import GcsBuffer, GcsLocation
+
+    bucket = GcsBuffer(GcsLocation.parse(gcs_buffer))
+    queued = list(bucket.queued())
+    now = datetime.now(timezone.utc)
+    letters = [(blob.name, record) for blob, record in bucket.dead_letters()]
+    by_destination: dict[str, int] = {}
+    for blob in queued:
+        label = bucket.event_of(blob).destination_label or DEFAULT_LABEL
+        by_destination[label] = by_destination.get(label, 0) + 1
+    state = {
+        "queued": len(queued),
+        "queued_by_destination": by_destination,
+        "queued_bytes": sum(int(blob.size or 0) for blob in queued),
+        "dead_letters": len(letters),
+        "oldest_queued_age_s": max(((now - blob.time_created).total_seconds() for blob in queued), default=None),
+    }
+    return state, letters

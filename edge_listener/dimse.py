@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydicom.dataset import Dataset
 
 SUCCESS = 0x0000
+PROCESSING_FAILURE = 0x0110
 OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000

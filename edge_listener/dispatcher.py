@@ -17,13 +17,17 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 from typing import Any, Callable
+from urllib.parse import unquote, urlparse
 
 from cloudevents.http import CloudEvent
 from dicom_adapter.buffers import open_buffered_object
 from dicom_adapter.buffers.spool import Spool, SpoolObject
-from dicom_adapter.events import BufferedInstance, buffered_instance_cloud_event, utc_now
+from dicom_adapter.events import (
+    BufferedInstance,
+    buffered_instance_cloud_event,
+    utc_now,
+)
 from dicom_adapter.logs import fields
 from dicom_adapter.part10 import MalformedDataset
 from dicom_adapter.upload import TransientUploadError

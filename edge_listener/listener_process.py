@@ -13,13 +13,15 @@ import multiprocessing
 import os
 import signal
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.logs import configure_logging, fields
+from dicom_adapter.routing import RoutingTable
 
+from .buffering import SpoolBuffer
 from .server import Listener, ListenerSettings
 from .store import StoreService
 from .upload_process import Notices
@@ -35,6 +37,7 @@ class ListenerProcessSettings:
     drain_timeout_s: float
     json_logs: bool = False
     verbose: bool = False
+    routing: RoutingTable = field(default_factory=lambda: RoutingTable(()))
 
 
 class ListenerProcess:
@@ -87,7 +90,7 @@ def _child_main(settings: ListenerProcessSettings, writer: Connection, ready: An
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(json_format=settings.json_logs, verbose=settings.verbose)
     notices = Notices(writer)
-    listener = Listener(settings.listener, StoreService(Spool(settings.spool_dir), notices.notify))
+    listener = Listener(settings.listener, StoreService(SpoolBuffer(Spool(settings.spool_dir), notices.notify), settings.routing))
     listener.start()
     ready.set()
     parent = os.getppid()

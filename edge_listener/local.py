@@ -14,9 +14,15 @@ from typing import Callable
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
+from dicom_adapter.routing import RoutingTable
 
+from .buffering import SpoolBuffer
 from .intake.watch import WatchedFolder, WatchSettings
-from .listener_process import ListenerProcess, ListenerProcessSettings, shared_port_settings
+from .listener_process import (
+    ListenerProcess,
+    ListenerProcessSettings,
+    shared_port_settings,
+)
 from .server import Listener, ListenerSettings
 from .store import StoreService
 from .upload_process import UploadProcess, UploadProcessSettings
@@ -34,29 +40,31 @@ class LocalRuntime:
         *,
         processes: int = 1,
         drain_timeout_s: float = 30.0,
+        routing: RoutingTable = RoutingTable(()),
         watch: WatchSettings | None = None,
     ) -> None:
         self.spool = Spool(upload_settings.spool_dir)
+        self.spool.register_destinations(routing.destinations)
         cleared = self.spool.clear_incoming()
         if cleared:
             log.info("cleared unfinished receptions from an earlier run", extra=fields(count=cleared))
         self.drain_timeout_s = drain_timeout_s
         self.uploads = UploadProcess(upload_settings)
         first = shared_port_settings(listener_settings, listener_settings.port, processes)
-        self.listener = Listener(first, StoreService(self.spool, self.uploads.notices.notify))
+        self.listener = Listener(first, StoreService(SpoolBuffer(self.spool, self.uploads.notices.notify), routing))
         # With port 0 the first listener picked one; the others share what it got.
         shared = shared_port_settings(listener_settings, self.listener.port, processes)
         self.extra_listeners = [
             ListenerProcess(
                 ListenerProcessSettings(
-                    shared, upload_settings.spool_dir, drain_timeout_s, upload_settings.json_logs, upload_settings.verbose
+                    shared, upload_settings.spool_dir, drain_timeout_s, upload_settings.json_logs, upload_settings.verbose, routing
                 ),
                 self.uploads.writer,
                 index,
             )
             for index in range(1, processes)
         ]
-        self.watcher = _watched_folder(watch, self.spool, self.uploads.notices.notify) if watch else None
+        self.watcher = _watched_folder(watch, self.spool, self.uploads.notices.notify, routing) if watch else None
 
     def start(self) -> None:
         self.uploads.start()
@@ -93,11 +101,13 @@ class LocalRuntime:
         log.info("stopped", extra=fields(queued=status.queued, dead_letters=status.dead_letters))
 
 
-def _watched_folder(settings: WatchSettings, spool: Spool, announce: Callable[[BufferedInstance], None]) -> WatchedFolder:
-    """The drop folder, feeding the spool like a C-STORE does (the ledger is the import's)."""
+def _watched_folder(
+    settings: WatchSettings, spool: Spool, announce: Callable[[BufferedInstance], None], routing: RoutingTable
+) -> WatchedFolder:
+    """The drop folder, feeding the spool as a C-STORE does (same routing; the ledger is the import's)."""
     from .intake.intake import Intake
     from .intake.ledger import Ledger
-    from .intake.sink import SpoolSink
+    from .intake.sink import spool_sink
 
-    intake = Intake(SpoolSink(spool, announce), Ledger.in_spool(spool.root), use_fingerprints=False)
+    intake = Intake(spool_sink(spool, announce, routing), Ledger.in_spool(spool.root), use_fingerprints=False)
     return WatchedFolder(settings, intake)

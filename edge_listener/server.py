@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_adapter.logs import fields
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -41,6 +41,8 @@ class ListenerSettings:
     port: int
     host: str = "0.0.0.0"
     allowed_calling_aets: frozenset[str] = field(default_factory=frozenset)
+    # Virtual AEs: further called AE titles this listener answers to (routing rules name them).
+    also_called_aets: frozenset[str] = field(default_factory=frozenset)
     max_associations: int = 32
     acse_timeout_s: float = 30.0
     dimse_timeout_s: float = 60.0
@@ -86,6 +88,16 @@ def build_ae(settings: ListenerSettings) -> AE:
     ae.maximum_pdu_size = settings.max_pdu_length
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     return ae
+
+
+def answer_as_called_aet(event: evt.Event, also_called: frozenset[str]) -> None:
+    """EVT_REQUESTED: act as the virtual AE the peer called, if it is one of ours.
+
+    pynetdicom rejects a called AE title other than the acceptor's ("called AE title not
+    recognised") right after this event, so taking the called title here is all it takes."""
+    called = event.assoc.requestor.primitive.called_ae_title.strip()
+    if called in also_called:
+        event.assoc.acceptor.ae_title = called
 
 
 def _log_association(event: evt.Event, what: str) -> None:
@@ -136,11 +148,12 @@ class Listener:
 
     def __init__(self, settings: ListenerSettings, store: StoreService) -> None:
         self.settings = settings
-        receive_into(store.spool.incoming)
+        receive_into(store.buffer.incoming)
         reactor_tuning.install()
         self.ae = build_ae(settings)
         handlers = [
             (evt.EVT_C_STORE, handle_store, [store]),
+            *([(evt.EVT_REQUESTED, answer_as_called_aet, [settings.also_called_aets])] if settings.also_called_aets else []),
             (evt.EVT_DIMSE_RECV, reactor_tuning.mark_busy),
             (evt.EVT_ACCEPTED, _log_association, ["association accepted"]),
             (evt.EVT_RELEASED, _log_association, ["association released"]),
@@ -165,6 +178,9 @@ class Listener:
 
     def start(self) -> None:
         self._thread.start()
+
+    def is_serving(self) -> bool:
+        return self._thread.is_alive()
 
     def stop_accepting(self) -> None:
         """Close the listening socket; associations in progress carry on."""

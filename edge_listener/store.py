@@ -1,10 +1,11 @@
 """C-STORE SCP: make the received instance durable in the buffer, then (and only then) ack.
 
-pynetdicom streams the received data set into a Part-10 file in the spool's incoming/ folder,
+pynetdicom streams the received data set into a Part-10 file in the buffer's incoming folder,
 behind the adapter's file meta (reception.py). This handler checks that data set by its element
-headers, fsyncs the file, renames it into the queue, fsyncs the queue folder, announces it to
-the uploader, and answers Success. Anything that fails on the way answers a failure status with
-an Error Comment and leaves nothing in the queue (pynetdicom deletes the reception file).
+headers and hands it to the buffer (buffering.py: the spool queue locally, a GCS object plus a
+Pub/Sub event in the cloud), and answers Success once the buffer has it. Anything that fails on
+the way answers a failure status with an Error Comment and leaves nothing to upload
+(pynetdicom deletes the reception file).
 """
 
 from __future__ import annotations
@@ -14,18 +15,25 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
 from dicom_adapter.part10 import MalformedDataset, summarize_dataset
+from dicom_adapter.routing import Destination, RoutingTable, read_routing_header
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from .dimse import CANNOT_UNDERSTAND, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, OUT_OF_RESOURCES, SUCCESS, status
+from .buffering import BufferRefused, InstanceBuffer
+from .dimse import (
+    CANNOT_UNDERSTAND,
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    status,
+)
 from .reception import ReceptionFile, reception_of
 
 log = logging.getLogger(__name__)
@@ -42,10 +50,11 @@ class Refused(Exception):
 
 @dataclass
 class StoreService:
-    """What the C-STORE handler needs: the spool to write into and whom to tell."""
+    """What the C-STORE handler needs: the rules that say where instances go, and the buffer
+    to put them into."""
 
-    spool: Spool
-    announce: Callable[[BufferedInstance], None]
+    buffer: InstanceBuffer
+    routing: RoutingTable = field(default_factory=lambda: RoutingTable(()))
 
 
 def handle_store(event: Event, service: StoreService) -> Dataset:
@@ -60,9 +69,9 @@ def handle_store(event: Event, service: StoreService) -> Dataset:
         "transfer_syntax_uid": str(event.context.transfer_syntax),
     }
     try:
-        instance = buffer_instance(
+        events = buffer_instance(
             reception_of(request),
-            service.spool,
+            service,
             transfer_syntax_uid=str(event.context.transfer_syntax),
             command_sop_class_uid=context["sop_class_uid"],
             command_sop_instance_uid=context["sop_instance_uid"],
@@ -75,22 +84,24 @@ def handle_store(event: Event, service: StoreService) -> Dataset:
     except Exception as exc:  # never let a handler error become pynetdicom's bare 0xC211
         log.exception("C-STORE failed unexpectedly", extra=fields(**context))
         return status(OUT_OF_RESOURCES, f"adapter error: {type(exc).__name__}")
-    service.announce(instance)
-    log.info("buffered", extra=fields(**instance.log_fields(), duration_ms=int((time.monotonic() - started) * 1000)))
+    duration_ms = int((time.monotonic() - started) * 1000)
+    for event in events:
+        log.info("buffered", extra=fields(**event.log_fields(), duration_ms=duration_ms))
     return status(SUCCESS)
 
 
 def buffer_instance(
     reception: ReceptionFile,
-    spool: Spool,
+    service: StoreService,
     *,
     transfer_syntax_uid: str,
     command_sop_class_uid: str,
     command_sop_instance_uid: str,
     calling_aet: str,
     called_aet: str,
-) -> BufferedInstance:
-    """Check the received Part-10 file and move it durably into the spool queue; return its event."""
+) -> list[BufferedInstance]:
+    """Check the received Part-10 file, route it, and put it into the buffer; return its events
+    (one per destination)."""
     reception.flush()
     if reception.error is not None or reception.dataset_offset is None:
         raise Refused(OUT_OF_RESOURCES, _spool_failure(reception.error or OSError(errno.EIO, "no data set written")))
@@ -103,14 +114,9 @@ def buffer_instance(
             raise Refused(CANNOT_UNDERSTAND, f"malformed data set: {exc}") from None
     # The file meta holds the command's UIDs; they must be the data set's.
     _check_uids(summary.sop_class_uid, summary.sop_instance_uid, command_sop_class_uid, command_sop_instance_uid)
-    try:
-        reception.sync()
-        final = spool.commit(received, spool.new_entry_name(summary.sop_instance_uid))
-    except OSError as exc:
-        raise Refused(OUT_OF_RESOURCES, _spool_failure(exc)) from None
-    reception.moved()
-    return BufferedInstance(
-        buffer_uri=spool.uri(final),
+    destinations = _route(service.routing, received, calling_aet, called_aet)
+    instance = BufferedInstance(
+        buffer_uri="",
         sop_class_uid=summary.sop_class_uid,
         sop_instance_uid=summary.sop_instance_uid,
         study_instance_uid=summary.study_instance_uid,
@@ -120,6 +126,25 @@ def buffer_instance(
         called_aet=called_aet,
         size=size,
     )
+    try:
+        return service.buffer.put(reception, instance, destinations)
+    except OSError as exc:
+        raise Refused(OUT_OF_RESOURCES, _spool_failure(exc)) from None
+    except BufferRefused as refusal:
+        raise Refused(OUT_OF_RESOURCES, refusal.comment) from None
+
+
+def _route(routing: RoutingTable, received: Path, calling_aet: str, called_aet: str) -> tuple[Destination | None, ...]:
+    header = None
+    if routing.needs_dataset:
+        try:
+            header = read_routing_header(received, routing.tags)
+        except Exception as exc:  # pydicom raises many types on odd encodings
+            raise Refused(CANNOT_UNDERSTAND, f"header unreadable for routing: {type(exc).__name__}") from None
+    destinations = routing.route(calling_aet, called_aet, header)
+    if not destinations:
+        raise Refused(PROCESSING_FAILURE, "no routing rule matches and there is no default store")
+    return destinations
 
 
 def _spool_failure(exc: OSError) -> str:

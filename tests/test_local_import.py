@@ -11,17 +11,13 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-import pydicom
 import pytest
-
 from support.adapter import ADAPTER_AET, LocalAdapter, adapter_command
+from support.checks import assert_byte_exact, corpus_rounds
 from support.dcmtk import dcmsend, echoscu, storescu
 from support.dicom_files import (
-    dataset_bytes_after_meta,
     make_ct_instance,
     make_ct_series,
-    pydicom_corpus,
-    unique_by_sop_instance_uid,
 )
 from support.orthanc import Orthanc
 from support.sender import send_files
@@ -38,33 +34,11 @@ def adapter(tmp_path: Path, store: Orthanc):
         yield running
 
 
-def _assert_byte_exact(store: Orthanc, sent: Path, study: str, series: str, sop: str, calling_aet: str) -> None:
-    stored = store.retrieve_instance_part10(study, series, sop)
-    assert dataset_bytes_after_meta(stored) == dataset_bytes_after_meta(sent), f"{sent.name}: data set differs"
-    meta = pydicom.dcmread(pydicom.filebase.DicomBytesIO(stored), stop_before_pixels=True).file_meta
-    sent_syntax = pydicom.filereader.read_file_meta_info(sent).TransferSyntaxUID
-    assert meta.TransferSyntaxUID == sent_syntax
-    assert meta.SourceApplicationEntityTitle == calling_aet
-
-
-def _corpus_rounds(extra: list) -> list[list]:
-    """The corpus split so that no round holds two files with the same SOP Instance UID
-    (pydicom ships one image in several transfer syntaxes under one UID)."""
-    remaining = [f for files in pydicom_corpus().values() for f in files] + extra
-    rounds = []
-    while remaining:
-        this_round = unique_by_sop_instance_uid(remaining)
-        rounds.append(this_round)
-        taken = {id(f) for f in this_round}
-        remaining = [f for f in remaining if id(f) not in taken]
-    return rounds
-
-
 def test_pydicom_corpus_arrives_byte_exact_in_every_transfer_syntax(tmp_path: Path, store: Orthanc, adapter: LocalAdapter):
     syntaxes_seen: Counter[str] = Counter()
     # pydicom's only deflated file lacks the pad byte PS3.5 A.5 requires; add a valid one.
     deflated = make_ct_instance(tmp_path / "deflated.dcm", transfer_syntax="1.2.840.10008.1.2.1.99")
-    for round_files in _corpus_rounds([deflated]):
+    for round_files in corpus_rounds([deflated]):
         store.delete_all()
         for start in range(0, len(round_files), 40):  # stay well under 128 presentation contexts
             batch = round_files[start : start + 40]
@@ -74,7 +48,7 @@ def test_pydicom_corpus_arrives_byte_exact_in_every_transfer_syntax(tmp_path: Pa
         adapter.wait_until_drained()
         assert not adapter.dead_letters(), adapter.logs()[-3000:]
         for corpus_file in round_files:
-            _assert_byte_exact(
+            assert_byte_exact(
                 store,
                 corpus_file.path,
                 corpus_file.study_instance_uid,
@@ -110,7 +84,7 @@ def test_dcmtk_storescu_and_dcmsend_store_like_a_pacs(tmp_path: Path, store: Ort
     assert store.list_sop_instance_uids() == sorted(i.sop_instance_uid for i in series)
     for instance in series[:3]:
         # storescu re-encodes nothing for uncompressed files without padding: still exact.
-        _assert_byte_exact(store, instance.path, instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid, "STORESCU")
+        assert_byte_exact(store, instance.path, instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid, "STORESCU")
 
 
 def test_wrong_called_ae_is_rejected(adapter: LocalAdapter):
@@ -167,7 +141,7 @@ def test_kill_9_while_uploading(tmp_path: Path, store: Orthanc, adapter: LocalAd
     adapter.wait_until_drained(timeout=180)
     assert store.list_sop_instance_uids() == sorted(i.sop_instance_uid for i in series)
     for instance in series[::20]:
-        _assert_byte_exact(store, instance.path, instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid, "STORESCU")
+        assert_byte_exact(store, instance.path, instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid, "STORESCU")
 
 
 def test_sigterm_drains_and_exits_zero_keeping_the_queue(tmp_path: Path, store: Orthanc, adapter: LocalAdapter):

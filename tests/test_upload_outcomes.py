@@ -63,7 +63,7 @@ def test_permanent_rejection_dead_letters_with_original_bytes_then_redrive(tmp_p
         assert record["http_status"] == 400
         assert record["failure_reason"] == 0xA900
         assert "0xA900" in record["reason"]
-        assert record["redrive"] == f"dicom-adapter redrive --sop_instance_uid {bad.sop_instance_uid}"
+        assert record["redrive"] == f"dicom-adapter redrive --spool_dir {adapter.spool_dir.resolve()} --sop_instance_uid {bad.sop_instance_uid}"
         assert "store rejected the instance; moved to dead letters" in adapter.logs()
         assert " ERROR " in adapter.logs()
 

@@ -14,7 +14,7 @@ from dicom_adapter.buffers.spool import Spool
 from .intake import Intake
 from .ledger import Ledger
 from .run import run_import, write_report
-from .sink import SpoolSink
+from .sink import spool_sink
 
 EXIT_NOT_ALL_IMPORTED = 1
 EXIT_INTERRUPTED = 130
@@ -22,14 +22,15 @@ EXIT_INTERRUPTED = 130
 
 def run_import_command(paths: Sequence[str], *, spool_dir: str, workers: int, report: str | None, force: bool) -> int:
     spool = Spool(spool_dir)
-    sink = SpoolSink(spool)
+    wake = _UploaderWakeUp(spool)
+    # Routing rules are those of `local` and not known here: imports go to its default store.
+    sink = spool_sink(spool, lambda _event: wake.maybe())
     ledger = Ledger.in_spool(spool.root)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    wake = _UploaderWakeUp(spool)
     try:
-        summary = run_import(paths, Intake(sink, ledger, force=force), workers=workers, stop=stop, on_progress=wake.maybe)
+        summary = run_import(paths, Intake(sink, ledger, force=force), workers=workers, stop=stop)
     finally:
         wake.now()
         ledger.close()

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from dicom_adapter.logs import fields
 
 from .ledger import Ledger
-from .sink import BufferSink
+from ..buffering import BufferRefused
+from .sink import BufferSink, NotRoutable
 from .sources import Source
 from .staging import ALREADY_PRESENT, FAILED, IMPORTED, SKIPPED, NotAnInstance, stage
 
@@ -100,17 +101,18 @@ class Intake:
             return Outcome(source, ALREADY_PRESENT, "this instance (same UID and data set) was imported before", uid)
         try:
             self.ledger.begin(uid, digest, staged.path)
-            instance = self.sink.put(staged)
-        except OSError as exc:
+            events = self.sink.put(staged)
+        except (OSError, BufferRefused, NotRoutable) as exc:
             staged.discard()
             self.ledger.abandon(uid, digest)
-            return self._refused(source, NotAnInstance(FAILED, f"buffer write failed: {_safe(exc)}"), uid)
+            reason = _safe(exc) if isinstance(exc, OSError) else str(exc)
+            return self._refused(source, NotAnInstance(FAILED, f"not buffered: {reason}"), uid)
         finally:
             with self._lock:
                 self._in_flight.discard(key)
-        entry = instance.buffer_uri.rsplit("/", 1)[-1]
+        entry = events[0].buffer_uri.rsplit("/", 1)[-1]
         self.ledger.record(uid, digest, entry=entry, fingerprint=fingerprint)
-        log.debug("imported", extra=fields(**instance.log_fields(), file_ref=source.ref, rewrapped=staged.rewrapped or None))
+        log.debug("imported", extra=fields(**events[0].log_fields(), file_ref=source.ref, copies=len(events), rewrapped=staged.rewrapped or None))
         return Outcome(source, IMPORTED, sop_instance_uid=uid, rewrapped=staged.rewrapped)
 
     def _refused(self, source: Source, refusal: NotAnInstance, uid: str = "", *, log_reason: str = "") -> Outcome:

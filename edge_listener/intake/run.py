@@ -17,7 +17,7 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from dicom_adapter.events import utc_now
 
@@ -83,10 +83,9 @@ def run_import(
     *,
     workers: int = 4,
     stop: threading.Event | None = None,
-    on_progress: Callable[[], None] | None = None,
     progress_interval_s: float = 10.0,
 ) -> ImportSummary:
-    """Import everything under `paths`; `on_progress` runs (in this thread) after each source."""
+    """Import everything under `paths`."""
     stop = stop or threading.Event()
     summary = ImportSummary()
     started = time.monotonic()
@@ -108,8 +107,6 @@ def run_import(
         for outcome in batch:
             summary.add(outcome)
             progress.advance(outcome.source.size)
-        if batch and on_progress is not None:
-            on_progress()
 
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="import") as pool:

@@ -2,10 +2,10 @@
 
 `BufferSink` is the whole interface between the import (command and watched folder) and the
 buffer: a staging folder on local disk for the checked copies, and `put`, which makes one
-staged file a buffered instance whose event cannot be lost, and returns that event.
-`SpoolSink` is the local runtime's. A GCS sink (cloud mode) implements the same two members:
-stage in a local temporary folder, `put` = upload the object with if_generation_match=0, publish
-the `BufferedInstance` event, remove the staged file.
+staged file buffered instance(s) whose events cannot be lost. `InstanceBufferSink` implements
+it over the C-STORE handler's own `InstanceBuffer` (buffering.py), so an imported file takes
+exactly the path of a received one: `SpoolBuffer` locally (fsync, rename into queue/, fsync the
+folder, announce), `CloudBuffer` in cloud mode (create-only GCS object, then the Pub/Sub event).
 """
 
 from __future__ import annotations
@@ -13,47 +13,53 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.events import BufferedInstance
+from dicom_adapter.routing import Destination, RoutingTable, read_routing_header
 
+from ..buffering import InstanceBuffer, SpoolBuffer
 from .staging import StagedInstance, fsync_file
 
 STAGING = "importing"
+DEFAULT_STORE_ONLY: tuple[Destination | None, ...] = (None,)
 
 
 class BufferSink(Protocol):
     staging_dir: Path
 
-    def put(self, staged: StagedInstance) -> BufferedInstance:
-        """Make the staged file durably buffered and its event sure to arrive. The staged file
-        is gone afterwards, and only then (the ledger's crash recovery relies on that)."""
+    def put(self, staged: StagedInstance) -> list[BufferedInstance]:
+        """Make the staged file durably buffered (once per destination) and its events sure to
+        arrive. The staged file is gone afterwards, and only then (the ledger's crash recovery
+        relies on that). Raises OSError or buffering.BufferRefused: nothing buffered."""
 
     def sweep_stale(self) -> None:
         """Remove staged copies left by processes that are gone (after the ledger settled them)."""
 
 
-class SpoolSink:
-    """The spool: fsync the staged copy, rename it into queue/, fsync queue/ (Spool.commit).
+class NotRoutable(Exception):
+    """No routing rule matches the instance (and there is no default store), or its header
+    cannot be read for the rules."""
 
-    Staged copies live in SPOOL/importing/<pid>/, on the spool's file system so the rename is
-    atomic, and apart from incoming/, which `dicom-adapter local` clears when it starts. A
-    folder left by a process that is gone holds no buffered data and is removed here.
+
+class InstanceBufferSink:
+    """A `BufferSink` over an `InstanceBuffer`, staging in ROOT/importing/<pid>/.
+
+    The staging folder must be on the buffer's file system for the spool (the rename is
+    atomic), and apart from incoming/, which `dicom-adapter local` clears when it starts.
     """
 
-    def __init__(self, spool: Spool, announce: Callable[[BufferedInstance], None] | None = None) -> None:
-        self.spool = spool
-        self.announce = announce
-        self._root = spool.root / STAGING
+    def __init__(self, buffer: InstanceBuffer, staging_root: Path, routing: RoutingTable | None = None) -> None:
+        self.buffer = buffer
+        self.routing = routing
+        self._root = staging_root / STAGING
         self.staging_dir = self._root / str(os.getpid())
         self.staging_dir.mkdir(parents=True, exist_ok=True)  # another sink of this process may share it
 
-    def put(self, staged: StagedInstance) -> BufferedInstance:
-        fsync_file(staged.path)
-        entry = self.spool.commit(staged.path, self.spool.new_entry_name(staged.summary.sop_instance_uid))
+    def put(self, staged: StagedInstance) -> list[BufferedInstance]:
         instance = BufferedInstance(
-            buffer_uri=self.spool.uri(entry),
+            buffer_uri="",
             sop_class_uid=staged.summary.sop_class_uid,
             sop_instance_uid=staged.summary.sop_instance_uid,
             study_instance_uid=staged.summary.study_instance_uid,
@@ -63,9 +69,24 @@ class SpoolSink:
             called_aet="",
             size=staged.size,
         )
-        if self.announce is not None:
-            self.announce(instance)
-        return instance
+        events = self.buffer.put(_StagedReception(staged.path), instance, self._route(staged))
+        staged.discard()  # the spool renamed it already; a cloud buffer uploaded a copy
+        return events
+
+    def _route(self, staged: StagedInstance) -> Sequence[Destination | None]:
+        """The routing rules of C-STORE, with the file meta's source AE as the calling AE."""
+        if self.routing is None:
+            return DEFAULT_STORE_ONLY
+        header = None
+        if self.routing.needs_dataset:
+            try:
+                header = read_routing_header(staged.path, self.routing.tags)
+            except Exception as exc:  # pydicom raises many types on odd encodings
+                raise NotRoutable(f"header unreadable for routing: {type(exc).__name__}") from None
+        destinations = self.routing.route(staged.source_aet, "", header)
+        if not destinations:
+            raise NotRoutable("no routing rule matches and there is no default store")
+        return destinations
 
     def sweep_stale(self) -> None:
         for leftover in self._root.iterdir():
@@ -77,6 +98,27 @@ class SpoolSink:
             self.staging_dir.rmdir()  # only if empty: another sink of this process may still stage
         except OSError:
             pass
+
+
+def spool_sink(spool: Spool, announce: Callable[[BufferedInstance], None], routing: RoutingTable | None = None) -> InstanceBufferSink:
+    """The local runtime's sink: the spool, staging inside it."""
+    return InstanceBufferSink(SpoolBuffer(spool, announce), spool.root, routing)
+
+
+class _StagedReception:
+    """A staged copy in the shape `InstanceBuffer.put` takes a C-STORE reception file in."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)
+
+    def sync(self) -> None:
+        fsync_file(Path(self.name))
+
+    def moved(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _process_alive(pid: int) -> bool:

@@ -43,7 +43,7 @@ def parse_status_codes(text: str | None) -> frozenset[int]:
 class UploadSettings:
     """How `stow_upload` talks to the DICOMweb store."""
 
-    dicomweb_address: str
+    dicomweb_address: str  # the default store ("" : none; every event must then name its destination)
     stow_overwrite: bool = False
     retry_status_codes: frozenset[int] = field(default=DEFAULT_RETRY_STATUS_CODES)
     # Backoff between attempts inside one delivery, as the Google adapter's flags name them.
@@ -52,21 +52,49 @@ class UploadSettings:
     attempts_per_delivery: int = 4
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 300.0
-    use_google_auth: bool = False
+    calling_aet: str = "DICOMADAPTER"  # our AE title towards DIMSE destinations
+
+    @property
+    def use_google_auth(self) -> bool:
+        return uses_google_auth(self.dicomweb_address)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "UploadSettings":
         env = os.environ if env is None else env
         address = env.get(env_name("dicomweb_address"), "")
-        if not address:
-            raise ValueError(f"{env_name('dicomweb_address')} is not set")
         return cls(
             dicomweb_address=address,
             stow_overwrite=_truthy(env.get(env_name("stow_overwrite"))),
             retry_status_codes=parse_status_codes(env.get(env_name("http_error_codes_to_retry"))),
             min_upload_delay_ms=int(env.get(env_name("min_upload_delay"), 100)),
             max_waiting_time_between_uploads_ms=int(env.get(env_name("max_waiting_time_between_uploads"), 5000)),
-            use_google_auth=address.startswith("https://healthcare.googleapis.com/"),
+            calling_aet=env.get(env_name("dimse_aet"), "DICOMADAPTER"),
+        )
+
+
+def uses_google_auth(address: str) -> bool:
+    """The Healthcare API takes ADC tokens; other DICOMweb servers get plain requests."""
+    return address.startswith("https://healthcare.googleapis.com/")
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """What `sweep` needs: the buffer to look into and the topic to re-announce on."""
+
+    gcs_buffer: str
+    pubsub_topic: str
+    min_age_minutes: float = 15.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "SweepSettings":
+        env = os.environ if env is None else env
+        missing = [env_name(key) for key in ("gcs_buffer", "pubsub_topic") if not env.get(env_name(key))]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} not set")
+        return cls(
+            gcs_buffer=env[env_name("gcs_buffer")],
+            pubsub_topic=env[env_name("pubsub_topic")],
+            min_age_minutes=float(env.get(env_name("sweep_min_age_minutes"), 15.0)),
         )
 
 

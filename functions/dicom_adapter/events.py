@@ -42,6 +42,8 @@ class BufferedInstance:
     called_aet: str
     size: int
     received_at: str = dataclasses.field(default_factory=lambda: utc_now())
+    # Where this copy goes (routing.Destination.to_json()); None: the uploader's default store.
+    destination: dict[str, Any] | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
@@ -55,9 +57,16 @@ class BufferedInstance:
         if not isinstance(fields, dict):
             raise MalformedEvent("event data is not a JSON object")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(n for n in names - set(fields) if n != "received_at")
+        missing = sorted(n for n in names - set(fields) if n not in ("received_at", "destination"))
         if missing:
             raise MalformedEvent(f"event data lacks {', '.join(missing)}")
+        if fields.get("destination") is not None:
+            from .routing import Destination
+
+            try:
+                Destination.from_json(fields["destination"])
+            except (ValueError, AttributeError) as exc:
+                raise MalformedEvent(f"event destination is unusable: {exc}") from None
         try:
             return cls(**{k: v for k, v in fields.items() if k in names})
         except TypeError as exc:
@@ -73,13 +82,21 @@ class BufferedInstance:
             "calling_aet": self.calling_aet,
             "called_aet": self.called_aet,
             "size": self.size,
+            "destination": self.destination_label,
         }
+
+    @property
+    def destination_label(self) -> str | None:
+        from .routing import Destination
+
+        return Destination.from_json(self.destination).label if self.destination else None
 
     def pubsub_attributes(self) -> dict[str, str]:
         return {
             "sop_instance_uid": self.sop_instance_uid,
             "calling_aet": self.calling_aet,
             "called_aet": self.called_aet,
+            **({"destination": self.destination_label} if self.destination else {}),
         }
 
 

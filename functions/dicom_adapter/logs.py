@@ -12,6 +12,7 @@ WARNING whatever the verbosity.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -53,7 +54,9 @@ def configure_logging(*, json_format: bool = False, verbose: bool = False, strea
     if json_format:
         from google.cloud.logging_v2.handlers import StructuredLogHandler
 
-        handler: logging.Handler = StructuredLogHandler(stream=stream)
+        # With the project known, a request's trace header becomes logging.googleapis.com/trace
+        # (projects/P/traces/T), so Cloud Logging groups a function's lines per request.
+        handler: logging.Handler = StructuredLogHandler(stream=stream, project_id=os.environ.get("GOOGLE_CLOUD_PROJECT"))
     else:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(TextFormatter())

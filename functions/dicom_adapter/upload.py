@@ -14,21 +14,36 @@ buffer. Every delivery may be a repeat (at-least-once), so:
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 from cloudevents.http import CloudEvent
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_result,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
+from .aets import Peer
 from .buffers import BufferedObject, open_buffered_object
-from .config import UploadSettings
+from .config import UploadSettings, uses_google_auth
 from .dicomweb import DicomWebAddress, DicomWebClient, StowOutcome, StowVerdict
-from .events import BufferedInstance, MalformedEvent, buffered_instance_from_cloud_event, utc_now
+from .dimse_send import send_part10
+from .events import (
+    BufferedInstance,
+    MalformedEvent,
+    buffered_instance_from_cloud_event,
+    utc_now,
+)
 from .logs import fields
 from .multipart import BodyPart
 from .part10 import DatasetDigester
+from .routing import DEFAULT_LABEL, Destination
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +61,32 @@ class UploadResult:
 
 
 class Uploader:
+    """Uploads buffered instances to their destination: the event's (a DICOMweb store by
+    STOW-RS, a DIMSE peer by C-STORE), or the default store of the settings."""
+
     def __init__(self, settings: UploadSettings, session: requests.Session | None = None) -> None:
         self.settings = settings
-        self.client = DicomWebClient(
-            DicomWebAddress(settings.dicomweb_address),
-            session or _new_session(settings),
-            retry_status_codes=settings.retry_status_codes,
-            timeout=(settings.connect_timeout_s, settings.read_timeout_s),
-        )
+        self._session = session
+        self._clients: dict[str, DicomWebClient] = {}
+        self._lock = threading.Lock()
+
+    def _client(self, address: str) -> DicomWebClient:
+        """One client (and connection pool) per DICOMweb store, shared by the upload threads."""
+        with self._lock:
+            client = self._clients.get(address)
+            if client is None:
+                client = self._clients[address] = DicomWebClient(
+                    DicomWebAddress(address),
+                    self._session or _new_session(address),
+                    retry_status_codes=self.settings.retry_status_codes,
+                    timeout=(self.settings.connect_timeout_s, self.settings.read_timeout_s),
+                )
+            return client
+
+    def _destination(self, instance: BufferedInstance) -> Destination | None:
+        if instance.destination:
+            return Destination.from_json(instance.destination)
+        return Destination.dicomweb(self.settings.dicomweb_address) if self.settings.dicomweb_address else None
 
     def handle_cloud_event(self, cloud_event: CloudEvent, delivery_attempt: int = 1) -> UploadResult:
         """The body of the `stow_upload` entry point."""
@@ -65,28 +98,47 @@ class Uploader:
             return UploadResult("malformed_event", str(exc))
         return self.upload(instance, delivery_attempt)
 
+    def give_up(self, cloud_event: CloudEvent, delivery_attempts: int | None) -> UploadResult:
+        """The body of `dead_letter`: Pub/Sub stopped redelivering this event; keep the instance
+        as a dead letter so that an operator can redrive it once the store is healthy."""
+        try:
+            instance = buffered_instance_from_cloud_event(cloud_event)
+        except MalformedEvent as exc:
+            log.error("dropping malformed dead-lettered event", extra=fields(reason=str(exc), event_id=cloud_event["id"]))
+            return UploadResult("malformed_event", str(exc))
+        buffered = open_buffered_object(instance.buffer_uri)
+        if not buffered.exists():
+            log.info("dead-lettered event of an instance that was uploaded meanwhile", extra=fields(**instance.log_fields()))
+            return UploadResult("already_done")
+        attempts = f"{delivery_attempts} delivery attempts" if delivery_attempts else "its delivery attempts"
+        outcome = StowOutcome(StowVerdict.REJECTED, None, f"gave up after {attempts}: the upload kept failing transiently")
+        return self._dead_letter(buffered, instance, outcome, delivery_attempts or 0)
+
     def upload(self, instance: BufferedInstance, delivery_attempt: int = 1) -> UploadResult:
         buffered = open_buffered_object(instance.buffer_uri)
         if not buffered.exists():
             log.info("already uploaded by an earlier delivery", extra=fields(**instance.log_fields()))
             return UploadResult("already_done")
+        destination = self._destination(instance)
+        if destination is None:
+            outcome = StowOutcome(StowVerdict.REJECTED, None, "the event names no destination and there is no default store")
+            return self._dead_letter(buffered, instance, outcome, delivery_attempt)
         started = time.monotonic()
-        outcome = self._store_with_retries(buffered, instance)
+        outcome = self._store_with_retries(buffered, instance, destination)
         if outcome.verdict is StowVerdict.ALREADY_EXISTS:
-            return self._resolve_existing(buffered, instance, outcome, delivery_attempt, started)
+            return self._resolve_existing(buffered, instance, destination, outcome, delivery_attempt, started)
         if outcome.verdict is StowVerdict.STORED:
             buffered.complete()
             if outcome.warning_reason is not None:
                 log.warning("stored with a warning", extra=fields(**instance.log_fields(), warning_reason=f"0x{outcome.warning_reason:04X}"))
-            log.info("stored", extra=fields(**instance.log_fields(), duration_ms=_ms_since(started), http_status=outcome.http_status))
+            log.info("stored", extra=fields(**instance.log_fields(), store=destination.label, duration_ms=_ms_since(started), http_status=outcome.http_status))
             return UploadResult("stored")
         if outcome.verdict is StowVerdict.TRANSIENT:
             log.warning("store unavailable, will retry", extra=fields(**instance.log_fields(), reason=outcome.reason, delivery_attempt=delivery_attempt))
             raise TransientUploadError(outcome.reason)
         return self._dead_letter(buffered, instance, outcome, delivery_attempt)
 
-    def _store_with_retries(self, buffered: BufferedObject, instance: BufferedInstance) -> StowOutcome:
-        part = BodyPart(buffered.size(), buffered.open_chunks)
+    def _store_with_retries(self, buffered: BufferedObject, instance: BufferedInstance, destination: Destination) -> StowOutcome:
         retrying = Retrying(
             retry=retry_if_result(lambda o: o.verdict is StowVerdict.TRANSIENT),
             stop=stop_after_attempt(self.settings.attempts_per_delivery),
@@ -106,7 +158,12 @@ class Uploader:
             ),
         )
         try:
-            return retrying(self.client.store_instance, part, instance.sop_instance_uid)
+            if destination.kind == "dimse":
+                peer = Peer(destination.aet, destination.host, destination.port)
+                with buffered.local_path() as path:
+                    return retrying(send_part10, path, peer, calling_aet=self.settings.calling_aet, timeout_s=self.settings.connect_timeout_s * 6)
+            part = BodyPart(buffered.size(), buffered.open_chunks)
+            return retrying(self._client(destination.address).store_instance, part, instance.sop_instance_uid)
         except RetryError as exc:
             return exc.last_attempt.result()
 
@@ -114,12 +171,14 @@ class Uploader:
         self,
         buffered: BufferedObject,
         instance: BufferedInstance,
+        destination: Destination,
         outcome: StowOutcome,
         delivery_attempt: int,
         started: float,
     ) -> UploadResult:
+        client = self._client(destination.address)
         try:
-            theirs = self.client.retrieve_dataset_digest(
+            theirs = client.retrieve_dataset_digest(
                 instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
             )
         except requests.RequestException as exc:
@@ -146,10 +205,10 @@ class Uploader:
             )
             return self._dead_letter(buffered, instance, conflict, delivery_attempt)
         try:
-            self.client.delete_instance(instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid)
+            client.delete_instance(instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid)
         except requests.RequestException as exc:
             raise TransientUploadError(f"could not delete the instance to overwrite it: {exc}") from None
-        again = self._store_with_retries(buffered, instance)
+        again = self._store_with_retries(buffered, instance, destination)
         if again.verdict is StowVerdict.STORED:
             buffered.complete()
             log.warning("replaced a different stored instance (stow_overwrite)", extra=fields(**instance.log_fields(), duration_ms=_ms_since(started)))
@@ -161,28 +220,46 @@ class Uploader:
     def _dead_letter(
         self, buffered: BufferedObject, instance: BufferedInstance, outcome: StowOutcome, delivery_attempt: int
     ) -> UploadResult:
+        destination = self._destination(instance)
+        store = destination.label if destination else DEFAULT_LABEL
         record: dict[str, Any] = {
             "reason": outcome.reason,
             "store_said": outcome.detail,
             "http_status": outcome.http_status,
             "failure_reason": outcome.failure_reason,
-            "store": self.settings.dicomweb_address,
+            "store": store,
+            "destination": instance.destination_label or DEFAULT_LABEL,
             "delivery_attempt": delivery_attempt,
             "received_at": instance.received_at,
             "dead_lettered_at": utc_now(),
             "event": instance.log_fields() | {"buffer_uri": instance.buffer_uri},
-            "redrive": f"dicom-adapter redrive --sop_instance_uid {instance.sop_instance_uid}",
+            "redrive": redrive_command(instance),
         }
         buffered.dead_letter(record)
         log.error(
             "store rejected the instance; moved to dead letters",
-            extra=fields(**instance.log_fields(), reason=outcome.reason, http_status=outcome.http_status, store=self.settings.dicomweb_address),
+            extra=fields(**instance.log_fields(), reason=outcome.reason, http_status=outcome.http_status, store=store),
         )
         return UploadResult("dead_lettered", outcome.reason)
 
 
-def _new_session(settings: UploadSettings) -> requests.Session:
-    if settings.use_google_auth:
+def redrive_command(instance: BufferedInstance) -> str:
+    """The command that puts this instance back once the cause is fixed."""
+    if instance.buffer_uri.startswith("gs://"):
+        from .buffers.gcs import GcsLocation, parse_object_uri
+
+        bucket, name, _ = parse_object_uri(instance.buffer_uri)
+        prefix = name.rsplit("/", 2)[0] if name.count("/") >= 2 else ""
+        where = f"--gcs_buffer {GcsLocation(bucket, prefix)} --pubsub_topic TOPIC"
+    else:
+        from .buffers.spool import SpoolObject
+
+        where = f"--spool_dir {SpoolObject.from_uri(instance.buffer_uri).path.parent.parent}"
+    return f"dicom-adapter redrive {where} --sop_instance_uid {instance.sop_instance_uid}"
+
+
+def _new_session(address: str) -> requests.Session:
+    if uses_google_auth(address):
         import google.auth
         from google.auth.transport.requests import AuthorizedSession
 

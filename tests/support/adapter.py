@@ -1,4 +1,4 @@
-"""The adapter under test, run as users run it: the `dicom-adapter local` command."""
+"""The adapter under test, run as users run it: `dicom-adapter local` and `dicom-adapter edge`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .processes import ManagedProcess, free_port
 
@@ -18,25 +18,21 @@ def adapter_command() -> list[str]:
     return [found] if found else [sys.executable, "-c", "from edge_listener.cli import main; main()"]
 
 
-class LocalAdapter:
-    """`dicom-adapter local` on a free port with its own spool; restartable on the same port."""
+class AdapterProcess:
+    """A `dicom-adapter` serving command on a free DIMSE port; restartable on the same port."""
 
     def __init__(
         self,
         work_dir: Path,
-        dicomweb_address: str,
         *,
         aet: str = ADAPTER_AET,
         extra_args: Sequence[str] = (),
         extra_env: dict[str, str] | None = None,
         name: str = "adapter",
-        spool_dir: Path | None = None,
     ) -> None:
         self.work_dir = Path(work_dir)
-        self.spool_dir = spool_dir or self.work_dir / "spool"
         self.aet = aet
         self.port = free_port()
-        self.dicomweb_address = dicomweb_address
         self.extra_args = list(extra_args)
         self.process = ManagedProcess(
             self.command(),
@@ -46,18 +42,12 @@ class LocalAdapter:
         )
 
     def command(self) -> list[str]:
-        return adapter_command() + [
-            "local",
-            "--dimse_aet", self.aet,
-            "--dimse_port", str(self.port),
-            "--dimse_host", "127.0.0.1",
-            "--dicomweb_address", self.dicomweb_address,
-            "--spool_dir", str(self.spool_dir),
-            "--redelivery_max_delay", "2",
-            *self.extra_args,
-        ]
+        raise NotImplementedError
 
-    def start(self, timeout: float = 60.0) -> "LocalAdapter":
+    def listener_args(self) -> list[str]:
+        return ["--dimse_aet", self.aet, "--dimse_port", str(self.port), "--dimse_host", "127.0.0.1"]
+
+    def start(self, timeout: float = 60.0) -> "AdapterProcess":
         self.process.start()
         # 'ready' is printed once the socket listens; probing the port with a bare TCP connect
         # would only leave an association attempt for the adapter to time out.
@@ -71,6 +61,35 @@ class LocalAdapter:
     def kill(self) -> None:
         """SIGKILL: the crash path."""
         self.process.kill()
+
+    def logs(self) -> str:
+        return self.process.output()
+
+    def __enter__(self) -> "AdapterProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.is_running():
+            self.stop()
+
+
+class LocalAdapter(AdapterProcess):
+    """`dicom-adapter local` with its own spool."""
+
+    def __init__(self, work_dir: Path, dicomweb_address: str, *, spool_dir: Path | None = None, **kwargs: Any) -> None:
+        self.spool_dir = spool_dir or Path(work_dir) / "spool"
+        self.dicomweb_address = dicomweb_address
+        super().__init__(work_dir, **kwargs)
+
+    def command(self) -> list[str]:
+        return adapter_command() + [
+            "local",
+            *self.listener_args(),
+            "--dicomweb_address", self.dicomweb_address,
+            "--spool_dir", str(self.spool_dir),
+            "--redelivery_max_delay", "2",
+            *self.extra_args,
+        ]
 
     def queue_entries(self) -> list[Path]:
         queue = self.spool_dir / "queue"
@@ -94,12 +113,26 @@ class LocalAdapter:
                 raise TimeoutError(f"{len(self.queue_entries())} entries still queued after {timeout}s")
             time.sleep(0.05)
 
-    def logs(self) -> str:
-        return self.process.output()
 
-    def __enter__(self) -> "LocalAdapter":
-        return self.start()
+class CloudEdge(AdapterProcess):
+    """`dicom-adapter edge`: GCS buffer + Pub/Sub topic (emulators), health on a free port."""
 
-    def __exit__(self, *exc: object) -> None:
-        if self.process.is_running():
-            self.stop()
+    def __init__(self, work_dir: Path, gcs_buffer: str, pubsub_topic: str, **kwargs: Any) -> None:
+        self.gcs_buffer = gcs_buffer
+        self.pubsub_topic = pubsub_topic
+        self.health_port = free_port()
+        super().__init__(work_dir, **kwargs)
+
+    def command(self) -> list[str]:
+        return adapter_command() + [
+            "edge",
+            *self.listener_args(),
+            "--gcs_buffer", self.gcs_buffer,
+            "--pubsub_topic", self.pubsub_topic,
+            "--work_dir", str(self.work_dir / "edge-work"),
+            "--health_port", str(self.health_port),
+            *self.extra_args,
+        ]
+
+    def health_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.health_port}{path}"

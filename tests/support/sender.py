@@ -32,11 +32,12 @@ def send_files(
     called_aet: str = "ADAPTER",
     calling_aet: str = "PYSCU",
     host: str = "127.0.0.1",
+    timeout: float = 120,
 ) -> list[StoreResult]:
     """Send every file on one association; one result per file, in order."""
     paths = [Path(p) for p in paths]
     ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     proposed: dict[tuple[str, str], None] = {}
     for path in paths:
         meta = read_file_meta_info(path)

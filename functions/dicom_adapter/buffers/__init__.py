@@ -6,6 +6,8 @@ event carries (file:///... or gs://...), so `stow_upload` does not care which on
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 
@@ -22,8 +24,12 @@ class BufferedObject(Protocol):
     def open_chunks(self) -> Iterator[bytes]:
         """The whole Part-10 file, in chunks, from its start."""
 
-    def complete(self) -> None:
-        """Remove the object: the store confirmed the instance."""
+    def local_path(self) -> AbstractContextManager[Path]:
+        """The object as a local file for as long as the context lasts (for a C-STORE, which
+        pynetdicom streams from a file)."""
+
+    def complete(self) -> bool:
+        """Remove the object: the store confirmed the instance. False if it was already gone."""
 
     def dead_letter(self, record: dict[str, Any]) -> None:
         """Move the object aside with the record of why it can never be uploaded as it is."""
@@ -35,4 +41,8 @@ def open_buffered_object(uri: str) -> BufferedObject:
         from .spool import SpoolObject
 
         return SpoolObject.from_uri(uri)
+    if uri.startswith("gs://"):
+        from .gcs import GcsObject
+
+        return GcsObject.from_uri(uri)
     raise ValueError(f"unsupported buffer URI scheme: {uri.split(':', 1)[0]!r}")

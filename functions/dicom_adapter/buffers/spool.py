@@ -1,13 +1,17 @@
 """The spool directory: the local runtime's durable buffer and queue.
 
 Layout under the spool root:
-  incoming/  files being received or written (never uploaded; cleared at start)
-  queue/     acknowledged instances waiting for upload, one Part-10 file each
-  dead/      instances the store rejected for good: NAME.dcm with NAME.json saying why
+  incoming/      files being received or written (never uploaded; cleared at start)
+  queue/         acknowledged instances waiting for upload, one Part-10 file per destination
+  dead/          instances a destination rejected for good: NAME.dcm with NAME.json saying why
+  destinations/  ID.json: the destination each ID in an entry name stands for
 
 An entry reaches queue/ only by rename after its bytes and its directory were fsynced, so a
 file in queue/ is always complete, and one that is acknowledged is always in queue/ (or
-uploaded). Entry names sort by arrival time and carry the SOP Instance UID.
+uploaded). Entry names sort by arrival time and carry the SOP Instance UID and, where routing
+sent the instance to several places, a destination ID: `<ns>-<uid>-<random>~<id>.dcm`. The
+entries of one instance for several destinations are hard links of one file, so each is
+uploaded, retried, dead-lettered and removed on its own, and the bytes go when the last does.
 """
 
 from __future__ import annotations
@@ -16,20 +20,24 @@ import json
 import os
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
-from urllib.parse import unquote, urlparse
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+from urllib.parse import unquote, urlparse
 
 from ..events import BufferedInstance
 from ..part10 import read_file_meta, summarize_dataset
+from ..routing import DEFAULT_LABEL, Destination
 
 INCOMING = "incoming"
 QUEUE = "queue"
 DEAD = "dead"
+DESTINATIONS = "destinations"
 SUFFIX = ".dcm"
 RECORD_SUFFIX = ".json"
+DESTINATION_MARK = "~"
 
 
 def fsync_directory(path: Path) -> None:
@@ -51,10 +59,16 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 
 def sop_instance_uid_of(name: str) -> str:
-    """The SOP Instance UID part of an entry name '<ns>-<uid>-<random>.dcm'."""
+    """The SOP Instance UID part of an entry name '<ns>-<uid>-<random>[~<id>].dcm'."""
     stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
-    parts = stem.split("-")
+    parts = stem.split(DESTINATION_MARK)[0].split("-")
     return "-".join(parts[1:-1]) if len(parts) >= 3 else ""
+
+
+def destination_id_of(name: str) -> str:
+    """The destination ID of an entry name ('' for the default store)."""
+    stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+    return stem.partition(DESTINATION_MARK)[2]
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,7 @@ class SpoolStatus:
     dead_letters: int
     oldest_queued_age_s: float | None
     incoming: int
+    queued_by_destination: dict[str, int]
 
 
 class Spool:
@@ -79,20 +94,54 @@ class Spool:
 
     # --- the edge's side -------------------------------------------------------------------
 
-    def new_entry_name(self, sop_instance_uid: str) -> str:
+    @staticmethod
+    def new_entry_name(sop_instance_uid: str) -> str:
         return f"{time.time_ns():019d}-{sop_instance_uid}-{secrets.token_hex(4)}{SUFFIX}"
 
-    def commit(self, partial: Path, name: str) -> Path:
-        """Make a fully written and fsynced file in incoming/ a queue entry, durably."""
-        final = self.queue / name
-        os.rename(partial, final)
+    @staticmethod
+    def for_destination(name: str, destination: Destination | None) -> str:
+        """The entry name of `name`'s copy for one destination (None: the default store)."""
+        if destination is None:
+            return name
+        return f"{name[: -len(SUFFIX)]}{DESTINATION_MARK}{destination.id}{SUFFIX}"
+
+    def commit(self, partial: Path, name: str, destinations: Sequence[Destination | None] = (None,)) -> list[Path]:
+        """Make a fully written and fsynced file in incoming/ one queue entry per destination
+        (hard links of one file), durably; nothing is left in the queue if that fails."""
+        finals = [self.queue / self.for_destination(name, destination) for destination in destinations]
+        os.rename(partial, finals[0])
         try:
+            for extra in finals[1:]:
+                os.link(finals[0], extra)
             fsync_directory(self.queue)
         except OSError:
-            # Not durable, so the sender will hear a failure: the entry must not be uploaded.
-            final.unlink(missing_ok=True)
+            # Not durable, so the sender will hear a failure: no entry may be uploaded.
+            for final in finals:
+                final.unlink(missing_ok=True)
             raise
-        return final
+        return finals
+
+    # --- destinations ----------------------------------------------------------------------
+
+    def register_destinations(self, destinations: Iterable[Destination]) -> None:
+        """Record what each destination ID stands for, so that entries can be described after
+        a restart even if the routing configuration changed meanwhile."""
+        folder = self.root / DESTINATIONS
+        folder.mkdir(exist_ok=True)
+        for destination in destinations:
+            path = folder / f"{destination.id}{RECORD_SUFFIX}"
+            if not path.exists():
+                _write_durably(path, json.dumps(destination.to_json()).encode())
+
+    def destination_of(self, name: str) -> dict[str, Any] | None:
+        """The destination of an entry (None: the default store)."""
+        destination_id = destination_id_of(name)
+        if not destination_id:
+            return None
+        record = read_record(self.root / DESTINATIONS / f"{destination_id}{RECORD_SUFFIX}")
+        if not record:
+            raise ValueError(f"entry {name} names an unknown destination {destination_id}")
+        return record
 
     def clear_incoming(self) -> int:
         """Remove leftovers of receptions that never completed (no sender got an ack for them)."""
@@ -129,6 +178,7 @@ class Spool:
             called_aet=meta.receiving_aet,
             size=size,
             received_at=datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            destination=self.destination_of(path.name),
         )
 
     # --- dead letters ----------------------------------------------------------------------
@@ -141,11 +191,14 @@ class Spool:
             letters.append((path, read_record(path.with_suffix(RECORD_SUFFIX))))
         return letters
 
-    def redrive(self, sop_instance_uids: set[str] | None = None) -> list[Path]:
-        """Move dead letters (all, or those with these UIDs) back into the queue."""
+    def redrive(self, sop_instance_uids: set[str] | None = None, destination: str | None = None) -> list[Path]:
+        """Move dead letters (all, or those with these UIDs and/or for this destination label)
+        back into the queue."""
         moved = []
-        for path, _ in self.dead_letters():
+        for path, record in self.dead_letters():
             if sop_instance_uids and sop_instance_uid_of(path.name) not in sop_instance_uids:
+                continue
+            if destination and record.get("destination", DEFAULT_LABEL) != destination:
                 continue
             target = self.queue / path.name
             # The record goes first: once the entry is back in the queue it may be dead-lettered
@@ -176,7 +229,10 @@ class Spool:
         sizes = 0
         oldest: float | None = None
         now = time.time()
+        by_destination: dict[str, int] = {}
         for path in queued:
+            label = self._destination_label(path.name)
+            by_destination[label] = by_destination.get(label, 0) + 1
             try:
                 stat = path.stat()
             except FileNotFoundError:
@@ -190,7 +246,15 @@ class Spool:
             dead_letters=len(self.dead_letters()),
             oldest_queued_age_s=oldest,
             incoming=sum(1 for _ in self.incoming.iterdir()),
+            queued_by_destination=by_destination,
         )
+
+    def _destination_label(self, name: str) -> str:
+        try:
+            record = self.destination_of(name)
+        except ValueError:
+            return f"unknown destination {destination_id_of(name)}"
+        return Destination.from_json(record).label if record else DEFAULT_LABEL
 
 
 def read_record(path: Path) -> dict[str, Any]:
@@ -222,8 +286,16 @@ class SpoolObject:
             while chunk := fp.read(1 << 20):
                 yield chunk
 
-    def complete(self) -> None:
-        self.path.unlink(missing_ok=True)
+    @contextmanager
+    def local_path(self) -> Iterator[Path]:
+        yield self.path
+
+    def complete(self) -> bool:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def dead_letter(self, record: dict[str, Any]) -> None:
         dead = self.path.parent.parent / DEAD

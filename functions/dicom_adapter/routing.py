@@ -1,0 +1,318 @@
+"""Routing rules: which destination(s) an instance goes to, in the Google adapter's format.
+
+The configuration is a JSON list (`--destination_config_path`, `--destination_config_inline`
+or env ENV_DESTINATION_CONFIG_JSON). Each entry has a `filter` and one or more destinations:
+
+  {"filter": "AETitle=CT01&Modality=CT", "dicomweb_destination": "https://.../dicomWeb"}
+  {"filter": "Modality=MR", "name": "PACS", "host": "10.0.0.5", "port": 104}     (DIMSE)
+  {"filter": "CalledAETitle=RESEARCH", "dimse_destination": "PACS"}            (AET dictionary name)
+  {"filter": "Modality=US", "destinations": [{"dicomweb_destination": "..."}, {"dimse_destination": "PACS"}]}
+
+The first two forms are Google's, the others our extensions. A filter is `KEY=VALUE` terms
+joined by `&`, all of which must hold: `AETitle` is the calling AE title (Google's),
+`CalledAETitle` the called one (so one port can serve several virtual AEs), any other key a
+DICOM keyword or tag (`00080060`, `(0008,0060)`) matched against the instance's header as
+C-FIND matches: `\\` separates alternatives, `*` and `?` are wildcards, an attribute the
+instance lacks or leaves empty never matches. An empty filter matches everything.
+
+First match wins unless `send_to_all_matching` (Google's `--send_to_all_matching_destinations`);
+an instance no rule matches goes to the default store (`--dicomweb_address`), or is refused
+if there is none.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from pydicom.datadict import dictionary_has_tag, keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset
+
+from .aets import Peer
+
+DEFAULT_LABEL = "default store"  # the uploader's own store, where an event names no destination
+CALLING_AE_KEY = "AETitle"
+CALLED_AE_KEY = "CalledAETitle"
+ENV_DESTINATION_CONFIG_JSON = "ENV_DESTINATION_CONFIG_JSON"
+
+
+class RoutingConfigError(ValueError):
+    """The routing configuration cannot be used; the message names the entry and the reason."""
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where an instance goes: a DICOMweb store (by STOW-RS) or a DIMSE peer (by C-STORE)."""
+
+    kind: str  # "dicomweb" | "dimse"
+    address: str = ""  # DICOMweb service root
+    aet: str = ""
+    host: str = ""
+    port: int = 0
+
+    @classmethod
+    def dicomweb(cls, address: str) -> "Destination":
+        root = address.rstrip("/")
+        # Google's examples name the .../dicomWeb/studies URL; the service root is its parent.
+        return cls("dicomweb", address=root[: -len("/studies")] if root.endswith("/studies") else root)
+
+    @classmethod
+    def dimse(cls, peer: Peer) -> "Destination":
+        return cls("dimse", aet=peer.name, host=peer.host, port=peer.port)
+
+    @property
+    def label(self) -> str:
+        """Human name for logs, status and redrive: the URL or AE@host:port."""
+        return self.address if self.kind == "dicomweb" else f"{self.aet}@{self.host}:{self.port}"
+
+    @property
+    def id(self) -> str:
+        """Short stable ID, used in buffer entry names."""
+        return hashlib.sha256(self.label.encode()).hexdigest()[:10]
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind == "dicomweb":
+            return {"kind": "dicomweb", "address": self.address}
+        return {"kind": "dimse", "aet": self.aet, "host": self.host, "port": self.port}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Destination":
+        if data.get("kind") == "dicomweb" and isinstance(data.get("address"), str):
+            return cls.dicomweb(data["address"])
+        if data.get("kind") == "dimse" and all(isinstance(data.get(k), t) for k, t in (("aet", str), ("host", str), ("port", int))):
+            return cls("dimse", aet=data["aet"], host=data["host"], port=data["port"])
+        raise ValueError(f"not a destination: {data!r}")
+
+
+@dataclass(frozen=True)
+class AttributeTerm:
+    tag: int
+    keyword: str
+    alternatives: tuple[str, ...]
+
+    def matches(self, dataset: Dataset) -> bool:
+        element = dataset.get(self.tag)
+        if element is None or element.value in (None, "", b""):
+            return False
+        values = element.value if element.VM > 1 else [element.value]
+        return any(_matches_value(str(value).strip(), alternative) for value in values for alternative in self.alternatives)
+
+
+def _matches_value(value: str, pattern: str) -> bool:
+    if "*" in pattern or "?" in pattern:
+        return fnmatch.fnmatchcase(value, pattern.replace("[", "[[]"))
+    return value == pattern
+
+
+@dataclass(frozen=True)
+class Filter:
+    text: str
+    calling_aets: tuple[str, ...] = ()
+    called_aets: tuple[str, ...] = ()
+    terms: tuple[AttributeTerm, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "Filter":
+        calling: tuple[str, ...] = ()
+        called: tuple[str, ...] = ()
+        terms: list[AttributeTerm] = []
+        for part in (p.strip() for p in text.strip().split("&")):
+            if not part:
+                if text.strip():
+                    raise ValueError("empty term (two '&' in a row, or a trailing '&')")
+                continue
+            key, sep, value = part.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not key or not value:
+                raise ValueError(f"term {part!r} is not KEY=VALUE")
+            alternatives = tuple(v.strip() for v in value.split("\\") if v.strip())
+            if key == CALLING_AE_KEY:
+                calling = alternatives
+            elif key == CALLED_AE_KEY:
+                called = alternatives
+            else:
+                tag = _tag_of(key)
+                terms.append(AttributeTerm(tag, keyword_for_tag(tag) or f"{tag:08X}", alternatives))
+        return cls(text, calling, called, tuple(terms))
+
+    def matches(self, calling_aet: str, called_aet: str, dataset: Dataset | None) -> bool:
+        if self.calling_aets and calling_aet.strip() not in self.calling_aets:
+            return False
+        if self.called_aets and called_aet.strip() not in self.called_aets:
+            return False
+        if self.terms and dataset is None:
+            return False
+        return all(term.matches(dataset) for term in self.terms)  # type: ignore[arg-type]
+
+
+_HEX_TAG = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
+
+
+def _tag_of(key: str) -> int:
+    tag = tag_for_keyword(key)
+    if tag is not None:
+        return tag
+    found = _HEX_TAG.fullmatch(key)
+    if found:
+        tag = int(found.group(1) + found.group(2), 16)
+        if dictionary_has_tag(tag) or (tag >> 16) % 2 == 1:  # private tags are allowed by number
+            return tag
+    raise ValueError(f"unknown keyword or tag {key!r}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    index: int
+    filter: Filter
+    destinations: tuple[Destination, ...]
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """The rules, and whether there is a default store (the uploader's own, `--dicomweb_address`)
+    for instances no rule matches. In routes, None stands for that default store."""
+
+    rules: tuple[Rule, ...]
+    send_to_all_matching: bool = False
+    has_default: bool = True
+
+    @property
+    def needs_dataset(self) -> bool:
+        """Whether any rule looks at the data set (otherwise the AE titles decide)."""
+        return any(rule.filter.terms for rule in self.rules)
+
+    @property
+    def tags(self) -> list[int]:
+        """The data set attributes the rules look at (all a header read must fetch)."""
+        return sorted({term.tag for rule in self.rules for term in rule.filter.terms})
+
+    @property
+    def called_aets(self) -> set[str]:
+        """Called AE titles the rules name: the listener answers to these as well."""
+        return {aet for rule in self.rules for aet in rule.filter.called_aets}
+
+    @property
+    def destinations(self) -> list[Destination]:
+        """Every destination the rules name, each once."""
+        seen: dict[str, Destination] = {}
+        for destination in (d for rule in self.rules for d in rule.destinations):
+            seen.setdefault(destination.label, destination)
+        return list(seen.values())
+
+    def route(self, calling_aet: str, called_aet: str, dataset: Dataset | None) -> tuple[Destination | None, ...]:
+        """The instance's destinations, each once, in rule order; (None,) for the default store
+        if no rule matched; () if none matched and there is no default store."""
+        chosen: dict[str, Destination] = {}
+        for rule in self.rules:
+            if rule.filter.matches(calling_aet, called_aet, dataset):
+                for destination in rule.destinations:
+                    chosen.setdefault(destination.label, destination)
+                if not self.send_to_all_matching:
+                    break
+        if not chosen:
+            return (None,) if self.has_default else ()
+        return tuple(chosen.values())
+
+
+def parse_routing(
+    text: str,
+    *,
+    source: str,
+    peers: Mapping[str, Peer],
+    send_to_all_matching: bool = False,
+    has_default: bool = True,
+) -> RoutingTable:
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RoutingConfigError(f"{source}: not JSON: {exc}") from None
+    if not isinstance(entries, list):
+        raise RoutingConfigError(f"{source}: expected a JSON list of {{filter, destination}} entries")
+    rules: list[Rule] = []
+    seen_filters: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        where = f"{source}: entry {index}"
+        if not isinstance(entry, dict):
+            raise RoutingConfigError(f"{where}: not a JSON object")
+        if not isinstance(entry.get("filter"), str):
+            raise RoutingConfigError(f"{where}: 'filter' is missing (use \"\" to match everything)")
+        try:
+            rule_filter = Filter.parse(entry["filter"])
+        except ValueError as exc:
+            raise RoutingConfigError(f"{where} (filter {entry['filter']!r}): {exc}") from None
+        destinations = _destinations_of(entry, peers, where)
+        if not send_to_all_matching and rule_filter.text.strip() in seen_filters:
+            raise RoutingConfigError(
+                f"{where}: same filter as entry {seen_filters[rule_filter.text.strip()]}; with first-match routing it could never "
+                "match (use --send_to_all_matching_destinations, or list several destinations in one entry)"
+            )
+        seen_filters[rule_filter.text.strip()] = index
+        rules.append(Rule(index, rule_filter, destinations))
+    return RoutingTable(tuple(rules), send_to_all_matching, has_default)
+
+
+def _destinations_of(entry: Mapping[str, Any], peers: Mapping[str, Peer], where: str) -> tuple[Destination, ...]:
+    if "destinations" in entry:
+        items = entry["destinations"]
+        if not isinstance(items, list) or not items:
+            raise RoutingConfigError(f"{where}: 'destinations' must be a non-empty list")
+        return tuple(_destination_of(item, peers, f"{where}, destination {i}") for i, item in enumerate(items))
+    return (_destination_of(entry, peers, where),)
+
+
+def _destination_of(item: Any, peers: Mapping[str, Peer], where: str) -> Destination:
+    if not isinstance(item, dict):
+        raise RoutingConfigError(f"{where}: not a JSON object")
+    if isinstance(item.get("dicomweb_destination"), str) and item["dicomweb_destination"].strip():
+        url = item["dicomweb_destination"].strip()
+        if not url.startswith(("http://", "https://")):
+            raise RoutingConfigError(f"{where}: dicomweb_destination must be an http(s) URL")
+        return Destination.dicomweb(url)
+    if "dimse_destination" in item:
+        name = item["dimse_destination"]
+        if not isinstance(name, str) or name.strip() not in peers:
+            raise RoutingConfigError(f"{where}: dimse_destination {name!r} is not in the AET dictionary")
+        return Destination.dimse(peers[name.strip()])
+    if "host" in item or "port" in item:
+        name, host, port = item.get("name"), item.get("host"), item.get("port")
+        if not isinstance(name, str) or not 0 < len(name.strip()) <= 16:
+            raise RoutingConfigError(f"{where}: a DIMSE destination needs 'name', its AE title (1 to 16 characters)")
+        if not isinstance(host, str) or not host:
+            raise RoutingConfigError(f"{where}: a DIMSE destination needs 'host'")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise RoutingConfigError(f"{where}: 'port' must be a number from 1 to 65535")
+        return Destination.dimse(Peer(name.strip(), host, port))
+    raise RoutingConfigError(f"{where}: no destination (dicomweb_destination, dimse_destination, or name/host/port)")
+
+
+def load_routing(
+    path: str | None,
+    inline: str | None,
+    *,
+    peers: Mapping[str, Peer],
+    send_to_all_matching: bool = False,
+    has_default: bool = True,
+) -> RoutingTable:
+    """The routing table from a file or inline JSON (the file wins); only the default if neither."""
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise RoutingConfigError(f"{path}: {exc.strerror or exc}") from None
+        return parse_routing(text, source=str(path), peers=peers, send_to_all_matching=send_to_all_matching, has_default=has_default)
+    if inline:
+        return parse_routing(inline, source="inline destination config", peers=peers, send_to_all_matching=send_to_all_matching, has_default=has_default)
+    return RoutingTable((), send_to_all_matching, has_default)
+
+
+def read_routing_header(path: Path, tags: Iterable[int]) -> Dataset:
+    """The attributes the rules need, read from a Part-10 file's header; never the pixel data,
+    and long values are not loaded (defer_size), so memory stays small whatever the instance."""
+    from pydicom import dcmread
+
+    return dcmread(path, stop_before_pixels=True, specific_tags=list(tags), defer_size=4096)

