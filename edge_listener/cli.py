@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -66,7 +67,42 @@ def listener_flags(func: Callable) -> Callable:
     return func
 
 
-def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tuple[Any, RoutingTable]:
+def query_retrieve_flags(func: Callable) -> Callable:
+    """C-FIND, C-MOVE, C-GET and Storage Commitment against the store (`local` and `edge`)."""
+    for option in reversed([
+        flag("fuzzy_matching", is_flag=True, help="C-FIND: ask the store for fuzzy matching of person names."),
+        flag("qido_page_size", type=click.IntRange(1, 5000), default=500, show_default=True, help="C-FIND: results per QIDO-RS page (limit/offset)."),
+        flag("dimse_cmove_aet", help="Calling AE title of outgoing associations (C-MOVE, commitment reports); default: --dimse_aet."),
+        flag("commitment_wait", type=click.FloatRange(0), default=120.0, show_default=True, help="Storage commitment: how long to wait for instances still queued for upload, in s."),
+        flag("qido_url", help="URL of the qido Cloud Function to ask instead of searching the store in process."),
+    ]):
+        func = option(func)
+    return func
+
+
+def query_retrieve_settings(
+    options: dict[str, Any], peers: dict[str, Any], store: UploadSettings, work_dir: Path, spool_dir: Path | None
+) -> Any:
+    """The query/retrieve services' settings; None (services off) without a store to ask."""
+    from .services import QueryRetrieveSettings
+
+    if not store.dicomweb_address:
+        log.warning("C-FIND, C-MOVE, C-GET and storage commitment are off: they need --dicomweb_address")
+        return None
+    return QueryRetrieveSettings(
+        store=store,
+        fuzzy_matching=options["fuzzy_matching"],
+        qido_page_size=options["qido_page_size"],
+        qido_url=options["qido_url"],
+        peers=peers,
+        cmove_aet=options["dimse_cmove_aet"],
+        staging_dir=work_dir / "retrieve",
+        spool_dir=spool_dir,
+        commitment_wait_s=options["commitment_wait"],
+    )
+
+
+def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tuple[Any, RoutingTable, dict[str, Any]]:
     """Logging set up, the AET dictionary and routing rules read and checked, the listener's
     settings built. Bad configuration stops the command here, saying which entry and why."""
     from .server import ListenerSettings
@@ -96,7 +132,7 @@ def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tu
         max_associations=options["max_associations"],
         max_pdu_length=options["max_pdu_length"],
     )
-    return settings, routing
+    return settings, routing, peers
 
 
 def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fields: Any) -> None:
@@ -122,6 +158,7 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
 
 @main.command()
 @listener_flags
+@query_retrieve_flags
 @flag("dicomweb_address", help="DICOMweb service root of the (default) store, e.g. http://localhost:8042/dicom-web.")
 @spool_flag
 @flag("stow_overwrite", is_flag=True, help="Replace a different stored instance with the same SOP Instance UID.")
@@ -141,7 +178,7 @@ def local(**options: Any) -> None:
     from .local import LocalRuntime
     from .upload_process import UploadProcessSettings
 
-    settings, routing = listener_settings(options, has_default_store=bool(options["dicomweb_address"]))
+    settings, routing, peers = listener_settings(options, has_default_store=bool(options["dicomweb_address"]))
     upload_settings = UploadSettings(
         dicomweb_address=options["dicomweb_address"] or "",
         calling_aet=options["dimse_aet"],
@@ -157,6 +194,8 @@ def local(**options: Any) -> None:
         json_logs=options["log_format"] == "json",
         verbose=options["verbose"],
     )
+    spool_dir = Path(options["spool_dir"])
+    query_retrieve = query_retrieve_settings(options, peers, upload_settings, spool_dir, spool_dir)
     watch = None
     if options["watch_dir"]:
         from .intake.watch import WatchSettings
@@ -174,6 +213,7 @@ def local(**options: Any) -> None:
             processes=options["dimse_processes"],
             drain_timeout_s=options["drain_timeout"],
             routing=routing,
+            query_retrieve=query_retrieve,
             watch=watch,
         ),
         options,
@@ -184,6 +224,8 @@ def local(**options: Any) -> None:
 
 @main.command()
 @listener_flags
+@query_retrieve_flags
+@flag("dicomweb_address", help="DICOMweb root of the store, for C-MOVE/C-GET retrievals and commitment checks (Healthcare API: ADC).")
 @flag("gcs_buffer", required=True, help="Where acknowledged instances wait for upload: gs://BUCKET[/PREFIX].")
 @flag("pubsub_topic", required=True, help="Topic for buffered-instance events: projects/PROJECT/topics/TOPIC.")
 @flag("work_dir", default="/tmp/dicom-adapter", show_default=True, type=click.Path(file_okay=False), help="Local folder for data sets being received (an emptyDir on GKE).")
@@ -196,8 +238,10 @@ def edge(**options: Any) -> None:
     from .cloud import CloudRuntime, CloudSettings
 
     # The stow_upload function's DICOM_ADAPTER_DICOMWEB_ADDRESS is the default store.
-    settings, routing = listener_settings(options, has_default_store=True)
+    settings, routing, peers = listener_settings(options, has_default_store=True)
     check_cloud_names(options["gcs_buffer"], options["pubsub_topic"])
+    store = UploadSettings(dicomweb_address=options["dicomweb_address"] or "", calling_aet=options["dimse_aet"])
+    query_retrieve = query_retrieve_settings(options, peers, store, Path(options["work_dir"]), None)
     cloud = CloudSettings(
         gcs_buffer=options["gcs_buffer"],
         pubsub_topic=options["pubsub_topic"],
@@ -208,7 +252,7 @@ def edge(**options: Any) -> None:
         gcs_chunk_size=options["gcs_chunk_size"] << 20,
     )
     serve(
-        lambda: CloudRuntime(settings, cloud, drain_timeout_s=options["drain_timeout"], routing=routing),
+        lambda: CloudRuntime(settings, cloud, drain_timeout_s=options["drain_timeout"], routing=routing, query_retrieve=query_retrieve),
         options,
         buffer=options["gcs_buffer"],
         topic=options["pubsub_topic"],

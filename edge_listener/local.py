@@ -24,6 +24,7 @@ from .listener_process import (
     shared_port_settings,
 )
 from .server import Listener, ListenerSettings
+from .services import QueryRetrieveSettings, build_services
 from .store import StoreService
 from .upload_process import UploadProcess, UploadProcessSettings
 
@@ -41,6 +42,7 @@ class LocalRuntime:
         processes: int = 1,
         drain_timeout_s: float = 30.0,
         routing: RoutingTable = RoutingTable(()),
+        query_retrieve: QueryRetrieveSettings | None = None,
         watch: WatchSettings | None = None,
     ) -> None:
         self.spool = Spool(upload_settings.spool_dir)
@@ -51,13 +53,19 @@ class LocalRuntime:
         self.drain_timeout_s = drain_timeout_s
         self.uploads = UploadProcess(upload_settings)
         first = shared_port_settings(listener_settings, listener_settings.port, processes)
-        self.listener = Listener(first, StoreService(SpoolBuffer(self.spool, self.uploads.notices.notify), routing))
+        self.listener = Listener(first, StoreService(SpoolBuffer(self.spool, self.uploads.notices.notify), routing), build_services(query_retrieve))
         # With port 0 the first listener picked one; the others share what it got.
         shared = shared_port_settings(listener_settings, self.listener.port, processes)
         self.extra_listeners = [
             ListenerProcess(
                 ListenerProcessSettings(
-                    shared, upload_settings.spool_dir, drain_timeout_s, upload_settings.json_logs, upload_settings.verbose, routing
+                    shared,
+                    upload_settings.spool_dir,
+                    drain_timeout_s,
+                    upload_settings.json_logs,
+                    upload_settings.verbose,
+                    routing,
+                    query_retrieve,
                 ),
                 self.uploads.writer,
                 index,

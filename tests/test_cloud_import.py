@@ -31,7 +31,7 @@ from support.dicom_files import (
     make_ct_series,
     write_large_instance,
 )
-from support.gcp import FakeGcs, FunctionServer, PubSubEmulator, pubsub_emulator_available
+from support.gcp import FakeGcs, FunctionServer, PubSubEmulator
 from support.healthcare_api_fake import HealthcareApiFake
 from support.orthanc import Orthanc
 from support.processes import RssSampler
@@ -163,8 +163,6 @@ def test_pacs_to_store_through_gcs_pubsub_and_the_function_byte_exact(
 def test_publish_failure_fails_the_c_store_and_leaves_no_object(
     tmp_path: Path, fresh_orthanc: Orthanc, fake_gcs: FakeGcs, cloud_factory: Callable[..., CloudStack]
 ):
-    if not pubsub_emulator_available():
-        pytest.skip("needs the Pub/Sub emulator")
     own_pubsub = PubSubEmulator(tmp_path / "own-pubsub", cleanup_scope="test").start()
     stack = cloud_factory(fresh_orthanc.dicomweb_url, pubsub=own_pubsub)
     instance = make_ct_instance(tmp_path / "a.dcm")
@@ -320,13 +318,60 @@ def test_buffer_objects_are_created_only_once(tmp_path: Path, fake_gcs: FakeGcs)
     buffer = GcsBuffer(GcsLocation(bucket, "p"), fake_gcs.client())
     first, second = make_ct_instance(tmp_path / "1.dcm"), make_ct_instance(tmp_path / "2.dcm")
     event = BufferedInstance("", first.sop_class_uid, first.sop_instance_uid, "1", "2", "1.2.840.10008.1.2.1", "A", "B", 1)
-    stored = buffer.put_file(first.path, "entry.dcm", event)
+    [stored] = buffer.put_file(first.path, "entry.dcm", event)
     assert stored.buffer_uri.startswith(f"gs://{bucket}/p/queue/entry.dcm#")
     # A retried request after a lost answer finds its own object: that is success, not a clash.
-    assert buffer.put_file(first.path, "entry.dcm", event).buffer_uri == stored.buffer_uri
+    assert buffer.put_file(first.path, "entry.dcm", event)[0].buffer_uri == stored.buffer_uri
     with pytest.raises(BufferWriteFailed, match="already taken"):
         buffer.put_file(second.path, "entry.dcm", event)
     blob = fake_gcs.client().bucket(bucket).get_blob("p/queue/entry.dcm")
     assert blob.download_as_bytes() == first.path.read_bytes()
     assert blob.metadata["sop_instance_uid"] == first.sop_instance_uid
     assert blob.metadata["crc32c"] == blob.crc32c
+
+
+def test_routing_sends_one_object_and_event_per_destination(
+    tmp_path: Path, fresh_orthanc: Orthanc, healthcare_fake: HealthcareApiFake, cloud_factory: Callable[..., CloudStack]
+):
+    """The destinations travel in the events: one object and one Pub/Sub message per
+    destination, each uploaded (and retried, and dead-lettered) on its own."""
+    stack = cloud_factory(fresh_orthanc.dicomweb_url)
+    rules = json.dumps([
+        {"filter": "Modality=CT", "destinations": [{"dicomweb_destination": healthcare_fake.url}, {"dicomweb_destination": fresh_orthanc.dicomweb_url}]},
+    ])
+    ct, mr = make_ct_instance(tmp_path / "ct.dcm"), make_ct_instance(tmp_path / "mr.dcm", modality="MR")
+    healthcare_fake.fail_next(3, status=503)  # the fake's first attempts fail; Orthanc's copy is not held up
+    with stack.edge("--destination_config_inline", rules) as edge:
+        assert [r.status for r in send_files([ct.path, mr.path], edge.port, called_aet=ADAPTER_AET)] == [0, 0]
+        stack.wait_until_uploaded()
+    assert healthcare_fake.instance_count() == 1  # CT only
+    assert sorted(fresh_orthanc.list_sop_instance_uids()) == sorted([ct.sop_instance_uid, mr.sop_instance_uid])  # MR: the default store
+    stored = healthcare_fake.get_instance(ct.sop_instance_uid)
+    assert dataset_bytes_after_meta(stored.read_bytes()) == dataset_bytes_after_meta(ct.path)
+    assert not stack.objects("dead")
+
+
+@pytest.mark.parametrize("kind", ["fake"])
+def test_the_pubsub_stand_in_carries_the_cloud_path_where_the_emulator_is_absent(
+    tmp_path: Path, kind: str, fake_gcs: FakeGcs, healthcare_fake: HealthcareApiFake
+):
+    """On a plain Debian without the Cloud SDK the suite runs against pubsub_fake.py; prove here
+    (on every machine) that it carries the same path: publish, push, redelivery, dead letter."""
+    pubsub = PubSubEmulator(tmp_path / "pubsub", cleanup_scope="test", kind=kind).start()
+    stack = CloudStack(tmp_path / "cloud", fake_gcs, pubsub, healthcare_fake.url)
+    try:
+        good, bad = make_ct_instance(tmp_path / "good.dcm"), make_ct_instance(tmp_path / "bad.dcm")
+        healthcare_fake.fail_next(2, status=503)  # a redelivery or two before the first store
+        with stack.edge("--publish_timeout", "3") as edge:
+            assert [r.status for r in send_files([good.path], edge.port, called_aet=ADAPTER_AET)] == [0]
+            stack.wait_until_uploaded()
+            assert healthcare_fake.instance_count() == 1
+            healthcare_fake.fail_next(1000, status=503)
+            assert [r.status for r in send_files([bad.path], edge.port, called_aet=ADAPTER_AET)] == [0]
+            stack.wait_until(lambda: any(n.endswith(".dcm") for n in stack.objects("dead")), 120, "a dead letter")
+            pubsub.stop()
+            [refused] = send_files([make_ct_instance(tmp_path / "late.dcm").path], edge.port, called_aet=ADAPTER_AET)
+            assert refused.status == 0xA700 and "publish" in refused.error_comment
+    finally:
+        for server in stack.functions:
+            server.stop()

@@ -1,4 +1,5 @@
-"""A small DICOMweb client: STOW-RS of Part-10 files, WADO-RS digests, instance deletion.
+"""A small DICOMweb client: STOW-RS of Part-10 files, WADO-RS digests, instance deletion,
+QIDO-RS searches (paged) and WADO-RS retrieval (streamed).
 
 Modelled on dicomweb-client's verb-noun methods, but streaming: `store_instance` sends the file
 as it lies in the buffer (byte-exact, bounded memory) and reports what the store said about it
@@ -9,8 +10,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Iterator
+from urllib.parse import quote, urlencode
 
 import requests
 
@@ -30,6 +31,8 @@ WARNING_REASON = "00081196"
 # some gateways pass through in STOW answers.
 DUPLICATE_FAILURE_REASONS = frozenset({0x0111, 45070})
 PROCESSING_FAILURE = 0x0110
+# Ask for an instance exactly as stored, never transcoded (PS3.18 8.7.3.5.2).
+ANY_TRANSFER_SYNTAX = "*"
 
 
 class StowVerdict(enum.Enum):
@@ -150,6 +153,60 @@ class DicomWebClient:
         if response.status_code not in (200, 202, 204, 404):
             response.raise_for_status()
 
+    # -- search and retrieve (QIDO-RS, WADO-RS) ------------------------------------------
+
+    def search_for_studies(self, search_filters: dict[str, Any] | None = None, *, page_size: int = 500) -> Iterator[dict[str, Any]]:
+        """QIDO-RS /studies: DICOM JSON objects, paged (limit/offset) as they are consumed."""
+        return self._search("studies", None, None, search_filters, page_size)
+
+    def search_for_series(
+        self, study_instance_uid: str | None = None, search_filters: dict[str, Any] | None = None, *, page_size: int = 500
+    ) -> Iterator[dict[str, Any]]:
+        """QIDO-RS /series or /studies/{study}/series, paged."""
+        return self._search("series", study_instance_uid, None, search_filters, page_size)
+
+    def search_for_instances(
+        self,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        search_filters: dict[str, Any] | None = None,
+        *,
+        page_size: int = 500,
+    ) -> Iterator[dict[str, Any]]:
+        """QIDO-RS /instances, /studies/{study}/instances or .../series/{series}/instances, paged."""
+        return self._search("instances", study_instance_uid, series_instance_uid, search_filters, page_size)
+
+    def _search(
+        self, level: str, study: str | None, series: str | None, search_filters: dict[str, Any] | None, page_size: int
+    ) -> Iterator[dict[str, Any]]:
+        return _search_pages(self, _search_path(self.address, level, study, series), dict(search_filters or {}), page_size)
+
+    def retrieve_instance(
+        self, study: str, series: str, sop_instance: str, *, transfer_syntax: str = ANY_TRANSFER_SYNTAX
+    ) -> "RetrievedInstance | None":
+        """WADO-RS one instance, streamed; None if the store does not have it.
+
+        `transfer_syntax="*"` asks for the bytes as stored; a UID asks the store to transcode.
+        """
+        accept = f'multipart/related; type="application/dicom"; transfer-syntax={transfer_syntax}'
+        try:
+            response = self.session.get(
+                self.address.instance_url(study, series, sop_instance),
+                headers={"Accept": accept},
+                stream=True,
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            raise DicomWebError(f"{type(exc).__name__}: {_short(str(exc))}") from None
+        if response.status_code == 404:
+            response.close()
+            return None
+        if not 200 <= response.status_code < 300:
+            reason = f"HTTP {response.status_code} {response.reason or ''}".strip()
+            response.close()
+            raise DicomWebError(reason, response.status_code)
+        return RetrievedInstance(response)
+
 
 def _json_body(response: requests.Response) -> Any:
     """The JSON body, judged by content: Orthanc sends DICOM JSON errors with no Content-Type."""
@@ -222,3 +279,101 @@ def _store_detail(response: requests.Response, body: Any) -> str:
 def _short(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- QIDO-RS and WADO-RS retrieval (query/retrieve) ------------------------------------------
+
+class DicomWebError(RuntimeError):
+    """The store answered a search or retrieval with an error; `reason` is safe to log."""
+
+    def __init__(self, reason: str, http_status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.http_status = http_status
+
+
+class RetrievedInstance:
+    """A WADO-RS instance response being streamed: the Part-10 bytes, one chunk at a time.
+
+    Use as a context manager; `copy_to(file)` writes the instance without holding it in memory.
+    """
+
+    def __init__(self, response: requests.Response, chunk_size: int = 1 << 16) -> None:
+        self._response = response
+        self._chunk_size = chunk_size
+        self.content_type = response.headers.get("Content-Type", "")
+
+    def copy_to(self, out: Any) -> int:
+        """Write the instance's Part-10 bytes to the binary file `out`; return their count."""
+        written = 0
+
+        def write(data: bytes) -> None:
+            nonlocal written
+            out.write(data)
+            written += len(data)
+
+        chunks = self._response.iter_content(self._chunk_size)
+        if self.content_type.lower().startswith("application/dicom"):
+            for chunk in chunks:
+                write(chunk)
+            return written
+        parts = split_parts(chunks, boundary_of(self.content_type), lambda headers: write)
+        if parts != 1:
+            raise DicomWebError(f"WADO-RS answered {parts} parts for one instance")
+        return written
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> "RetrievedInstance":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _search_path(address: DicomWebAddress, level: str, study: str | None = None, series: str | None = None) -> str:
+    path = address.url
+    if study:
+        path += f"/studies/{quote(study, safe='')}"
+        if series:
+            path += f"/series/{quote(series, safe='')}"
+    return f"{path}/{level}"
+
+
+def _query_string(params: dict[str, Any]) -> str:
+    """QIDO-RS parameters with wildcards and UID-list commas left as they are: some stores
+    (Orthanc 1.10) do not decode a percent-encoded '*' back into a wildcard."""
+    return urlencode(params, doseq=True, quote_via=quote, safe="*?,")
+
+
+def _search_pages(
+    client: "DicomWebClient", url: str, params: dict[str, Any], page_size: int
+) -> Iterator[dict[str, Any]]:
+    """QIDO-RS results one page (limit/offset) at a time, so no result count is too large.
+
+    Stops at the first page shorter than `page_size`; a consumer that stops iterating stops
+    the paging (C-CANCEL).
+    """
+    offset = 0
+    while True:
+        try:
+            response = client.session.get(
+                f"{url}?{_query_string({**params, 'limit': page_size, 'offset': offset})}",
+                headers={"Accept": "application/dicom+json"},
+                timeout=client.timeout,
+            )
+        except requests.RequestException as exc:
+            raise DicomWebError(f"{type(exc).__name__}: {_short(str(exc))}") from None
+        with response:
+            if response.status_code == 204:
+                return
+            if not 200 <= response.status_code < 300:
+                raise DicomWebError(_summary(response, _json_body(response), None), response.status_code)
+            page = _json_body(response)
+        if not isinstance(page, list):
+            raise DicomWebError("QIDO-RS answer is not a JSON list", response.status_code)
+        yield from (item for item in page if isinstance(item, dict))
+        if len(page) < page_size:
+            return
+        offset += len(page)

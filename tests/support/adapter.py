@@ -76,7 +76,7 @@ class AdapterProcess:
 class LocalAdapter(AdapterProcess):
     """`dicom-adapter local` with its own spool."""
 
-    def __init__(self, work_dir: Path, dicomweb_address: str, *, spool_dir: Path | None = None, **kwargs: Any) -> None:
+    def __init__(self, work_dir: Path, dicomweb_address: str | None = None, *, spool_dir: Path | None = None, **kwargs: Any) -> None:
         self.spool_dir = spool_dir or Path(work_dir) / "spool"
         self.dicomweb_address = dicomweb_address
         super().__init__(work_dir, **kwargs)
@@ -85,7 +85,7 @@ class LocalAdapter(AdapterProcess):
         return adapter_command() + [
             "local",
             *self.listener_args(),
-            "--dicomweb_address", self.dicomweb_address,
+            *(["--dicomweb_address", self.dicomweb_address] if self.dicomweb_address else []),
             "--spool_dir", str(self.spool_dir),
             "--redelivery_max_delay", "2",
             *self.extra_args,
