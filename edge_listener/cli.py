@@ -45,18 +45,43 @@ def main() -> None:
     """dicom-adapter: DIMSE (C-STORE, C-ECHO, ...) in front of a DICOMweb store."""
 
 
+def routing_flags(func: Callable) -> Callable:
+    """The AET dictionary and the routing rules (`local`, `edge` and `import`)."""
+    for option in reversed([
+        flag("aet_dictionary", type=click.Path(dir_okay=False, exists=True), help="JSON file of known AEs: [{name, host, port}]."),
+        flag("aet_dictionary_inline", envvar="ENV_AETS_JSON", help="The AET dictionary as a JSON string."),
+        flag("destination_config_path", type=click.Path(dir_okay=False, exists=True), help="JSON routing rules: [{filter, dicomweb_destination | name/host/port | dimse_destination | destinations}]."),
+        flag("destination_config_inline", envvar="ENV_DESTINATION_CONFIG_JSON", help="The routing rules as a JSON string."),
+        flag("send_to_all_matching_destinations", is_flag=True, help="Send to every matching rule's destinations (default: the first match only)."),
+    ]):
+        func = option(func)
+    return func
+
+
+def peers_and_routing(options: dict[str, Any], *, has_default_store: bool) -> tuple[dict[str, Any], RoutingTable]:
+    """The AET dictionary and routing rules, checked; bad ones stop the command naming the entry."""
+    try:
+        peers = load_aet_dictionary(options["aet_dictionary"], options["aet_dictionary_inline"])
+        routing = load_routing(
+            options["destination_config_path"],
+            options["destination_config_inline"],
+            peers=peers,
+            send_to_all_matching=options["send_to_all_matching_destinations"],
+            has_default=has_default_store,
+        )
+    except (AetDictionaryError, RoutingConfigError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
+    return peers, routing
+
+
 def listener_flags(func: Callable) -> Callable:
     """The flags of the DIMSE listener, the same for `local` and `edge`."""
+    func = routing_flags(func)
     for option in reversed([
         flag("dimse_aet", required=True, help="AE title this adapter answers to (the called AE)."),
         flag("dimse_port", type=click.IntRange(0, 65535), default=2575, show_default=True, help="DIMSE port (0: any free port)."),
         flag("dimse_host", default="0.0.0.0", show_default=True, help="Address to listen on."),
-        flag("aet_dictionary", type=click.Path(dir_okay=False, exists=True), help="JSON file of known AEs: [{name, host, port}]."),
-        flag("aet_dictionary_inline", envvar="ENV_AETS_JSON", help="The AET dictionary as a JSON string."),
         flag("require_known_calling_aet", is_flag=True, help="Only accept associations from calling AEs in the AET dictionary."),
-        flag("destination_config_path", type=click.Path(dir_okay=False, exists=True), help="JSON routing rules: [{filter, dicomweb_destination | name/host/port | dimse_destination | destinations}]."),
-        flag("destination_config_inline", envvar="ENV_DESTINATION_CONFIG_JSON", help="The routing rules as a JSON string."),
-        flag("send_to_all_matching_destinations", is_flag=True, help="Send to every matching rule's destinations (default: the first match only)."),
         flag("max_associations", type=click.IntRange(1, 1000), default=32, show_default=True, help="Most concurrent associations."),
         flag("max_pdu_length", type=click.IntRange(4096, 16 << 20), default=262144, show_default=True, help="Largest PDU peers may send us, in bytes (memory per association)."),
         flag("drain_timeout", type=click.FloatRange(0), default=30.0, show_default=True, help="On SIGTERM, how long open associations may finish, in s."),
@@ -108,17 +133,7 @@ def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tu
     from .server import ListenerSettings
 
     configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
-    try:
-        peers = load_aet_dictionary(options["aet_dictionary"], options["aet_dictionary_inline"])
-        routing = load_routing(
-            options["destination_config_path"],
-            options["destination_config_inline"],
-            peers=peers,
-            send_to_all_matching=options["send_to_all_matching_destinations"],
-            has_default=has_default_store,
-        )
-    except (AetDictionaryError, RoutingConfigError, OSError) as exc:
-        raise click.UsageError(str(exc)) from None
+    peers, routing = peers_and_routing(options, has_default_store=has_default_store)
     if options["require_known_calling_aet"] and not peers:
         raise click.UsageError("--require_known_calling_aet needs an AET dictionary")
     if not routing.rules and not has_default_store:
@@ -287,7 +302,11 @@ def one_buffer(options: dict[str, Any]) -> None:
 
 @main.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@spool_flag
+@flag("spool_dir", type=click.Path(file_okay=False), help="Spool of `dicom-adapter local` to import into.")
+@flag("gcs_buffer", help="Or the cloud buffer, gs://BUCKET[/PREFIX] (with --pubsub_topic), as the cloud edge writes it.")
+@flag("pubsub_topic", help="With --gcs_buffer: the topic of buffered-instance events.")
+@flag("work_dir", type=click.Path(file_okay=False), default="./dicom-adapter-import", show_default=True, help="With --gcs_buffer: where the import ledger, staged copies and reports live.")
+@routing_flags
 @flag("workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Files read and buffered at once.")
 @flag("report", type=click.Path(dir_okay=False), help="Write the JSON report here (default: SPOOL/import-reports/<time>.json).")
 @flag("force", is_flag=True, help="Import again what the import ledger lists as done.")
@@ -302,7 +321,19 @@ def import_(paths: tuple[str, ...], **options: Any) -> None:
     from .intake.command import run_import_command
 
     configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
-    sys.exit(run_import_command(list(paths), **{k: options[k] for k in ("spool_dir", "workers", "report", "force")}))
+    from .intake.command import CloudTarget
+
+    one_buffer(options)
+    # Instances no rule routes go to the default store (of `local`, or of the stow_upload function).
+    _, routing = peers_and_routing(options, has_default_store=True)
+    cloud = None
+    if options["gcs_buffer"]:
+        if not options["pubsub_topic"]:
+            raise click.UsageError("--gcs_buffer needs --pubsub_topic, where the events go")
+        cloud = CloudTarget(options["gcs_buffer"], options["pubsub_topic"], Path(options["work_dir"]))
+    sys.exit(run_import_command(
+        list(paths), routing=routing, cloud=cloud, **{k: options[k] for k in ("spool_dir", "workers", "report", "force")}
+    ))
 
 
 @main.command()

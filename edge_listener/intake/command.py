@@ -5,37 +5,63 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import click
 from dicom_adapter.buffers.spool import Spool
+from dicom_adapter.routing import RoutingTable
 
 from .intake import Intake
 from .ledger import Ledger
 from .run import run_import, write_report
-from .sink import spool_sink
+from .sink import InstanceBufferSink, spool_sink
 
 EXIT_NOT_ALL_IMPORTED = 1
 EXIT_INTERRUPTED = 130
 
 
-def run_import_command(paths: Sequence[str], *, spool_dir: str, workers: int, report: str | None, force: bool) -> int:
-    spool = Spool(spool_dir)
-    wake = _UploaderWakeUp(spool)
-    # Routing rules are those of `local` and not known here: imports go to its default store.
-    sink = spool_sink(spool, lambda _event: wake.maybe())
-    ledger = Ledger.in_spool(spool.root)
+@dataclass(frozen=True)
+class CloudTarget:
+    """Import into the cloud buffer: GCS objects with Pub/Sub events, as the cloud edge writes."""
+
+    gcs_buffer: str
+    pubsub_topic: str
+    work_dir: Path  # the ledger, staged copies and reports live here
+
+
+def run_import_command(
+    paths: Sequence[str],
+    *,
+    spool_dir: str | None,
+    workers: int,
+    report: str | None,
+    force: bool,
+    routing: RoutingTable | None = None,
+    cloud: CloudTarget | None = None,
+) -> int:
+    rules = routing if routing and routing.rules else None  # without rules: the default store
+    if cloud is not None:
+        sink, root, wake = _cloud_sink(cloud, rules), cloud.work_dir, None
+    else:
+        spool = Spool(spool_dir or ".")
+        wake = _UploaderWakeUp(spool)
+        if rules is not None:
+            spool.register_destinations(rules.destinations)
+        sink, root = spool_sink(spool, lambda _event: wake.maybe(), rules), spool.root
+    ledger = Ledger.in_spool(root)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
         summary = run_import(paths, Intake(sink, ledger, force=force), workers=workers, stop=stop)
     finally:
-        wake.now()
+        if wake is not None:
+            wake.now()
         ledger.close()
         sink.close()
-    report_path = Path(report) if report else spool.root / "import-reports" / f"import-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    report_path = Path(report) if report else root / "import-reports" / f"import-{time.strftime('%Y%m%dT%H%M%S')}.json"
     write_report(report_path, summary, paths)
     click.echo(summary.text())
     if summary.problems:
@@ -44,6 +70,17 @@ def run_import_command(paths: Sequence[str], *, spool_dir: str, workers: int, re
     if summary.interrupted:
         return EXIT_INTERRUPTED
     return 0 if summary.all_imported else EXIT_NOT_ALL_IMPORTED
+
+
+def _cloud_sink(cloud: CloudTarget, routing: RoutingTable | None) -> InstanceBufferSink:
+    from dicom_adapter.buffers.gcs import GcsBuffer, GcsLocation
+    from dicom_adapter.pubsub import EventPublisher
+
+    from ..buffering import CloudBuffer
+
+    cloud.work_dir.mkdir(parents=True, exist_ok=True)
+    buffer = CloudBuffer(GcsBuffer(GcsLocation.parse(cloud.gcs_buffer)), EventPublisher(cloud.pubsub_topic), cloud.work_dir / "incoming")
+    return InstanceBufferSink(buffer, cloud.work_dir, routing)
 
 
 class _UploaderWakeUp:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from dicom_adapter.logs import fields
 
-from .ledger import Ledger
 from ..buffering import BufferRefused
+from .ledger import Ledger
 from .sink import BufferSink, NotRoutable
 from .sources import Source
 from .staging import ALREADY_PRESENT, FAILED, IMPORTED, SKIPPED, NotAnInstance, stage
