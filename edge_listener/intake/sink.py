@@ -10,8 +10,6 @@ folder, announce), `CloudBuffer` in cloud mode (create-only GCS object, then the
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -20,6 +18,7 @@ from dicom_adapter.events import BufferedInstance
 from dicom_adapter.routing import Destination, RoutingTable, read_routing_header
 
 from ..buffering import InstanceBuffer, SpoolBuffer
+from ..process_folders import process_folder, remove_folders_of_gone_processes
 from .staging import StagedInstance, fsync_file
 
 STAGING = "importing"
@@ -54,8 +53,7 @@ class InstanceBufferSink:
         self.buffer = buffer
         self.routing = routing
         self._root = staging_root / STAGING
-        self.staging_dir = self._root / str(os.getpid())
-        self.staging_dir.mkdir(parents=True, exist_ok=True)  # another sink of this process may share it
+        self.staging_dir = process_folder(self._root)  # another sink of this process may share it
 
     def put(self, staged: StagedInstance) -> list[BufferedInstance]:
         instance = BufferedInstance(
@@ -89,9 +87,7 @@ class InstanceBufferSink:
         return destinations
 
     def sweep_stale(self) -> None:
-        for leftover in self._root.iterdir():
-            if leftover.name.isdigit() and not _process_alive(int(leftover.name)):
-                shutil.rmtree(leftover, ignore_errors=True)
+        remove_folders_of_gone_processes(self._root)
 
     def close(self) -> None:
         try:
@@ -119,13 +115,3 @@ class _StagedReception:
 
     def close(self) -> None:
         pass
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
