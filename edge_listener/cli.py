@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -44,34 +45,21 @@ def main() -> None:
     """dicom-adapter: DIMSE (C-STORE, C-ECHO, ...) in front of a DICOMweb store."""
 
 
-def listener_flags(func: Callable) -> Callable:
-    """The flags of the DIMSE listener, the same for `local` and `edge`."""
+def routing_flags(func: Callable) -> Callable:
+    """The AET dictionary and the routing rules (`local`, `edge` and `import`)."""
     for option in reversed([
-        flag("dimse_aet", required=True, help="AE title this adapter answers to (the called AE)."),
-        flag("dimse_port", type=click.IntRange(0, 65535), default=2575, show_default=True, help="DIMSE port (0: any free port)."),
-        flag("dimse_host", default="0.0.0.0", show_default=True, help="Address to listen on."),
         flag("aet_dictionary", type=click.Path(dir_okay=False, exists=True), help="JSON file of known AEs: [{name, host, port}]."),
         flag("aet_dictionary_inline", envvar="ENV_AETS_JSON", help="The AET dictionary as a JSON string."),
-        flag("require_known_calling_aet", is_flag=True, help="Only accept associations from calling AEs in the AET dictionary."),
         flag("destination_config_path", type=click.Path(dir_okay=False, exists=True), help="JSON routing rules: [{filter, dicomweb_destination | name/host/port | dimse_destination | destinations}]."),
         flag("destination_config_inline", envvar="ENV_DESTINATION_CONFIG_JSON", help="The routing rules as a JSON string."),
         flag("send_to_all_matching_destinations", is_flag=True, help="Send to every matching rule's destinations (default: the first match only)."),
-        flag("max_associations", type=click.IntRange(1, 1000), default=32, show_default=True, help="Most concurrent associations."),
-        flag("max_pdu_length", type=click.IntRange(4096, 16 << 20), default=262144, show_default=True, help="Largest PDU peers may send us, in bytes (memory per association)."),
-        flag("drain_timeout", type=click.FloatRange(0), default=30.0, show_default=True, help="On SIGTERM, how long open associations may finish, in s."),
-        flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout."),
-        flag("verbose", is_flag=True, help="Debug logging (never data set contents)."),
     ]):
         func = option(func)
     return func
 
 
-def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tuple[Any, RoutingTable]:
-    """Logging set up, the AET dictionary and routing rules read and checked, the listener's
-    settings built. Bad configuration stops the command here, saying which entry and why."""
-    from .server import ListenerSettings
-
-    configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
+def peers_and_routing(options: dict[str, Any], *, has_default_store: bool) -> tuple[dict[str, Any], RoutingTable]:
+    """The AET dictionary and routing rules, checked; bad ones stop the command naming the entry."""
     try:
         peers = load_aet_dictionary(options["aet_dictionary"], options["aet_dictionary_inline"])
         routing = load_routing(
@@ -83,6 +71,69 @@ def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tu
         )
     except (AetDictionaryError, RoutingConfigError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
+    return peers, routing
+
+
+def listener_flags(func: Callable) -> Callable:
+    """The flags of the DIMSE listener, the same for `local` and `edge`."""
+    func = routing_flags(func)
+    for option in reversed([
+        flag("dimse_aet", required=True, help="AE title this adapter answers to (the called AE)."),
+        flag("dimse_port", type=click.IntRange(0, 65535), default=2575, show_default=True, help="DIMSE port (0: any free port)."),
+        flag("dimse_host", default="0.0.0.0", show_default=True, help="Address to listen on."),
+        flag("require_known_calling_aet", is_flag=True, help="Only accept associations from calling AEs in the AET dictionary."),
+        flag("max_associations", type=click.IntRange(1, 1000), default=32, show_default=True, help="Most concurrent associations."),
+        flag("max_pdu_length", type=click.IntRange(4096, 16 << 20), default=262144, show_default=True, help="Largest PDU peers may send us, in bytes (memory per association)."),
+        flag("drain_timeout", type=click.FloatRange(0), default=30.0, show_default=True, help="On SIGTERM, how long open associations may finish, in s."),
+        flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout."),
+        flag("verbose", is_flag=True, help="Debug logging (never data set contents)."),
+    ]):
+        func = option(func)
+    return func
+
+
+def query_retrieve_flags(func: Callable) -> Callable:
+    """C-FIND, C-MOVE, C-GET and Storage Commitment against the store (`local` and `edge`)."""
+    for option in reversed([
+        flag("fuzzy_matching", is_flag=True, help="C-FIND: ask the store for fuzzy matching of person names."),
+        flag("qido_page_size", type=click.IntRange(1, 5000), default=500, show_default=True, help="C-FIND: results per QIDO-RS page (limit/offset)."),
+        flag("dimse_cmove_aet", help="Calling AE title of outgoing associations (C-MOVE, commitment reports); default: --dimse_aet."),
+        flag("commitment_wait", type=click.FloatRange(0), default=120.0, show_default=True, help="Storage commitment: how long to wait for instances still queued for upload, in s."),
+        flag("qido_url", help="URL of the qido Cloud Function to ask instead of searching the store in process."),
+    ]):
+        func = option(func)
+    return func
+
+
+def query_retrieve_settings(
+    options: dict[str, Any], peers: dict[str, Any], store: UploadSettings, work_dir: Path, spool_dir: Path | None
+) -> Any:
+    """The query/retrieve services' settings; None (services off) without a store to ask."""
+    from .services import QueryRetrieveSettings
+
+    if not store.dicomweb_address:
+        log.warning("C-FIND, C-MOVE, C-GET and storage commitment are off: they need --dicomweb_address")
+        return None
+    return QueryRetrieveSettings(
+        store=store,
+        fuzzy_matching=options["fuzzy_matching"],
+        qido_page_size=options["qido_page_size"],
+        qido_url=options["qido_url"],
+        peers=peers,
+        cmove_aet=options["dimse_cmove_aet"],
+        staging_dir=work_dir / "retrieve",
+        spool_dir=spool_dir,
+        commitment_wait_s=options["commitment_wait"],
+    )
+
+
+def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tuple[Any, RoutingTable, dict[str, Any]]:
+    """Logging set up, the AET dictionary and routing rules read and checked, the listener's
+    settings built. Bad configuration stops the command here, saying which entry and why."""
+    from .server import ListenerSettings
+
+    configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
+    peers, routing = peers_and_routing(options, has_default_store=has_default_store)
     if options["require_known_calling_aet"] and not peers:
         raise click.UsageError("--require_known_calling_aet needs an AET dictionary")
     if not routing.rules and not has_default_store:
@@ -96,7 +147,7 @@ def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tu
         max_associations=options["max_associations"],
         max_pdu_length=options["max_pdu_length"],
     )
-    return settings, routing
+    return settings, routing, peers
 
 
 def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fields: Any) -> None:
@@ -122,6 +173,7 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
 
 @main.command()
 @listener_flags
+@query_retrieve_flags
 @flag("dicomweb_address", help="DICOMweb service root of the (default) store, e.g. http://localhost:8042/dicom-web.")
 @spool_flag
 @flag("stow_overwrite", is_flag=True, help="Replace a different stored instance with the same SOP Instance UID.")
@@ -134,13 +186,17 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
 @flag("export_config_path", type=click.Path(dir_okay=False, exists=True), help="Export rules (docs/export.md): where instances stored in --dicomweb_address go on to.")
 @flag("export_config_inline", help="The export rules as a JSON string.")
 @flag("export_to_all_matching_destinations", is_flag=True, help="Export to every matching rule's destinations (default: the first match only).")
+@flag("watch_dir", type=click.Path(file_okay=False), help="Drop folder: DICOM files and ZIPs put here are imported, then moved to done/ (bad ones to rejected/).")
+@flag("watch_settle_time", type=click.FloatRange(0), default=2.0, show_default=True, help="A dropped file is taken once unchanged this long, in s.")
+@flag("watch_incomplete_timeout", type=click.FloatRange(0), default=300.0, show_default=True, help="A dropped file that looks cut short is rejected only once unchanged this long, in s.")
+@flag("watch_delete_done", is_flag=True, help="Delete imported files from the drop folder instead of moving them to done/.")
 def local(**options: Any) -> None:
     """Run the edge and the upload pipeline on this machine, with a spool directory as buffer."""
     from .dispatcher import DispatchSettings
     from .local import LocalRuntime
     from .upload_process import UploadProcessSettings
 
-    settings, routing = listener_settings(options, has_default_store=bool(options["dicomweb_address"]))
+    settings, routing, peers = listener_settings(options, has_default_store=bool(options["dicomweb_address"]))
     upload_settings = UploadSettings(
         dicomweb_address=options["dicomweb_address"] or "",
         calling_aet=options["dimse_aet"],
@@ -157,6 +213,18 @@ def local(**options: Any) -> None:
         verbose=options["verbose"],
         export_routing=export_routing(options),
     )
+    spool_dir = Path(options["spool_dir"])
+    query_retrieve = query_retrieve_settings(options, peers, upload_settings, spool_dir, spool_dir)
+    watch = None
+    if options["watch_dir"]:
+        from .intake.watch import WatchSettings
+
+        watch = WatchSettings(
+            folder=options["watch_dir"],
+            settle_s=options["watch_settle_time"],
+            incomplete_timeout_s=options["watch_incomplete_timeout"],
+            delete_done=options["watch_delete_done"],
+        )
     serve(
         lambda: LocalRuntime(
             settings,
@@ -164,6 +232,8 @@ def local(**options: Any) -> None:
             processes=options["dimse_processes"],
             drain_timeout_s=options["drain_timeout"],
             routing=routing,
+            query_retrieve=query_retrieve,
+            watch=watch,
         ),
         options,
         store=options["dicomweb_address"] or "-",
@@ -173,6 +243,8 @@ def local(**options: Any) -> None:
 
 @main.command()
 @listener_flags
+@query_retrieve_flags
+@flag("dicomweb_address", help="DICOMweb root of the store, for C-MOVE/C-GET retrievals and commitment checks (Healthcare API: ADC).")
 @flag("gcs_buffer", required=True, help="Where acknowledged instances wait for upload: gs://BUCKET[/PREFIX].")
 @flag("pubsub_topic", required=True, help="Topic for buffered-instance events: projects/PROJECT/topics/TOPIC.")
 @flag("work_dir", default="/tmp/dicom-adapter", show_default=True, type=click.Path(file_okay=False), help="Local folder for data sets being received (an emptyDir on GKE).")
@@ -185,8 +257,10 @@ def edge(**options: Any) -> None:
     from .cloud import CloudRuntime, CloudSettings
 
     # The stow_upload function's DICOM_ADAPTER_DICOMWEB_ADDRESS is the default store.
-    settings, routing = listener_settings(options, has_default_store=True)
+    settings, routing, peers = listener_settings(options, has_default_store=True)
     check_cloud_names(options["gcs_buffer"], options["pubsub_topic"])
+    store = UploadSettings(dicomweb_address=options["dicomweb_address"] or "", calling_aet=options["dimse_aet"])
+    query_retrieve = query_retrieve_settings(options, peers, store, Path(options["work_dir"]), None)
     cloud = CloudSettings(
         gcs_buffer=options["gcs_buffer"],
         pubsub_topic=options["pubsub_topic"],
@@ -197,7 +271,7 @@ def edge(**options: Any) -> None:
         gcs_chunk_size=options["gcs_chunk_size"] << 20,
     )
     serve(
-        lambda: CloudRuntime(settings, cloud, drain_timeout_s=options["drain_timeout"], routing=routing),
+        lambda: CloudRuntime(settings, cloud, drain_timeout_s=options["drain_timeout"], routing=routing, query_retrieve=query_retrieve),
         options,
         buffer=options["gcs_buffer"],
         topic=options["pubsub_topic"],
@@ -295,6 +369,42 @@ def one_buffer(options: dict[str, Any]) -> None:
     if bool(options["spool_dir"]) == bool(options["gcs_buffer"]):
         raise click.UsageError("give either --spool_dir or --gcs_buffer")
     check_cloud_names(options["gcs_buffer"], options["pubsub_topic"])
+
+
+@main.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@flag("spool_dir", type=click.Path(file_okay=False), help="Spool of `dicom-adapter local` to import into.")
+@flag("gcs_buffer", help="Or the cloud buffer, gs://BUCKET[/PREFIX] (with --pubsub_topic), as the cloud edge writes it.")
+@flag("pubsub_topic", help="With --gcs_buffer: the topic of buffered-instance events.")
+@flag("work_dir", type=click.Path(file_okay=False), default="./dicom-adapter-import", show_default=True, help="With --gcs_buffer: where the import ledger, staged copies and reports live.")
+@routing_flags
+@flag("workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Files read and buffered at once.")
+@flag("report", type=click.Path(dir_okay=False), help="Write the JSON report here (default: SPOOL/import-reports/<time>.json).")
+@flag("force", is_flag=True, help="Import again what the import ledger lists as done.")
+@flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout.")
+@flag("verbose", is_flag=True, help="Debug logging (never data set contents or file names).")
+def import_(paths: tuple[str, ...], **options: Any) -> None:
+    """Buffer DICOM files, folders, ZIP archives and DICOMDIR media for upload.
+
+    Each instance goes into the spool's upload queue like a received C-STORE; a running
+    `dicom-adapter local` on the same spool uploads it. Re-running skips what is done.
+    """
+    from .intake.command import run_import_command
+
+    configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
+    from .intake.command import CloudTarget
+
+    one_buffer(options)
+    # Instances no rule routes go to the default store (of `local`, or of the stow_upload function).
+    _, routing = peers_and_routing(options, has_default_store=True)
+    cloud = None
+    if options["gcs_buffer"]:
+        if not options["pubsub_topic"]:
+            raise click.UsageError("--gcs_buffer needs --pubsub_topic, where the events go")
+        cloud = CloudTarget(options["gcs_buffer"], options["pubsub_topic"], Path(options["work_dir"]))
+    sys.exit(run_import_command(
+        list(paths), routing=routing, cloud=cloud, **{k: options[k] for k in ("spool_dir", "workers", "report", "force")}
+    ))
 
 
 @main.command()

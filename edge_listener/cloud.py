@@ -20,6 +20,7 @@ from dicom_adapter.routing import RoutingTable
 from .buffering import CloudBuffer
 from .health import HealthServer
 from .server import Listener, ListenerSettings
+from .services import QueryRetrieveSettings, build_services
 from .store import StoreService
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class CloudRuntime:
         *,
         drain_timeout_s: float = 30.0,
         routing: RoutingTable = RoutingTable(()),
+        query_retrieve: QueryRetrieveSettings | None = None,
     ) -> None:
         self.drain_timeout_s = drain_timeout_s
         incoming = Path(settings.work_dir) / "incoming"
@@ -54,7 +56,11 @@ class CloudRuntime:
         shutil.rmtree(incoming, ignore_errors=True)
         self.bucket = GcsBuffer(GcsLocation.parse(settings.gcs_buffer), chunk_size=settings.gcs_chunk_size)
         self.publisher = EventPublisher(settings.pubsub_topic, timeout_s=settings.publish_timeout_s)
-        self.listener = Listener(listener_settings, StoreService(CloudBuffer(self.bucket, self.publisher, incoming), routing))
+        self.listener = Listener(
+            listener_settings,
+            StoreService(CloudBuffer(self.bucket, self.publisher, incoming), routing),
+            build_services(query_retrieve),
+        )
         self.health = HealthServer(
             settings.health_host,
             settings.health_port,

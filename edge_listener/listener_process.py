@@ -23,6 +23,7 @@ from dicom_adapter.routing import RoutingTable
 
 from .buffering import SpoolBuffer
 from .server import Listener, ListenerSettings
+from .services import QueryRetrieveSettings, build_services
 from .store import StoreService
 from .upload_process import Notices
 
@@ -38,6 +39,7 @@ class ListenerProcessSettings:
     json_logs: bool = False
     verbose: bool = False
     routing: RoutingTable = field(default_factory=lambda: RoutingTable(()))
+    query_retrieve: QueryRetrieveSettings | None = None
 
 
 class ListenerProcess:
@@ -90,7 +92,11 @@ def _child_main(settings: ListenerProcessSettings, writer: Connection, ready: An
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(json_format=settings.json_logs, verbose=settings.verbose)
     notices = Notices(writer)
-    listener = Listener(settings.listener, StoreService(SpoolBuffer(Spool(settings.spool_dir), notices.notify), settings.routing))
+    listener = Listener(
+        settings.listener,
+        StoreService(SpoolBuffer(Spool(settings.spool_dir), notices.notify), settings.routing),
+        build_services(settings.query_retrieve),
+    )
     listener.start()
     ready.set()
     parent = os.getppid()

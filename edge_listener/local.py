@@ -9,18 +9,22 @@ code the Cloud Function runs.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from dicom_adapter.buffers.spool import Spool
+from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
 from dicom_adapter.routing import RoutingTable
 
 from .buffering import SpoolBuffer
+from .intake.watch import WatchedFolder, WatchSettings
 from .listener_process import (
     ListenerProcess,
     ListenerProcessSettings,
     shared_port_settings,
 )
 from .server import Listener, ListenerSettings
+from .services import QueryRetrieveSettings, build_services
 from .store import StoreService
 from .upload_process import UploadProcess, UploadProcessSettings
 
@@ -38,6 +42,8 @@ class LocalRuntime:
         processes: int = 1,
         drain_timeout_s: float = 30.0,
         routing: RoutingTable = RoutingTable(()),
+        query_retrieve: QueryRetrieveSettings | None = None,
+        watch: WatchSettings | None = None,
     ) -> None:
         self.spool = Spool(upload_settings.spool_dir)
         self.spool.register_destinations(routing.destinations)
@@ -47,19 +53,26 @@ class LocalRuntime:
         self.drain_timeout_s = drain_timeout_s
         self.uploads = UploadProcess(upload_settings)
         first = shared_port_settings(listener_settings, listener_settings.port, processes)
-        self.listener = Listener(first, StoreService(SpoolBuffer(self.spool, self.uploads.notices.notify), routing))
+        self.listener = Listener(first, StoreService(SpoolBuffer(self.spool, self.uploads.notices.notify), routing), build_services(query_retrieve))
         # With port 0 the first listener picked one; the others share what it got.
         shared = shared_port_settings(listener_settings, self.listener.port, processes)
         self.extra_listeners = [
             ListenerProcess(
                 ListenerProcessSettings(
-                    shared, upload_settings.spool_dir, drain_timeout_s, upload_settings.json_logs, upload_settings.verbose, routing
+                    shared,
+                    upload_settings.spool_dir,
+                    drain_timeout_s,
+                    upload_settings.json_logs,
+                    upload_settings.verbose,
+                    routing,
+                    query_retrieve,
                 ),
                 self.uploads.writer,
                 index,
             )
             for index in range(1, processes)
         ]
+        self.watcher = _watched_folder(watch, self.spool, self.uploads.notices.notify, routing) if watch else None
 
     def start(self) -> None:
         self.uploads.start()
@@ -69,6 +82,8 @@ class LocalRuntime:
         for extra in self.extra_listeners:
             if not extra.wait_ready(60):
                 raise RuntimeError("a listener process did not start within 60 s")
+        if self.watcher is not None:
+            self.watcher.start()
 
     def supervise(self) -> None:
         """Called periodically while running: keep the child processes alive."""
@@ -80,6 +95,8 @@ class LocalRuntime:
         """Stop accepting, let associations and uploads in progress finish, keep the rest queued.
 
         Safe on a runtime that only partly started."""
+        if self.watcher is not None:
+            self.watcher.stop(self.drain_timeout_s)
         for extra in self.extra_listeners:
             extra.begin_stop()
         self.listener.drain(self.drain_timeout_s)
@@ -90,3 +107,15 @@ class LocalRuntime:
         self.uploads.stop(timeout=self.drain_timeout_s + 60)
         status = self.spool.status()
         log.info("stopped", extra=fields(queued=status.queued, dead_letters=status.dead_letters))
+
+
+def _watched_folder(
+    settings: WatchSettings, spool: Spool, announce: Callable[[BufferedInstance], None], routing: RoutingTable
+) -> WatchedFolder:
+    """The drop folder, feeding the spool as a C-STORE does (same routing; the ledger is the import's)."""
+    from .intake.intake import Intake
+    from .intake.ledger import Ledger
+    from .intake.sink import spool_sink
+
+    intake = Intake(spool_sink(spool, announce, routing), Ledger.in_spool(spool.root), use_fingerprints=False)
+    return WatchedFolder(settings, intake)

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 from dicom_adapter.logs import fields
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
@@ -33,6 +33,15 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 # adapter stores bytes, it never needs to decode them. Known non-storage classes (Verification,
 # and later Query/Retrieve) still negotiate against the supported contexts below.
 _config.UNRESTRICTED_STORAGE_SERVICE = True
+
+
+class DimseService(Protocol):
+    """A DIMSE service beside C-STORE (query.py, retrieve.py, commitment.py): the presentation
+    contexts it supports and the handlers it binds."""
+
+    contexts: list[tuple[str, list[str]]]
+
+    def handlers(self) -> list[tuple[Any, ...]]: ...
 
 
 @dataclass(frozen=True)
@@ -146,11 +155,14 @@ def _discard_partial_reception(event: evt.Event) -> None:
 class Listener:
     """The running DIMSE listener; `drain` stops it gracefully."""
 
-    def __init__(self, settings: ListenerSettings, store: StoreService) -> None:
+    def __init__(self, settings: ListenerSettings, store: StoreService, services: Sequence[DimseService] = ()) -> None:
         self.settings = settings
         receive_into(store.buffer.incoming)
         reactor_tuning.install()
         self.ae = build_ae(settings)
+        for service in services:
+            for sop_class, transfer_syntaxes in service.contexts:
+                self.ae.add_supported_context(sop_class, transfer_syntaxes)
         handlers = [
             (evt.EVT_C_STORE, handle_store, [store]),
             *([(evt.EVT_REQUESTED, answer_as_called_aet, [settings.also_called_aets])] if settings.also_called_aets else []),
@@ -162,6 +174,8 @@ class Listener:
             (evt.EVT_CONN_CLOSE, _discard_partial_reception),
             (evt.EVT_CONN_CLOSE, reactor_tuning.forget),
         ]
+        for service in services:
+            handlers += service.handlers()
         self.server = self.ae.make_server(
             (settings.host, settings.port),
             evt_handlers=handlers,

@@ -13,17 +13,20 @@ stow_upload`); the local runtime calls the same code with the same CloudEvents.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import flask
 import functions_framework
 from cloudevents.http import CloudEvent
 
-from dicom_adapter.config import SweepSettings, UploadSettings
+from dicom_adapter import qido_function
+from dicom_adapter.config import SweepSettings, UploadSettings, env_name
+from dicom_adapter.dicomweb import DicomWebClient
 from dicom_adapter.export_cloud import CloudExport, CloudExportSettings
 from dicom_adapter.logs import configure_logging
 from dicom_adapter.sweep import sweep_buffer
-from dicom_adapter.upload import Uploader
+from dicom_adapter.upload import Uploader, store_client
 
 
 @functools.cache
@@ -83,3 +86,20 @@ def _delivery_attempt(cloud_event: CloudEvent) -> int | None:
         return int(attempt) if attempt is not None else None
     except ValueError:
         return None
+
+
+@functools.cache
+def _store_client() -> DicomWebClient:
+    configure_logging(json_format=True)
+    return store_client(UploadSettings.from_env())
+
+
+@functions_framework.http
+def qido(request: flask.Request) -> flask.Response:
+    """The edge's C-FIND and retrieve look-ups (internal only): identifier in, matches streamed out."""
+    return qido_function.respond(
+        request,
+        _store_client(),
+        fuzzy=os.environ.get(env_name("fuzzy_matching"), "").lower() in {"1", "true", "yes", "on"},
+        page_size=int(os.environ.get(env_name("qido_page_size"), 500)),
+    )

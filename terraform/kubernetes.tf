@@ -25,6 +25,7 @@ locals {
       "--health_port", tostring(local.edge_health_port),
       "--log_format", "json",
       "--qido_url", google_cloudfunctions2_function.function["qido"].service_config[0].uri,
+      "--dicomweb_address", local.dicomweb_address,
     ],
     var.dimse_cmove_aet == "" ? [] : ["--dimse_cmove_aet", var.dimse_cmove_aet],
   )

@@ -9,7 +9,7 @@ Fixture map:
   storescp_peer              a DCMTK storescp writing to tmp_path/storescp
   tmp_spool                  an empty spool directory
   fake_gcs (session)         fake-gcs-server for the real google-cloud-storage client
-  pubsub_emulator (session)  Google's Pub/Sub emulator for the real google-cloud-pubsub client
+  pubsub_emulator (session)  Google's Pub/Sub emulator (or its gRPC stand-in) for the real client
   marker_demographics        {DICOM keyword: marker value} for PHI-leak tests
 """
 
@@ -23,7 +23,7 @@ import pytest
 
 from support.dcmtk import StoreSCP, storescp
 from support.dicom_files import MARKER_DEMOGRAPHICS
-from support.gcp import FakeGcs, PubSubEmulator, fake_gcs_binary, pubsub_emulator_available
+from support.gcp import FakeGcs, PubSubEmulator, fake_gcs_binary
 from support.healthcare_api_fake import HealthcareApiFake
 from support.orthanc import Orthanc, orthanc_available
 from support.processes import live_processes, start_sequence
@@ -125,8 +125,7 @@ def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
 
 @pytest.fixture(scope="session")
 def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PubSubEmulator]:
-    if not pubsub_emulator_available():
-        pytest.skip("the Cloud SDK's Pub/Sub emulator is not installed on this machine")
+    """Google's emulator where the Cloud SDK is installed, else the gRPC stand-in."""
     server = PubSubEmulator(tmp_path_factory.mktemp("pubsub")).start()
     yield server
     server.stop()

@@ -31,7 +31,7 @@ from support.dicom_files import (
     make_ct_series,
     write_large_instance,
 )
-from support.gcp import FakeGcs, FunctionServer, PubSubEmulator, pubsub_emulator_available
+from support.gcp import FakeGcs, FunctionServer, PubSubEmulator
 from support.healthcare_api_fake import HealthcareApiFake
 from support.orthanc import Orthanc
 from support.processes import RssSampler
@@ -163,8 +163,6 @@ def test_pacs_to_store_through_gcs_pubsub_and_the_function_byte_exact(
 def test_publish_failure_fails_the_c_store_and_leaves_no_object(
     tmp_path: Path, fresh_orthanc: Orthanc, fake_gcs: FakeGcs, cloud_factory: Callable[..., CloudStack]
 ):
-    if not pubsub_emulator_available():
-        pytest.skip("needs the Pub/Sub emulator")
     own_pubsub = PubSubEmulator(tmp_path / "own-pubsub", cleanup_scope="test").start()
     stack = cloud_factory(fresh_orthanc.dicomweb_url, pubsub=own_pubsub)
     instance = make_ct_instance(tmp_path / "a.dcm")
@@ -351,3 +349,47 @@ def test_routing_sends_one_object_and_event_per_destination(
     stored = healthcare_fake.get_instance(ct.sop_instance_uid)
     assert dataset_bytes_after_meta(stored.read_bytes()) == dataset_bytes_after_meta(ct.path)
     assert not stack.objects("dead")
+
+
+@pytest.mark.parametrize("kind", ["fake"])
+def test_the_pubsub_stand_in_carries_the_cloud_path_where_the_emulator_is_absent(
+    tmp_path: Path, kind: str, fake_gcs: FakeGcs, healthcare_fake: HealthcareApiFake
+):
+    """On a plain Debian without the Cloud SDK the suite runs against pubsub_fake.py; prove here
+    (on every machine) that it carries the same path: publish, push, redelivery, dead letter."""
+    pubsub = PubSubEmulator(tmp_path / "pubsub", cleanup_scope="test", kind=kind).start()
+    stack = CloudStack(tmp_path / "cloud", fake_gcs, pubsub, healthcare_fake.url)
+    try:
+        good, bad = make_ct_instance(tmp_path / "good.dcm"), make_ct_instance(tmp_path / "bad.dcm")
+        healthcare_fake.fail_next(2, status=503)  # a redelivery or two before the first store
+        with stack.edge("--publish_timeout", "3") as edge:
+            assert [r.status for r in send_files([good.path], edge.port, called_aet=ADAPTER_AET)] == [0]
+            stack.wait_until_uploaded()
+            assert healthcare_fake.instance_count() == 1
+            healthcare_fake.fail_next(1000, status=503)
+            assert [r.status for r in send_files([bad.path], edge.port, called_aet=ADAPTER_AET)] == [0]
+            stack.wait_until(lambda: any(n.endswith(".dcm") for n in stack.objects("dead")), 120, "a dead letter")
+            pubsub.stop()
+            [refused] = send_files([make_ct_instance(tmp_path / "late.dcm").path], edge.port, called_aet=ADAPTER_AET)
+            assert refused.status == 0xA700 and "publish" in refused.error_comment
+    finally:
+        for server in stack.functions:
+            server.stop()
+
+
+def test_folder_import_into_the_cloud_buffer(tmp_path: Path, fresh_orthanc: Orthanc, cloud_factory: Callable[..., CloudStack]):
+    """`dicom-adapter import --gcs_buffer`: files take the cloud path of a received C-STORE
+    (create-only object + Pub/Sub event → stow_upload), and a second run imports nothing new."""
+    stack = cloud_factory(fresh_orthanc.dicomweb_url)
+    series = make_ct_series(tmp_path / "archive", 6)
+    command = ["import", "--gcs_buffer", stack.gcs_buffer, "--pubsub_topic", stack.topic,
+               "--work_dir", str(tmp_path / "import-work"), str(tmp_path / "archive")]
+    first = stack.cli(*command)
+    assert first.returncode == 0, first.stdout + first.stderr
+    stack.wait_until_uploaded()
+    for instance in series:
+        stored = fresh_orthanc.retrieve_instance_part10(instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid)
+        assert dataset_bytes_after_meta(stored) == dataset_bytes_after_meta(instance.path)
+    again = stack.cli(*command)
+    assert again.returncode == 0 and not stack.objects("queue")
+    assert fresh_orthanc.instance_count() == len(series)

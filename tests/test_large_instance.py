@@ -33,3 +33,26 @@ def test_one_gigabyte_instance_streams_through_with_small_rss(tmp_path: Path, fr
     stored = tmp_path / "stored.dcm"
     fresh_orthanc.retrieve_instance_to_file(big.study_instance_uid, big.series_instance_uid, big.sop_instance_uid, stored)
     assert dataset_sha256_after_meta(stored) == dataset_sha256_after_meta(big.path)
+
+
+def test_a_large_instance_is_retrieved_by_c_get_with_small_rss(tmp_path: Path, fresh_orthanc: Orthanc):
+    """WADO-RS streamed to the staging file, C-STOREd from disk: memory stays flat on the way out too."""
+    from support.dcmtk import run_dcmtk
+
+    big = write_large_instance(tmp_path / "big.dcm", 256 << 20, fill="random", seed=11)
+    out = tmp_path / "got"
+    out.mkdir()
+    with LocalAdapter(tmp_path / "adapter", fresh_orthanc.dicomweb_url) as adapter:
+        [result] = send_files([big.path], adapter.port, called_aet=ADAPTER_AET)
+        assert result.status == 0, result
+        adapter.wait_until_drained(timeout=600)
+        keys = ["-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={big.study_instance_uid}",
+                "-k", f"SeriesInstanceUID={big.series_instance_uid}", "-k", f"SOPInstanceUID={big.sop_instance_uid}"]
+        with RssSampler(adapter.process.pid) as sampler:
+            got = run_dcmtk("getscu", ["-S", "+B", "-od", str(out), "-aec", ADAPTER_AET, *keys, "127.0.0.1", str(adapter.port)], timeout=600)
+        assert got.returncode == 0, got.stderr[-2000:]
+        peak = sampler.peak_total_rss_bytes
+        print(f"\nadapter peak RSS while sending a {big.size / 2**20:.0f} MiB instance by C-GET: {peak / 2**20:.1f} MiB")
+        assert peak < RSS_CEILING, f"peak RSS {peak / 2**20:.0f} MiB"
+    (received,) = out.iterdir()
+    assert dataset_sha256_after_meta(received) == dataset_sha256_after_meta(big.path)

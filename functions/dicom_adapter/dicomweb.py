@@ -1,5 +1,5 @@
 """A small DICOMweb client: STOW-RS of Part-10 files, WADO-RS digests, instance deletion,
-WADO-RS retrieval (streamed) and metadata.
+QIDO-RS searches (paged), WADO-RS retrieval (streamed) and metadata.
 
 Modelled on dicomweb-client's verb-noun methods, but streaming: `store_instance` sends the file
 as it lies in the buffer (byte-exact, bounded memory) and reports what the store said about it
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote
+from typing import Any, Iterator
+from urllib.parse import quote, urlencode
 
 import requests
 
@@ -153,6 +153,34 @@ class DicomWebClient:
         if response.status_code not in (200, 202, 204, 404):
             response.raise_for_status()
 
+    # -- search and retrieve (QIDO-RS, WADO-RS) ------------------------------------------
+
+    def search_for_studies(self, search_filters: dict[str, Any] | None = None, *, page_size: int = 500) -> Iterator[dict[str, Any]]:
+        """QIDO-RS /studies: DICOM JSON objects, paged (limit/offset) as they are consumed."""
+        return self._search("studies", None, None, search_filters, page_size)
+
+    def search_for_series(
+        self, study_instance_uid: str | None = None, search_filters: dict[str, Any] | None = None, *, page_size: int = 500
+    ) -> Iterator[dict[str, Any]]:
+        """QIDO-RS /series or /studies/{study}/series, paged."""
+        return self._search("series", study_instance_uid, None, search_filters, page_size)
+
+    def search_for_instances(
+        self,
+        study_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+        search_filters: dict[str, Any] | None = None,
+        *,
+        page_size: int = 500,
+    ) -> Iterator[dict[str, Any]]:
+        """QIDO-RS /instances, /studies/{study}/instances or .../series/{series}/instances, paged."""
+        return self._search("instances", study_instance_uid, series_instance_uid, search_filters, page_size)
+
+    def _search(
+        self, level: str, study: str | None, series: str | None, search_filters: dict[str, Any] | None, page_size: int
+    ) -> Iterator[dict[str, Any]]:
+        return _search_pages(self, _search_path(self.address, level, study, series), dict(search_filters or {}), page_size)
+
     def retrieve_instance(
         self, study: str, series: str, sop_instance: str, *, transfer_syntax: str = ANY_TRANSFER_SYNTAX
     ) -> "RetrievedInstance | None":
@@ -273,7 +301,7 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-# -- WADO-RS retrieval ---------------------------------------------------------------------
+# -- QIDO-RS and WADO-RS retrieval (query/retrieve) ------------------------------------------
 
 class DicomWebError(RuntimeError):
     """The store answered a search or retrieval with an error; `reason` is safe to log."""
@@ -322,3 +350,50 @@ class RetrievedInstance:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _search_path(address: DicomWebAddress, level: str, study: str | None = None, series: str | None = None) -> str:
+    path = address.url
+    if study:
+        path += f"/studies/{quote(study, safe='')}"
+        if series:
+            path += f"/series/{quote(series, safe='')}"
+    return f"{path}/{level}"
+
+
+def _query_string(params: dict[str, Any]) -> str:
+    """QIDO-RS parameters with wildcards and UID-list commas left as they are: some stores
+    (Orthanc 1.10) do not decode a percent-encoded '*' back into a wildcard."""
+    return urlencode(params, doseq=True, quote_via=quote, safe="*?,")
+
+
+def _search_pages(
+    client: "DicomWebClient", url: str, params: dict[str, Any], page_size: int
+) -> Iterator[dict[str, Any]]:
+    """QIDO-RS results one page (limit/offset) at a time, so no result count is too large.
+
+    Stops at the first page shorter than `page_size`; a consumer that stops iterating stops
+    the paging (C-CANCEL).
+    """
+    offset = 0
+    while True:
+        try:
+            response = client.session.get(
+                f"{url}?{_query_string({**params, 'limit': page_size, 'offset': offset})}",
+                headers={"Accept": "application/dicom+json"},
+                timeout=client.timeout,
+            )
+        except requests.RequestException as exc:
+            raise DicomWebError(f"{type(exc).__name__}: {_short(str(exc))}") from None
+        with response:
+            if response.status_code == 204:
+                return
+            if not 200 <= response.status_code < 300:
+                raise DicomWebError(_summary(response, _json_body(response), None), response.status_code)
+            page = _json_body(response)
+        if not isinstance(page, list):
+            raise DicomWebError("QIDO-RS answer is not a JSON list", response.status_code)
+        yield from (item for item in page if isinstance(item, dict))
+        if len(page) < page_size:
+            return
+        offset += len(page)

@@ -264,6 +264,16 @@ class Uploader:
         return UploadResult("dead_lettered", outcome.reason)
 
 
+def store_client(settings: UploadSettings) -> DicomWebClient:
+    """A client of the default store for searches and retrievals (query/retrieve, commitment)."""
+    return DicomWebClient(
+        DicomWebAddress(settings.dicomweb_address),
+        _new_session(settings.dicomweb_address),
+        retry_status_codes=settings.retry_status_codes,
+        timeout=(settings.connect_timeout_s, settings.read_timeout_s),
+    )
+
+
 def redrive_command(instance: BufferedInstance) -> str:
     """The command that puts this instance back once the cause is fixed."""
     if instance.buffer_uri.startswith("gs://"):

@@ -30,6 +30,7 @@ __all__ = [
     "StoreSCP",
     "storescp",
     "STORESCU_TS_OPTION",
+    "findscu",
 ]
 
 DCMTK_BIN = Path(os.environ.get("DCMTK_BIN", "/usr/bin"))
@@ -146,8 +147,9 @@ class StoreSCP(ManagedProcess):
     """A running DCMTK storescp: a C-STORE destination writing what it receives to a directory.
 
     Started in bit-preserving mode (+B: files written exactly as received, so byte-exactness
-    can be asserted on them), accepting every transfer syntax DCMTK knows (+xa) and unknown
-    SOP classes (-pm). Files are named <modality>.<SOPInstanceUID>.
+    can be asserted on them), accepting every transfer syntax DCMTK knows (+xa; with
+    `uncompressed_only`, storescp's default: the uncompressed ones) and unknown SOP classes
+    (-pm). Files are named <modality>.<SOPInstanceUID>.
     """
 
     def __init__(
@@ -159,6 +161,7 @@ class StoreSCP(ManagedProcess):
         log_dir: str | os.PathLike[str] | None = None,
         extra_args: Sequence[str] = (),
         cleanup_scope: str = "test",
+        uncompressed_only: bool = False,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -169,7 +172,7 @@ class StoreSCP(ManagedProcess):
             dcmtk_tool("storescp"),
             "-aet", aet,
             "-od", str(self.output_dir),
-            "+B", "+xa", "-pm",
+            "+B", *([] if uncompressed_only else ["+xa"]), "-pm",
             *extra_args,
             str(self.port),
         ]
@@ -204,3 +207,29 @@ def storescp(
     return StoreSCP(
         output_dir, aet=aet, port=port, log_dir=log_dir, extra_args=extra_args, cleanup_scope=cleanup_scope
     ).start()
+
+
+def findscu(
+    host: str,
+    port: int,
+    keys: Sequence[str] = (),
+    *,
+    out_dir: str | os.PathLike[str],
+    model: str = "S",
+    called_aet: str = "ANY-SCP",
+    calling_aet: str = "FINDSCU",
+    query_file: str | os.PathLike[str] | None = None,
+    extra_args: Sequence[str] = (),
+    timeout: float = 120.0,
+) -> tuple[subprocess.CompletedProcess[str], list[Path]]:
+    """C-FIND with DCMTK findscu (model "S" study root, "P" patient root); the responses are
+    extracted into `out_dir` (rsp0001.dcm, ...) and returned in order with the process result.
+    `query_file` is a DICOM file with the identifier (e.g. in a declared character set)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    args = [f"-{model}", "-X", "-od", os.fspath(out), "-aet", calling_aet, "-aec", called_aet, *extra_args]
+    for key in keys:
+        args += ["-k", key]
+    files = [os.fspath(query_file)] if query_file is not None else []
+    result = run_dcmtk("findscu", [*args, host, str(port), *files], timeout=timeout)
+    return result, sorted(out.glob("rsp*.dcm"))

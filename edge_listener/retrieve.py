@@ -1,0 +1,424 @@
+"""C-MOVE and C-GET SCP: send the instances a request names, fetched from the DICOMweb store.
+
+For each request: resolve the instances by QIDO-RS at the requested level (qido.py), then for
+each one fetch it by WADO-RS streamed to a file in the staging folder (`transfer-syntax=*`:
+the bytes as stored) and C-STORE that file as it lies on disk (pynetdicom's chunked send: never
+the whole instance in memory). C-MOVE sends on ONE association to the Move Destination, looked
+up in the AET dictionary, calling as `--dimse_cmove_aet`; C-GET sends on the requester's own
+association (it proposed the storage contexts with the SCP role). Pending responses carry the
+remaining/completed/failed/warning counts; the last one is Success, 0xB000 or 0xA702 with the
+Failed SOP Instance UID List, or Cancel after a C-CANCEL.
+
+Transfer syntax: the destination is offered each SOP class in every common transfer syntax,
+one context per syntax. The instance goes in its stored syntax when that was accepted;
+otherwise the store is asked to convert it into one that was (Explicit VR Little Endian
+first); if it cannot, the instance fails with a reason instead of going out in wrong bytes.
+
+pynetdicom's own C-MOVE/C-GET service wants every instance as an in-memory Dataset and opens
+the destination association as the listener's AE, so for requests bound to the handlers below
+`install()` lets the handler run the exchange itself (see _exchange_scp).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from dicom_adapter.aets import Peer
+from dicom_adapter.dicomweb import DicomWebClient, DicomWebError
+from dicom_adapter.logs import fields
+from dicom_adapter.part10 import MalformedDataset, read_file_meta
+from dicom_adapter.qido import PATIENT_ROOT, STUDY_ROOT, InstanceRef, QueryError
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom import AE, _config, build_context, evt
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dsutils import encode
+from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from .process_folders import process_folder, remove_folders_of_gone_processes
+from .query import QUERY_TRANSFER_SYNTAXES
+
+log = logging.getLogger(__name__)
+
+MOVE_MODELS = {PatientRootQueryRetrieveInformationModelMove: PATIENT_ROOT, StudyRootQueryRetrieveInformationModelMove: STUDY_ROOT}
+GET_MODELS = {PatientRootQueryRetrieveInformationModelGet: PATIENT_ROOT, StudyRootQueryRetrieveInformationModelGet: STUDY_ROOT}
+
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+WARNING = 0xB000
+SUBOPERATIONS_FAILED = 0xA702
+MOVE_DESTINATION_UNKNOWN = 0xA801
+TOO_MANY_MATCHES = 0xA701
+UNABLE_TO_PROCESS = 0xC000
+MAX_SUBOPERATIONS = 65535  # the counts are US
+
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+# Offered to a move destination for every SOP class, one context each, so that it can take
+# each instance as stored: uncompressed first (the fallbacks), then the common encapsulated ones.
+OFFERED_TRANSFER_SYNTAXES = [
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    "1.2.840.10008.1.2.1.99",  # deflated
+    "1.2.840.10008.1.2.2",  # explicit big endian
+    "1.2.840.10008.1.2.4.50",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG extended
+    "1.2.840.10008.1.2.4.57",  # JPEG lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE lossless
+]
+MAX_CONTEXTS = 128  # presentation context IDs are odd numbers 1-255
+
+Resolver = Callable[[Dataset, str], Iterator[InstanceRef]]
+
+
+@dataclass
+class RetrieveService:
+    """C-MOVE and C-GET: contexts for the AE and the handlers bound to EVT_C_MOVE / EVT_C_GET."""
+
+    resolve: Resolver
+    client: DicomWebClient
+    peers: dict[str, Peer]
+    staging_dir: Path
+    cmove_aet: str | None = None
+    contexts: list[tuple[str, list[str]]] = field(
+        default_factory=lambda: [(sop_class, QUERY_TRANSFER_SYNTAXES) for sop_class in (*MOVE_MODELS, *GET_MODELS)]
+    )
+
+    def __post_init__(self) -> None:
+        self.staging_dir = _own_staging_dir(self.staging_dir)
+        install()
+
+    def handlers(self) -> list[tuple[Any, ...]]:
+        return [(evt.EVT_C_MOVE, handle_move, [self]), (evt.EVT_C_GET, handle_get, [self])]
+
+
+def _own_staging_dir(root: Path) -> Path:
+    """This process's folder under `root` (listener processes share the spool), emptied, and
+    the folders of processes that are gone removed with what they left mid-retrieve."""
+    remove_folders_of_gone_processes(root)
+    return process_folder(root, fresh=True)
+
+
+class Responses:
+    """The C-MOVE/C-GET responses of one request, with the sub-operation counts."""
+
+    def __init__(self, event: Event, primitive: type) -> None:
+        self.event = event
+        self.primitive = primitive
+        self.context_id = event.context.context_id
+        self.transfer_syntax = UID(event.context.transfer_syntax)
+        self.remaining = self.completed = self.failed = self.warning = 0
+        self.failed_uids: list[str] = []
+
+    def send(self, code: int, comment: str = "", *, counts: bool = True, failed_list: bool = False) -> None:
+        request = self.event.request
+        rsp = self.primitive()
+        rsp.MessageIDBeingRespondedTo = request.MessageID
+        rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+        rsp.Status = code
+        if comment:
+            comment = " ".join(comment.split())
+            rsp.ErrorComment = comment if len(comment) <= 64 else comment[:63] + "~"
+        if counts:
+            if code in (PENDING, CANCEL):
+                rsp.NumberOfRemainingSuboperations = self.remaining
+            rsp.NumberOfCompletedSuboperations = self.completed
+            rsp.NumberOfFailedSuboperations = self.failed
+            rsp.NumberOfWarningSuboperations = self.warning
+        if failed_list:
+            identifier = Dataset()
+            identifier.FailedSOPInstanceUIDList = self.failed_uids
+            ts = self.transfer_syntax
+            rsp.Identifier = BytesIO(encode(identifier, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated))
+        self.event.assoc.dimse.send_msg(rsp, self.context_id)
+
+    def finish(self) -> int:
+        """The final response after the sub-operations; returns its status."""
+        if not self.failed and not self.warning:
+            self.send(SUCCESS)
+            return SUCCESS
+        code = SUBOPERATIONS_FAILED if self.failed and not self.completed and not self.warning else WARNING
+        self.send(code, failed_list=bool(self.failed_uids))
+        return code
+
+
+def handle_move(event: Event, service: RetrieveService) -> None:
+    """EVT_C_MOVE handler: the whole exchange, on ONE association to the Move Destination."""
+    responses = Responses(event, C_MOVE)
+    destination = str(event.request.MoveDestination or "").strip()
+    context = _log_context(event, move_destination=destination)
+    refs = _resolve(event, service, MOVE_MODELS, responses, context)
+    if refs is None:
+        return
+    peer = service.peers.get(destination)
+    if peer is None:
+        log.error("C-MOVE destination unknown", extra=fields(**context))
+        responses.send(MOVE_DESTINATION_UNKNOWN, f"move destination {destination} is not in the AET dictionary", counts=False)
+        return
+    if not refs:
+        responses.send(SUCCESS)
+        return
+    ae = AE(ae_title=service.cmove_aet or event.assoc.acceptor.ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+    store_assoc = ae.associate(peer.host, peer.port, contexts=_offered_contexts({ref.sop_class_uid for ref in refs}), ae_title=destination)
+    if not store_assoc.is_established:
+        log.error("C-MOVE destination refused or unreachable", extra=fields(**context, peer=f"{peer.host}:{peer.port}"))
+        responses.send(MOVE_DESTINATION_UNKNOWN, f"cannot associate with {destination} at {peer.host}:{peer.port}", counts=False)
+        return
+    originator = event.assoc.requestor.ae_title
+    message_id = event.request.MessageID
+    try:
+        _suboperations(
+            event,
+            service,
+            refs,
+            responses,
+            store_assoc,
+            lambda path, msg_id: store_assoc.send_c_store(path, msg_id=msg_id, originator_aet=originator, originator_id=message_id),
+            context,
+        )
+    finally:
+        if store_assoc.is_established:
+            store_assoc.release()
+
+
+def handle_get(event: Event, service: RetrieveService) -> None:
+    """EVT_C_GET handler: the C-STOREs go back on the requester's association."""
+    responses = Responses(event, C_GET)
+    context = _log_context(event)
+    refs = _resolve(event, service, GET_MODELS, responses, context)
+    if refs is None:
+        return
+    if not refs:
+        responses.send(SUCCESS)
+        return
+    _suboperations(event, service, refs, responses, event.assoc, lambda path, msg_id: event.assoc.send_c_store(path, msg_id=msg_id), context)
+
+
+def _resolve(event: Event, service: RetrieveService, models: dict, responses: Responses, context: dict) -> list[InstanceRef] | None:
+    """The instances to send, or None after answering a failure."""
+    try:
+        identifier = event.identifier
+        context["level"] = str(identifier.get("QueryRetrieveLevel", ""))[:16]
+        refs = list(dict.fromkeys(service.resolve(identifier, models[event.request.AffectedSOPClassUID])))
+    except QueryError as exc:
+        log.error("retrieve refused", extra=fields(**context, status=f"0x{exc.code:04X}", reason=exc.comment))
+        responses.send(exc.code, exc.comment, counts=False)
+        return None
+    except Exception as exc:
+        log.error("retrieve failed unexpectedly", extra=fields(**context, error=type(exc).__name__))
+        responses.send(UNABLE_TO_PROCESS, f"identifier cannot be processed: {type(exc).__name__}", counts=False)
+        return None
+    if len(refs) > MAX_SUBOPERATIONS:
+        responses.send(TOO_MANY_MATCHES, f"{len(refs)} instances match; at most {MAX_SUBOPERATIONS} per request", counts=False)
+        return None
+    context["instances"] = len(refs)
+    return refs
+
+
+def _suboperations(
+    event: Event,
+    service: RetrieveService,
+    refs: list[InstanceRef],
+    responses: Responses,
+    store_assoc: Any,
+    send: Callable[[str, int], Dataset],
+    context: dict,
+) -> None:
+    started = time.monotonic()
+    responses.remaining = len(refs)
+    _throttle(store_assoc)
+    for number, ref in enumerate(refs):
+        if event.is_cancelled:
+            log.info("retrieve cancelled", extra=fields(**context, completed=responses.completed))
+            responses.send(CANCEL, failed_list=True)
+            return
+        msg_id = (event.request.MessageID + 1 + number) % 65536  # sub-operations get their own IDs
+        outcome, reason = _send_one(service, ref, store_assoc, lambda path: send(path, msg_id))
+        responses.remaining -= 1
+        if outcome == "completed":
+            responses.completed += 1
+        elif outcome == "warning":
+            responses.warning += 1
+        else:
+            responses.failed += 1
+            responses.failed_uids.append(ref.sop_instance_uid)
+            log.warning("sub-operation failed", extra=fields(**context, sop_instance_uid=ref.sop_instance_uid, reason=reason))
+        if not store_assoc.is_established:
+            break
+        if responses.remaining:
+            responses.send(PENDING)
+    if not event.assoc.is_established:
+        return
+    # An association that broke leaves the rest unsent: they count as failed.
+    for ref in refs[len(refs) - responses.remaining :]:
+        responses.failed += 1
+        responses.failed_uids.append(ref.sop_instance_uid)
+    responses.remaining = 0
+    code = responses.finish()
+    log.info(
+        "retrieve done",
+        extra=fields(
+            **context,
+            status=f"0x{code:04X}",
+            completed=responses.completed,
+            failed=responses.failed,
+            warning=responses.warning,
+            duration_ms=int((time.monotonic() - started) * 1000),
+        ),
+    )
+
+
+def _send_one(service: RetrieveService, ref: InstanceRef, store_assoc: Any, send: Callable[[str], Dataset]) -> tuple[str, str]:
+    """Fetch one instance into the staging folder and C-STORE it; (outcome, reason)."""
+    accepted = _accepted_syntaxes(store_assoc, ref.sop_class_uid)
+    if not accepted:
+        return "failed", f"destination accepted no context for SOP class {ref.sop_class_uid}"
+    staged = service.staging_dir / f"{uuid.uuid4().hex}.dcm"
+    try:
+        stored_syntax = _fetch(service.client, ref, staged, "*")
+        if stored_syntax is None:
+            return "failed", "not in the store"
+        if stored_syntax not in accepted:
+            wanted = next((ts for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE) if ts in accepted), accepted[0])
+            try:
+                converted = _fetch(service.client, ref, staged, wanted)
+            except DicomWebError as exc:
+                return "failed", f"destination does not accept {stored_syntax} and the store cannot convert it ({exc.reason})"
+            if converted != wanted:
+                return "failed", f"destination does not accept {stored_syntax}; the store sent {converted}"
+        try:
+            status = send(str(staged))
+        except Exception as exc:  # no context after all, or the association broke
+            return "failed", f"C-STORE not sent: {type(exc).__name__}"
+        code = int(status.Status) if "Status" in status else None
+        if code == SUCCESS:
+            return "completed", ""
+        if code is not None and code in (0xB000, 0xB006, 0xB007):
+            return "warning", f"C-STORE status 0x{code:04X}"
+        return "failed", "no C-STORE response" if code is None else f"C-STORE status 0x{code:04X}"
+    except (DicomWebError, MalformedDataset, OSError) as exc:
+        return "failed", f"fetch failed: {getattr(exc, 'reason', None) or type(exc).__name__}"
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _fetch(client: DicomWebClient, ref: InstanceRef, path: Path, transfer_syntax: str) -> str | None:
+    """WADO-RS the instance into `path`; its transfer syntax, or None if the store lacks it."""
+    retrieved = client.retrieve_instance(ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid, transfer_syntax=transfer_syntax)
+    if retrieved is None:
+        return None
+    with retrieved, open(path, "wb") as out:
+        retrieved.copy_to(out)
+        out.flush()
+    with open(path, "rb") as staged:
+        return read_file_meta(staged).transfer_syntax_uid
+
+
+def _accepted_syntaxes(assoc: Any, sop_class_uid: str) -> list[str]:
+    """Transfer syntaxes in which we may send `sop_class_uid` on `assoc` (as the C-STORE SCU)."""
+    syntaxes = []
+    for cx in assoc.accepted_contexts:
+        if cx.abstract_syntax != sop_class_uid:
+            continue
+        if assoc.is_acceptor and not cx.as_scu:  # C-GET: only where the requester took the SCP role
+            continue
+        syntaxes.append(str(cx.transfer_syntax[0]))
+    return syntaxes
+
+
+def _offered_contexts(sop_classes: set[str]) -> list[Any]:
+    """One context per (SOP class, transfer syntax); fewer syntaxes when classes are many."""
+    per_class = max(2, min(len(OFFERED_TRANSFER_SYNTAXES), MAX_CONTEXTS // max(1, len(sop_classes))))
+    contexts = []
+    for sop_class in sorted(sop_classes):
+        for syntax in OFFERED_TRANSFER_SYNTAXES[:per_class]:
+            contexts.append(build_context(sop_class, [syntax]))
+    return contexts[:MAX_CONTEXTS]
+
+
+MAX_QUEUED_PDUS = 32  # P-DATA waiting for the socket, per association (x the peer's PDU size)
+
+
+def _throttle(assoc: Any) -> None:
+    """Make pynetdicom wait for the socket while it sends a data set from a file.
+
+    Its DIMSE layer turns the whole file into P-DATA PDUs and queues them for the network
+    thread without waiting; a fast disk and a slow peer would put the whole instance in that
+    queue. Only P-DATA waits: association control PDUs (release, abort) never do.
+    """
+    dul = assoc.dul
+    if getattr(dul, "_throttled", False):
+        return
+    send_pdu = dul.send_pdu
+
+    def throttled_send_pdu(primitive: Any) -> None:
+        if isinstance(primitive, P_DATA):
+            while dul.to_provider_queue.qsize() >= MAX_QUEUED_PDUS and dul.is_alive() and not dul._kill_thread:
+                time.sleep(0.0005)
+        send_pdu(primitive)
+
+    dul.send_pdu = throttled_send_pdu
+    dul._throttled = True
+
+
+def _log_context(event: Event, **extra: Any) -> dict[str, Any]:
+    return {"calling_aet": event.assoc.requestor.ae_title, "sop_class_uid": str(event.request.AffectedSOPClassUID), **extra}
+
+
+# -- letting the handlers run the exchange -----------------------------------------------------
+
+_ORIGINAL = {"_move_scp": QueryRetrieveServiceClass._move_scp, "_get_scp": QueryRetrieveServiceClass._get_scp}
+_OURS = {evt.EVT_C_MOVE: (handle_move, "_move_scp", 0xC511), evt.EVT_C_GET: (handle_get, "_get_scp", 0xC411)}
+
+
+def _exchange_scp(event_type: Any) -> Callable[..., None]:
+    handler, method, error_status = _OURS[event_type]
+    primitive = C_MOVE if event_type is evt.EVT_C_MOVE else C_GET
+
+    def scp(self: QueryRetrieveServiceClass, req: Any, context: Any) -> None:
+        bound = self.assoc.get_handlers(event_type)
+        if not bound or bound[0] is not handler:  # someone else's AE: pynetdicom's own service
+            _ORIGINAL[method](self, req, context)
+            return
+        try:
+            evt.trigger(self.assoc, event_type, {"request": req, "context": context.as_tuple, "_is_cancelled": self.is_cancelled})
+        except Exception as exc:  # a failure response rather than a silent association
+            log.exception("retrieve handler failed", extra=fields(calling_aet=self.assoc.requestor.ae_title))
+            rsp = primitive()
+            rsp.MessageIDBeingRespondedTo = req.MessageID
+            rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+            rsp.Status = error_status
+            rsp.ErrorComment = f"adapter error: {type(exc).__name__}"[:64]
+            if self.assoc.is_established:
+                self.dimse.send_msg(rsp, context.context_id)
+
+    return scp
+
+
+def install() -> None:
+    """Route C-MOVE/C-GET requests bound to our handlers to them (idempotent)."""
+    # send_c_store(path) sends the file's data set as it lies on disk, in pieces.
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    QueryRetrieveServiceClass._move_scp = _exchange_scp(evt.EVT_C_MOVE)  # type: ignore[method-assign]
+    QueryRetrieveServiceClass._get_scp = _exchange_scp(evt.EVT_C_GET)  # type: ignore[method-assign]

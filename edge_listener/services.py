@@ -1,0 +1,77 @@
+"""The DIMSE services beside C-STORE (C-FIND, C-MOVE, C-GET, Storage Commitment), built from
+one picklable settings object so every listener process builds the same ones.
+
+In local mode they ask the DICOMweb store in process; with `qido_url` (cloud mode) C-FIND and
+the instance look-ups of retrieval go to the `qido` Cloud Function instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dicom_adapter import qido
+from dicom_adapter.aets import Peer
+from dicom_adapter.buffers.spool import Spool
+from dicom_adapter.config import UploadSettings
+from dicom_adapter.dicomweb import DicomWebClient
+from dicom_adapter.upload import store_client
+
+from .commitment import CommitmentService
+from .query import Finder, QueryService
+from .retrieve import Resolver, RetrieveService
+from .server import DimseService
+
+
+@dataclass(frozen=True)
+class QueryRetrieveSettings:
+    store: UploadSettings  # the DICOMweb store and how to reach it
+    fuzzy_matching: bool = False
+    qido_page_size: int = 500
+    qido_url: str | None = None  # cloud mode: the qido function; None: search the store in process
+    peers: dict[str, Peer] = field(default_factory=dict)  # AET dictionary: move destinations, commitment requesters
+    cmove_aet: str | None = None  # calling AE of outgoing associations; None: the listener's AE title
+    staging_dir: Path | None = None  # where retrieved instances wait for their C-STORE
+    spool_dir: Path | None = None  # commitment waits for instances still queued here
+    commitment_wait_s: float = 120.0  # ...at most this long
+
+
+def finder(settings: QueryRetrieveSettings, client: DicomWebClient) -> Finder:
+    """How C-FIND identifiers are answered: the qido function, or the same code in process."""
+    if settings.qido_url:
+        from dicom_adapter.qido_client import QidoFunctionClient
+
+        return QidoFunctionClient(settings.qido_url, fuzzy=settings.fuzzy_matching).find
+    return functools.partial(_find_in_process, client, settings)
+
+
+def resolver(settings: QueryRetrieveSettings, client: DicomWebClient) -> Resolver:
+    """How C-MOVE/C-GET identifiers become instances: the qido function, or in process."""
+    if settings.qido_url:
+        from dicom_adapter.qido_client import QidoFunctionClient
+
+        return QidoFunctionClient(settings.qido_url).resolve_instances
+    return functools.partial(_resolve_in_process, client, settings)
+
+
+def _resolve_in_process(client: DicomWebClient, settings: QueryRetrieveSettings, identifier, model):  # type: ignore[no-untyped-def]
+    return qido.resolve_instances(client, identifier, model, page_size=settings.qido_page_size)
+
+
+def _find_in_process(client: DicomWebClient, settings: QueryRetrieveSettings, identifier, model):  # type: ignore[no-untyped-def]
+    return qido.find(client, identifier, model, fuzzy=settings.fuzzy_matching, page_size=settings.qido_page_size)
+
+
+def build_services(settings: QueryRetrieveSettings | None) -> list[DimseService]:
+    if settings is None:
+        return []
+    client = store_client(settings.store)
+    services: list[DimseService] = [QueryService(finder(settings, client))]
+    if settings.staging_dir is not None:
+        services.append(
+            RetrieveService(resolver(settings, client), client, settings.peers, settings.staging_dir, settings.cmove_aet)
+        )
+    spool = Spool(settings.spool_dir) if settings.spool_dir is not None else None
+    services.append(CommitmentService(client, settings.peers, spool, settings.cmove_aet, settings.commitment_wait_s))
+    return services

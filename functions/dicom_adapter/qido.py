@@ -1,0 +1,305 @@
+"""C-FIND identifiers as QIDO-RS searches, and QIDO-RS answers as C-FIND identifiers.
+
+The one translation between DIMSE queries and the store, used by the edge in local mode and by
+the `qido` Cloud Function in cloud mode (functions/main.py):
+  * each non-empty key becomes a QIDO match parameter (single value, `*`/`?` wildcards, date
+    and time ranges, UID lists as comma-separated lists);
+  * each empty key (or a lone `*`) becomes an `includefield`;
+  * a multi-valued ModalitiesInStudy becomes one search per modality, merged without
+    duplicates; PATIENT level searches studies and merges them by Patient ID;
+  * every answer is a Dataset holding exactly the requested keys (empty if the store has no
+    value), from the store's DICOM JSON by pydicom's `Dataset.from_json`.
+Results are generators: the store is paged as they are consumed, and a consumer that stops
+(C-CANCEL) stops the paging. Bad identifiers raise QueryError with the DIMSE status to answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from .dicomweb import DicomWebClient, DicomWebError
+
+PATIENT_ROOT = "PATIENT"
+STUDY_ROOT = "STUDY"
+LEVELS_OF_MODEL = {
+    PATIENT_ROOT: ("PATIENT", "STUDY", "SERIES", "IMAGE"),
+    STUDY_ROOT: ("STUDY", "SERIES", "IMAGE"),
+}
+
+# DIMSE statuses of query failures (PS3.4 C.4.1.1.4, C.4.2.1.5).
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+OUT_OF_RESOURCES = 0xA700
+
+QUERY_RETRIEVE_LEVEL = Tag(0x0008, 0x0052)
+SPECIFIC_CHARACTER_SET = Tag(0x0008, 0x0005)
+MODALITIES_IN_STUDY = Tag(0x0008, 0x0061)
+PATIENT_ID = Tag(0x0010, 0x0020)
+STUDY_INSTANCE_UID = Tag(0x0020, 0x000D)
+SERIES_INSTANCE_UID = Tag(0x0020, 0x000E)
+SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
+SOP_CLASS_UID = Tag(0x0008, 0x0016)
+# Patient-level counts: sums of the study-level counts the store gives.
+PATIENT_COUNTS = {
+    Tag(0x0020, 0x1200): None,  # NumberOfPatientRelatedStudies: one per study
+    Tag(0x0020, 0x1202): Tag(0x0020, 0x1206),  # ...RelatedSeries: sum of NumberOfStudyRelatedSeries
+    Tag(0x0020, 0x1204): Tag(0x0020, 0x1208),  # ...RelatedInstances: sum of NumberOfStudyRelatedInstances
+}
+# Keys the translation sets itself rather than matching on.
+_NOT_MATCHED = {QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET}
+
+
+class QueryError(ValueError):
+    """The query cannot be answered; `code` is the DIMSE status, `comment` says why (no PHI)."""
+
+    def __init__(self, code: int, comment: str) -> None:
+        super().__init__(comment)
+        self.code = code
+        self.comment = comment
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """One instance a C-MOVE, C-GET or commitment needs: its UIDs, from a QIDO answer."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class QidoSearch:
+    """One QIDO-RS request: resource level, the UIDs in its path and its query parameters."""
+
+    level: str  # studies | series | instances
+    study: str | None
+    series: str | None
+    params: dict[str, Any]
+
+
+def find(
+    client: DicomWebClient,
+    identifier: Dataset,
+    model: str,
+    *,
+    fuzzy: bool = False,
+    page_size: int = 500,
+) -> Iterator[Dataset]:
+    """Answer a C-FIND identifier from the store: one Dataset per match, as the pages arrive."""
+    level = query_level(identifier, model)
+    searches = translate(identifier, level, fuzzy=fuzzy)
+    answers = _merged(client, searches, page_size, unique=_unique_key(level))
+    if level == "PATIENT":
+        answers = _patients(answers, identifier)
+    for answer in answers:
+        yield to_identifier(answer, identifier, level)
+
+
+def query_level(identifier: Dataset, model: str) -> str:
+    if model not in LEVELS_OF_MODEL:
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"unknown information model {model!r}")
+    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    if not level:
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "Query/Retrieve Level (0008,0052) is missing")
+    if level not in LEVELS_OF_MODEL[model]:
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"level {level[:16]} is not in the {model.lower()} root model")
+    return level
+
+
+def translate(identifier: Dataset, level: str, *, fuzzy: bool = False) -> list[QidoSearch]:
+    """The QIDO-RS searches that together answer `identifier` at `level`."""
+    params: dict[str, Any] = {}
+    include: list[str] = []
+    modalities: list[str] = []
+    for element in identifier:
+        if element.tag in _NOT_MATCHED or element.tag.group in (0x0000, 0x0002):
+            continue
+        name = _qido_name(element.tag)
+        values = _match_values(element)
+        if values is None:
+            include.append(name)
+        elif element.tag == MODALITIES_IN_STUDY and level == "STUDY" and len(values) > 1:
+            modalities = list(dict.fromkeys(values))
+        elif len(values) > 1 and element.VR != "UI":
+            raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{_tag_text(element.tag)} has several values; only UIDs may")
+        else:
+            params[name] = ",".join(values)
+    # UIDs that name a single parent go into the path (hierarchical); others stay filters.
+    study = _single(params, STUDY_INSTANCE_UID) if level in ("SERIES", "IMAGE") else None
+    series = _single(params, SERIES_INSTANCE_UID) if level == "IMAGE" and study else None
+    if level == "PATIENT":
+        include += [_qido_name(t) for t in (PATIENT_ID, Tag(0x0020, 0x1206), Tag(0x0020, 0x1208))]
+    if include:
+        params["includefield"] = list(dict.fromkeys(include))  # repeated: every store reads that
+    if fuzzy:
+        params["fuzzymatching"] = "true"
+    resource = {"PATIENT": "studies", "STUDY": "studies", "SERIES": "series", "IMAGE": "instances"}[level]
+    if not modalities:
+        return [QidoSearch(resource, study, series, params)]
+    name = _qido_name(MODALITIES_IN_STUDY)
+    return [QidoSearch(resource, study, series, {**params, name: modality}) for modality in modalities]
+
+
+def to_identifier(answer: dict[str, Any], request: Dataset, level: str) -> Dataset:
+    """A C-FIND response identifier: the requested keys, valued from the store's answer."""
+    found = Dataset.from_json(answer, bulk_data_uri_handler=_no_bulk_data)
+    response = Dataset()
+    for element in request:
+        tag = element.tag
+        if tag == SPECIFIC_CHARACTER_SET or tag.group in (0x0000, 0x0002):
+            continue
+        if tag == QUERY_RETRIEVE_LEVEL:
+            response.QueryRetrieveLevel = level
+        elif tag in found:
+            response[tag] = found[tag]
+        elif element.VR == "UI" and element.VM == 1:  # a single UID the search had in its path
+            response[tag] = DataElement(tag, "UI", element.value)
+        elif element.VR == "SQ":
+            response[tag] = DataElement(tag, "SQ", [])
+        else:
+            response[tag] = DataElement(tag, element.VR, None)
+    return response
+
+
+def resolve_instances(
+    client: DicomWebClient, identifier: Dataset, model: str, *, page_size: int = 500
+) -> Iterator[InstanceRef]:
+    """The instances a C-MOVE/C-GET identifier names, by its unique keys down to its level."""
+    level = query_level(identifier, model)
+    required = {
+        "PATIENT": [PATIENT_ID],
+        "STUDY": ([PATIENT_ID] if model == PATIENT_ROOT else []) + [STUDY_INSTANCE_UID],
+        "SERIES": [STUDY_INSTANCE_UID, SERIES_INSTANCE_UID],
+        "IMAGE": [STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID],
+    }[level]
+    query = Dataset()
+    query.QueryRetrieveLevel = "IMAGE"
+    for tag in (PATIENT_ID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID, SOP_CLASS_UID):
+        value = identifier.get(tag)
+        given = value is not None and value.value not in (None, "", [])
+        if tag == required[-1] and not given:
+            raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{level} level needs {_tag_text(tag)}")
+        if given and tag in required:
+            query[tag] = value
+        else:
+            query[tag] = DataElement(tag, "LO" if tag == PATIENT_ID else "UI", None)
+    for match in find(client, query, STUDY_ROOT, page_size=page_size):
+        uids = [str(match.get(tag).value or "") for tag in (STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID, SOP_CLASS_UID)]
+        if all(uids):
+            yield InstanceRef(*uids)
+
+
+def _merged(client: DicomWebClient, searches: list[QidoSearch], page_size: int, unique: Tag) -> Iterator[dict[str, Any]]:
+    """The answers of every search, each unique key once (several ModalitiesInStudy)."""
+    seen: set[str] = set()
+    key = _json_key(unique)
+    for search in searches:
+        for answer in _search(client, search, page_size):
+            if len(searches) > 1:
+                uid = str(_first(answer, key))
+                if uid in seen:
+                    continue
+                seen.add(uid)
+            yield answer
+
+
+def _search(client: DicomWebClient, search: QidoSearch, page_size: int) -> Iterator[dict[str, Any]]:
+    try:
+        if search.level == "studies":
+            yield from client.search_for_studies(search.params, page_size=page_size)
+        elif search.level == "series":
+            yield from client.search_for_series(search.study, search.params, page_size=page_size)
+        else:
+            yield from client.search_for_instances(search.study, search.series, search.params, page_size=page_size)
+    except DicomWebError as exc:
+        if exc.http_status is not None and 400 <= exc.http_status < 500 and exc.http_status not in (408, 429):
+            raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"store refused the query: {exc.reason}") from None
+        raise QueryError(OUT_OF_RESOURCES, f"store unavailable: {exc.reason}") from None
+
+
+def _patients(studies: Iterable[dict[str, Any]], request: Dataset) -> Iterator[dict[str, Any]]:
+    """PATIENT level from study answers: one answer per Patient ID.
+
+    Streams when no patient counts are asked for; counts need every study first.
+    """
+    key = _json_key(PATIENT_ID)
+    counts = [tag for tag in PATIENT_COUNTS if tag in request]
+    if not counts:
+        seen: set[str] = set()
+        for study in studies:
+            patient = _first(study, key)
+            if patient not in seen:
+                seen.add(patient)
+                yield study
+        return
+    patients: dict[str, dict[str, Any]] = {}
+    for study in studies:
+        patient = patients.setdefault(_first(study, key), {**study, **{_json_key(t): {"vr": "IS", "Value": [0]} for t in counts}})
+        for tag in counts:
+            source = PATIENT_COUNTS[tag]
+            add = 1 if source is None else int(_first(study, _json_key(source)) or 0)
+            patient[_json_key(tag)]["Value"][0] += add
+    yield from patients.values()
+
+
+def _unique_key(level: str) -> Tag:
+    return {"PATIENT": STUDY_INSTANCE_UID, "STUDY": STUDY_INSTANCE_UID, "SERIES": SERIES_INSTANCE_UID, "IMAGE": SOP_INSTANCE_UID}[level]
+
+
+def _match_values(element: DataElement) -> list[str] | None:
+    """The values to match on, or None for a return key (empty, a lone '*', an empty sequence)."""
+    if element.VR == "SQ":
+        items = element.value or []
+        if all(len(item) == 0 for item in items) or all(all(e.value in (None, "", []) for e in item) for item in items):
+            return None
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"sequence matching is not supported: {_tag_text(element.tag)}")
+    if element.is_empty:
+        return None
+    value = element.value
+    if isinstance(value, bytes):
+        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"binary matching is not supported: {_tag_text(element.tag)}")
+    values = [str(v) for v in value] if element.VM > 1 else [str(value)]
+    values = [v.strip() if element.VR not in ("PN",) else v for v in values]
+    if values == ["*"]:
+        return None
+    return values
+
+
+def _single(params: dict[str, Any], tag: Tag) -> str | None:
+    """Take a single UID out of the parameters (it goes into the path instead)."""
+    name = _qido_name(tag)
+    value = params.get(name)
+    if value and "," not in value and "*" not in value and "?" not in value:
+        del params[name]
+        return value
+    return None
+
+
+def _qido_name(tag: Tag) -> str:
+    """The QIDO-RS attribute name: the keyword if DICOM has one, else the tag as 8 hex digits."""
+    return keyword_for_tag(tag) or f"{tag:08X}"
+
+
+def _json_key(tag: Tag) -> str:
+    """How DICOM JSON names an attribute: its tag as 8 hex digits."""
+    return f"{tag:08X}"
+
+
+def _tag_text(tag: Tag) -> str:
+    return f"({tag.group:04X},{tag.element:04X})"
+
+
+def _first(answer: dict[str, Any], key: str) -> Any:
+    values = (answer.get(key) or {}).get("Value") or [""]
+    return values[0]
+
+
+def _no_bulk_data(*_args: Any) -> bytes:
+    return b""

@@ -1,0 +1,62 @@
+"""The C-FIND → QIDO-RS translation on its own, for what the Orthanc oracle cannot show
+(Orthanc 1.10 does not percent-decode QIDO-RS parameters, so non-ASCII and '^' never match
+there): an identifier in a declared character set is decoded and sent as UTF-8."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_adapter.dicomweb import _query_string
+from dicom_adapter.qido import QueryError, translate
+
+
+def _received(**values: object) -> Dataset:
+    """The identifier as a C-FIND SCP decodes it from the wire (encoded, then read back)."""
+    ds = Dataset()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=False)
+    return pydicom.dcmread(BytesIO(buffer.getvalue()), force=True)
+
+
+def test_a_latin1_name_is_searched_as_utf8():
+    identifier = _received(SpecificCharacterSet="ISO_IR 100", QueryRetrieveLevel="STUDY", PatientName="Müller^J*", StudyInstanceUID="")
+    assert identifier["PatientName"].value.original_string == "Müller^J*".encode("latin-1")
+    (search,) = translate(identifier, "STUDY")
+    assert search.params["PatientName"] == "Müller^J*"
+    assert "PatientName=M%C3%BCller%5EJ*" in _query_string(search.params)
+    assert search.params["includefield"] == ["StudyInstanceUID"]
+
+
+def test_ranges_uid_lists_and_paths():
+    identifier = _received(QueryRetrieveLevel="IMAGE", StudyInstanceUID="1.2.3", SeriesInstanceUID="1.2.3.4", SOPInstanceUID=["1.5", "1.6"], ContentDate="20240101-20240131")
+    (search,) = translate(identifier, "IMAGE", fuzzy=True)
+    assert (search.level, search.study, search.series) == ("instances", "1.2.3", "1.2.3.4")
+    assert search.params == {"SOPInstanceUID": "1.5,1.6", "ContentDate": "20240101-20240131", "fuzzymatching": "true"}
+
+
+def test_several_modalities_become_one_search_each():
+    identifier = _received(QueryRetrieveLevel="STUDY", ModalitiesInStudy=["CT", "MR", "CT"], StudyInstanceUID="")
+    searches = translate(identifier, "STUDY")
+    assert [search.params["ModalitiesInStudy"] for search in searches] == ["CT", "MR"]
+
+
+def test_a_lone_asterisk_is_a_return_key():
+    (search,) = translate(_received(QueryRetrieveLevel="STUDY", PatientName="*"), "STUDY")
+    assert "PatientName" not in search.params and search.params["includefield"] == ["PatientName"]
+
+
+def test_binary_values_cannot_be_matched():
+    identifier = _received(QueryRetrieveLevel="STUDY")
+    identifier.add_new(0x00091010, "OB", b"\x01\x02")
+    with pytest.raises(QueryError) as refused:
+        translate(identifier, "STUDY")
+    assert refused.value.code == 0xA900
