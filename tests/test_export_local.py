@@ -188,11 +188,11 @@ def test_export_rules_are_checked_at_start(tmp_path: Path, fresh_orthanc: Orthan
 
     for rules, message in [
         ("[{", "not JSON"),
-        ([{"filter": "AETitle=CT01", "dicomweb_destination": "http://x/dicom-web"}], "entry 0 (filter 'AETitle=CT01'): AETitle and CalledAETitle"),
+        ([{"filter": "AETitle=CT01", "dicomweb_destination": "http://x/dicom-web"}], "entry 0 (line 1) (filter 'AETitle=CT01'): AETitle and CalledAETitle"),
         ([{"filter": "Modality=CT", "dicomweb_destination": "http://x"}, {"filter": "NoSuchKeyword=1", "dicomweb_destination": "http://x"}],
-         "entry 1 (filter 'NoSuchKeyword=1'): unknown keyword or tag 'NoSuchKeyword'"),
-        ([{"filter": "", "dimse_destination": "PACS"}], "entry 0: dimse_destination 'PACS' is not in the AET dictionary"),
-        ([{"filter": "", "dicomweb_destination": "http://x", "auth": {"bearer_token_secret": "plain-text-token"}}], "entry 0: auth: secret reference"),
+         "entry 1 (line 1) (filter 'NoSuchKeyword=1'): unknown keyword or tag 'NoSuchKeyword'"),
+        ([{"filter": "", "dimse_destination": "PACS"}], "entry 0 (line 1): dimse_destination 'PACS' is not in the AET dictionary"),
+        ([{"filter": "", "dicomweb_destination": "http://x", "auth": {"bearer_token_secret": "plain-text-token"}}], "entry 0 (line 1): auth: secret reference"),
     ]:
         result = start(rules)
         assert result.returncode == 2, result.stdout + result.stderr

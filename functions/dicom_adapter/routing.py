@@ -263,8 +263,9 @@ def parse_routing(
         raise RoutingConfigError(f"{source}: expected a JSON list of {{filter, destination}} entries")
     rules: list[Rule] = []
     seen_filters: dict[str, int] = {}
+    lines = _entry_lines(text)
     for index, entry in enumerate(entries):
-        where = f"{source}: entry {index}"
+        where = f"{source}: entry {index}" + (f" (line {lines[index]})" if index < len(lines) else "")
         if not isinstance(entry, dict):
             raise RoutingConfigError(f"{where}: not a JSON object")
         if not isinstance(entry.get("filter"), str):
@@ -287,6 +288,20 @@ def parse_routing(
         seen_filters[rule_filter.text.strip()] = index
         rules.append(Rule(index, rule_filter, destinations))
     return RoutingTable(tuple(rules), send_to_all_matching, has_default and not export)
+
+
+def _entry_lines(text: str) -> list[int]:
+    """The line each top-level entry of a JSON list starts on, so errors can point at it."""
+    decoder = json.JSONDecoder()
+    lines: list[int] = []
+    position = text.index("[") + 1
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position >= len(text) or text[position] == "]":
+            return lines
+        lines.append(text.count("\n", 0, position) + 1)
+        _, position = decoder.raw_decode(text, position)
 
 
 def _destinations_of(entry: Mapping[str, Any], peers: Mapping[str, Peer], where: str) -> tuple[Destination, ...]:
