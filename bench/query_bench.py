@@ -258,6 +258,7 @@ class QueryBench:
         if self.args.quiet_wait:
             wait_for_quiet(self.args.quiet_wait, self.args.quiet_max)
         behind = row.side == "adapter"
+        log_offset = server.log_path.stat().st_size if behind else 0
         store_cpu0 = _group_sample({store})[1] if behind else 0
         mon = Monitor([server.pgid], helpers=[store] if behind else [])
         store_mon = Monitor([store], interval=0.1) if behind else None
@@ -279,6 +280,11 @@ class QueryBench:
         if problems:
             row.failures += 1
             row.notes.extend(problems[:3])
+            if behind:  # the adapter's log lines of this run (UIDs, statuses, reasons; no PHI)
+                with open(server.log_path, "rb") as fh:
+                    fh.seek(log_offset)
+                    lines = fh.read().decode(errors="replace").splitlines()[-8:]
+                row.notes.append("dicom-adapter log of the run:\n" + "\n".join("      | " + x for x in lines))
             return False
         row.seconds.append(seconds)
         row.cpu_s.append(mon.cpu_s)
