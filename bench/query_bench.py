@@ -31,15 +31,13 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlencode
 
-from pydicom.datadict import tag_for_keyword
-from pydicom.tag import Tag
-
 from import_bench import (
+    CLK_TCK,
     LOOPBACK,
     Corpus,
     Monitor,
@@ -48,7 +46,6 @@ from import_bench import (
     _base_dataset,
     _cleanup_all,
     _group_sample,
-    CLK_TCK,
     count_files,
     dcmtk_env,
     find_adapter,
@@ -62,6 +59,8 @@ from import_bench import (
     wait_for_quiet,
     wait_until,
 )
+from pydicom.datadict import tag_for_keyword
+from pydicom.tag import Tag
 
 FINDSCU = "/usr/bin/findscu"  # absolute: pynetdicom puts its own tools on PATH
 MOVESCU = "/usr/bin/movescu"
@@ -97,7 +96,12 @@ def make_study_corpus(root: Path, count: int, side: int = 16) -> Corpus:
     """`count` studies of one small instance each (~1 KB): varied names, IDs, dates, modalities.
 
     About four studies per patient; dates spread over ten years; nine modalities."""
-    from pydicom.uid import CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        CTImageStorage,
+        MRImageStorage,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     root.mkdir(parents=True)
     files = []
@@ -613,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
         log("`dicom-adapter` not found (pip install -e . in the repo root)")
         return 2
 
-    def on_signal(signum, frame):  # noqa: ARG001
+    def on_signal(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -671,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"\n== C-MOVE study root, STUDY level, {move.count} instances "
                 f"({move.nbytes / 1e6:.1f} MB) to storescp")
 
-            def retrieve(row: Row, warm: bool) -> bool:  # noqa: ARG001
+            def retrieve(row: Row, warm: bool) -> bool:
                 if row.side == "wado-rs":
                     return bench.wado_once(row, move_refs)
                 return bench.move_once(row, move_study, expected_instances)
@@ -680,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("\ninterrupted")
         notes.append("interrupted")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         log(f"\nbench failed: {exc}")
         notes.append(f"bench failed: {exc}")
     finally:
