@@ -125,6 +125,7 @@ def make_small_corpus(root: Path, count: int, shards: int = 4, side: int = 186) 
     rng = np.random.default_rng()
     base = rng.integers(0, 1500, size=(side, side), dtype=np.uint16)
     study = generate_uid()
+    study_date, study_time = time.strftime("%Y%m%d"), time.strftime("%H%M%S")  # one per study
     series_size = 250
     series = [generate_uid() for _ in range((count + series_size - 1) // series_size)]
     dirs = [root / f"shard{i}" for i in range(shards)]
@@ -133,6 +134,7 @@ def make_small_corpus(root: Path, count: int, shards: int = 4, side: int = 186) 
     out: list[list[Path]] = [[] for _ in range(shards)]
     for i in range(count):
         ds = _base_dataset(str(CTImageStorage), study, series[i // series_size])
+        ds.StudyDate, ds.StudyTime = study_date, study_time
         ds.Modality = "CT"
         ds.SeriesNumber = i // series_size + 1
         ds.InstanceNumber = i % series_size + 1
@@ -461,7 +463,9 @@ def http_json(port: int, method: str, path: str, timeout: float = 10.0):
 class Orthanc:
     AET = "ORTHANC"
 
-    def __init__(self, workdir: Path, name: str = "orthanc", nodelay: bool = True):
+    def __init__(self, workdir: Path, name: str = "orthanc", nodelay: bool = True,
+                 extra_config: dict | None = None):
+        """`extra_config` is merged last (e.g. DicomModalities for a C-MOVE destination)."""
         self.dir = workdir / name
         (self.dir / "storage").mkdir(parents=True)
         self.http_port = free_port()
@@ -488,6 +492,7 @@ class Orthanc:
             "Plugins": [DICOMWEB_PLUGIN],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
         }
+        config.update(extra_config or {})
         cfg = self.dir / "orthanc.json"
         cfg.write_text(json.dumps(config, indent=1))
         # Orthanc's DIMSE is DCMTK: without TCP_NODELAY=1 it answers ~20 C-STOREs/s on Linux

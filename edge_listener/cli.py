@@ -45,18 +45,43 @@ def main() -> None:
     """dicom-adapter: DIMSE (C-STORE, C-ECHO, ...) in front of a DICOMweb store."""
 
 
+def routing_flags(func: Callable) -> Callable:
+    """The AET dictionary and the routing rules (`local`, `edge` and `import`)."""
+    for option in reversed([
+        flag("aet_dictionary", type=click.Path(dir_okay=False, exists=True), help="JSON file of known AEs: [{name, host, port}]."),
+        flag("aet_dictionary_inline", envvar="ENV_AETS_JSON", help="The AET dictionary as a JSON string."),
+        flag("destination_config_path", type=click.Path(dir_okay=False, exists=True), help="JSON routing rules: [{filter, dicomweb_destination | name/host/port | dimse_destination | destinations}]."),
+        flag("destination_config_inline", envvar="ENV_DESTINATION_CONFIG_JSON", help="The routing rules as a JSON string."),
+        flag("send_to_all_matching_destinations", is_flag=True, help="Send to every matching rule's destinations (default: the first match only)."),
+    ]):
+        func = option(func)
+    return func
+
+
+def peers_and_routing(options: dict[str, Any], *, has_default_store: bool) -> tuple[dict[str, Any], RoutingTable]:
+    """The AET dictionary and routing rules, checked; bad ones stop the command naming the entry."""
+    try:
+        peers = load_aet_dictionary(options["aet_dictionary"], options["aet_dictionary_inline"])
+        routing = load_routing(
+            options["destination_config_path"],
+            options["destination_config_inline"],
+            peers=peers,
+            send_to_all_matching=options["send_to_all_matching_destinations"],
+            has_default=has_default_store,
+        )
+    except (AetDictionaryError, RoutingConfigError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
+    return peers, routing
+
+
 def listener_flags(func: Callable) -> Callable:
     """The flags of the DIMSE listener, the same for `local` and `edge`."""
+    func = routing_flags(func)
     for option in reversed([
         flag("dimse_aet", required=True, help="AE title this adapter answers to (the called AE)."),
         flag("dimse_port", type=click.IntRange(0, 65535), default=2575, show_default=True, help="DIMSE port (0: any free port)."),
         flag("dimse_host", default="0.0.0.0", show_default=True, help="Address to listen on."),
-        flag("aet_dictionary", type=click.Path(dir_okay=False, exists=True), help="JSON file of known AEs: [{name, host, port}]."),
-        flag("aet_dictionary_inline", envvar="ENV_AETS_JSON", help="The AET dictionary as a JSON string."),
         flag("require_known_calling_aet", is_flag=True, help="Only accept associations from calling AEs in the AET dictionary."),
-        flag("destination_config_path", type=click.Path(dir_okay=False, exists=True), help="JSON routing rules: [{filter, dicomweb_destination | name/host/port | dimse_destination | destinations}]."),
-        flag("destination_config_inline", envvar="ENV_DESTINATION_CONFIG_JSON", help="The routing rules as a JSON string."),
-        flag("send_to_all_matching_destinations", is_flag=True, help="Send to every matching rule's destinations (default: the first match only)."),
         flag("max_associations", type=click.IntRange(1, 1000), default=32, show_default=True, help="Most concurrent associations."),
         flag("max_pdu_length", type=click.IntRange(4096, 16 << 20), default=262144, show_default=True, help="Largest PDU peers may send us, in bytes (memory per association)."),
         flag("drain_timeout", type=click.FloatRange(0), default=30.0, show_default=True, help="On SIGTERM, how long open associations may finish, in s."),
@@ -159,17 +184,7 @@ def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tu
     from .server import ListenerSettings
 
     configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
-    try:
-        peers = load_aet_dictionary(options["aet_dictionary"], options["aet_dictionary_inline"])
-        routing = load_routing(
-            options["destination_config_path"],
-            options["destination_config_inline"],
-            peers=peers,
-            send_to_all_matching=options["send_to_all_matching_destinations"],
-            has_default=has_default_store,
-        )
-    except (AetDictionaryError, RoutingConfigError, OSError) as exc:
-        raise click.UsageError(str(exc)) from None
+    peers, routing = peers_and_routing(options, has_default_store=has_default_store)
     if options["require_known_calling_aet"] and not peers:
         raise click.UsageError("--require_known_calling_aet needs an AET dictionary")
     if not routing.rules and not has_default_store:
@@ -224,6 +239,13 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
 @flag("upload_workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Concurrent uploads.")
 @flag("upload_read_timeout", type=click.FloatRange(0.1), default=300.0, show_default=True, help="Longest wait for the store's answer to one upload, in s (then retried).")
 @flag("dimse_processes", type=click.IntRange(1, 64), default=1, show_default=True, help="Listener processes sharing the DIMSE port (more associations at once on more cores).")
+@flag("export_config_path", type=click.Path(dir_okay=False, exists=True), help="Export rules (docs/export.md): where instances stored in --dicomweb_address go on to.")
+@flag("export_config_inline", help="The export rules as a JSON string.")
+@flag("export_to_all_matching_destinations", is_flag=True, help="Export to every matching rule's destinations (default: the first match only).")
+@flag("watch_dir", type=click.Path(file_okay=False), help="Drop folder: DICOM files and ZIPs put here are imported, then moved to done/ (bad ones to rejected/).")
+@flag("watch_settle_time", type=click.FloatRange(0), default=2.0, show_default=True, help="A dropped file is taken once unchanged this long, in s.")
+@flag("watch_incomplete_timeout", type=click.FloatRange(0), default=300.0, show_default=True, help="A dropped file that looks cut short is rejected only once unchanged this long, in s.")
+@flag("watch_delete_done", is_flag=True, help="Delete imported files from the drop folder instead of moving them to done/.")
 def local(**options: Any) -> None:
     """Run the edge and the upload pipeline on this machine, with a spool directory as buffer."""
     from .dispatcher import DispatchSettings
@@ -247,9 +269,20 @@ def local(**options: Any) -> None:
         dispatch=DispatchSettings(workers=options["upload_workers"], retry_max_s=options["redelivery_max_delay"]),
         json_logs=options["log_format"] == "json",
         verbose=options["verbose"],
+        export_routing=export_routing(options),
     )
     spool_dir = Path(options["spool_dir"])
     query_retrieve = query_retrieve_settings(options, peers, upload_settings, spool_dir, spool_dir)
+    watch = None
+    if options["watch_dir"]:
+        from .intake.watch import WatchSettings
+
+        watch = WatchSettings(
+            folder=options["watch_dir"],
+            settle_s=options["watch_settle_time"],
+            incomplete_timeout_s=options["watch_incomplete_timeout"],
+            delete_done=options["watch_delete_done"],
+        )
     serve(
         lambda: LocalRuntime(
             settings,
@@ -258,6 +291,7 @@ def local(**options: Any) -> None:
             drain_timeout_s=options["drain_timeout"],
             routing=routing,
             query_retrieve=query_retrieve,
+            watch=watch,
         ),
         options,
         store=options["dicomweb_address"] or "-",
@@ -302,6 +336,73 @@ def edge(**options: Any) -> None:
     )
 
 
+def export_routing(options: dict[str, Any]) -> RoutingTable | None:
+    """The export rules of `local`, checked at start like the import rules."""
+    if not (options["export_config_path"] or options["export_config_inline"]):
+        return None
+    if not options["dicomweb_address"]:
+        raise click.UsageError("export rules need --dicomweb_address: the store whose new instances they export")
+    try:
+        peers = load_aet_dictionary(options["aet_dictionary"], options["aet_dictionary_inline"])
+        return load_routing(options["export_config_path"], options["export_config_inline"], peers=peers,
+                            send_to_all_matching=options["export_to_all_matching_destinations"], export=True)
+    except (AetDictionaryError, RoutingConfigError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@main.command()
+@flag("project_id", required=True, help="Project of the subscription.")
+@flag("subscription_id", required=True, help="Pull subscription on the DICOM store's notification topic.")
+@flag("peer_dimse_aet", help="AE title of the DIMSE peer to C-STORE to.")
+@flag("peer_dimse_ip", help="Host of the DIMSE peer.")
+@flag("peer_dimse_port", type=click.IntRange(1, 65535), help="Port of the DIMSE peer.")
+@flag("peer_dicomweb_address", help="DICOMweb service root to STOW-RS to (instead of a DIMSE peer).")
+@flag("client_aet", default="DICOMADAPTER", show_default=True, help="Our AE title towards the DIMSE peer.")
+@flag("dicomweb_address", help="The source store, if its notifications name it other than on https://healthcare.googleapis.com/v1.")
+@flag("dead_letter_topic", help="Publish instances the peer rejects for good here, with the reason (projects/P/topics/T).")
+@flag("http_error_codes_to_retry", default="408,429,500,502,503,504", show_default=True, help="HTTP statuses retried as transient.")
+@flag("export_workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Instances sent at once.")
+@flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout.")
+@flag("verbose", is_flag=True, help="Debug logging (never data set contents).")
+def export(**options: Any) -> None:
+    """Send each new instance of a DICOM store to one peer (the Google export adapter's mode)."""
+    from dicom_adapter.aets import Peer
+    from dicom_adapter.routing import Destination
+
+    from .single_peer import SinglePeerExport, SinglePeerSettings
+
+    configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
+    dimse = [options[k] for k in ("peer_dimse_aet", "peer_dimse_ip", "peer_dimse_port")]
+    if options["peer_dicomweb_address"] and any(dimse) or not options["peer_dicomweb_address"] and not all(dimse):
+        raise click.UsageError("give --peer_dimse_aet, --peer_dimse_ip and --peer_dimse_port, or --peer_dicomweb_address")
+    if options["dead_letter_topic"]:
+        check_cloud_names(None, options["dead_letter_topic"])
+    peer = (Destination.dicomweb(options["peer_dicomweb_address"]) if options["peer_dicomweb_address"]
+            else Destination.dimse(Peer(options["peer_dimse_aet"], options["peer_dimse_ip"], options["peer_dimse_port"])))
+    subscription = f"projects/{options['project_id']}/subscriptions/{options['subscription_id']}"
+    runner = SinglePeerExport(SinglePeerSettings(
+        subscription=subscription,
+        peer=peer,
+        upload=UploadSettings(dicomweb_address=options["dicomweb_address"] or "", calling_aet=options["client_aet"],
+                              retry_status_codes=parse_status_codes(options["http_error_codes_to_retry"])),
+        dead_letter_topic=options["dead_letter_topic"] or "",
+        workers=options["export_workers"],
+    ))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    runner.start()
+    log.info("ready", extra=fields(subscription=subscription, peer=peer.label))
+    click.echo(f"dicom-adapter export ready: {subscription} -> {peer.label}")
+    sys.stdout.flush()
+    try:
+        runner.wait(stop)
+    except Exception as exc:  # the subscription stream ended: say why, exit non-zero
+        raise click.ClickException(f"subscription {subscription} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        runner.stop()
+
+
 def check_cloud_names(gcs_buffer: str | None, pubsub_topic: str | None) -> None:
     from dicom_adapter.buffers.gcs import GcsLocation
     from dicom_adapter.pubsub import check_topic_name
@@ -328,6 +429,42 @@ def one_buffer(options: dict[str, Any]) -> None:
     check_cloud_names(options["gcs_buffer"], options["pubsub_topic"])
 
 
+@main.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@flag("spool_dir", type=click.Path(file_okay=False), help="Spool of `dicom-adapter local` to import into.")
+@flag("gcs_buffer", help="Or the cloud buffer, gs://BUCKET[/PREFIX] (with --pubsub_topic), as the cloud edge writes it.")
+@flag("pubsub_topic", help="With --gcs_buffer: the topic of buffered-instance events.")
+@flag("work_dir", type=click.Path(file_okay=False), default="./dicom-adapter-import", show_default=True, help="With --gcs_buffer: where the import ledger, staged copies and reports live.")
+@routing_flags
+@flag("workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Files read and buffered at once.")
+@flag("report", type=click.Path(dir_okay=False), help="Write the JSON report here (default: SPOOL/import-reports/<time>.json).")
+@flag("force", is_flag=True, help="Import again what the import ledger lists as done.")
+@flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout.")
+@flag("verbose", is_flag=True, help="Debug logging (never data set contents or file names).")
+def import_(paths: tuple[str, ...], **options: Any) -> None:
+    """Buffer DICOM files, folders, ZIP archives and DICOMDIR media for upload.
+
+    Each instance goes into the spool's upload queue like a received C-STORE; a running
+    `dicom-adapter local` on the same spool uploads it. Re-running skips what is done.
+    """
+    from .intake.command import run_import_command
+
+    configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
+    from .intake.command import CloudTarget
+
+    one_buffer(options)
+    # Instances no rule routes go to the default store (of `local`, or of the stow_upload function).
+    _, routing = peers_and_routing(options, has_default_store=True)
+    cloud = None
+    if options["gcs_buffer"]:
+        if not options["pubsub_topic"]:
+            raise click.UsageError("--gcs_buffer needs --pubsub_topic, where the events go")
+        cloud = CloudTarget(options["gcs_buffer"], options["pubsub_topic"], Path(options["work_dir"]))
+    sys.exit(run_import_command(
+        list(paths), routing=routing, cloud=cloud, **{k: options[k] for k in ("spool_dir", "workers", "report", "force")}
+    ))
+
+
 @main.command()
 @buffer_flags
 @flag("sop_instance_uid", multiple=True, help="Only this instance (repeatable); default: all dead letters.")
@@ -338,7 +475,10 @@ def redrive(**options: Any) -> None:
     one_buffer(options)
     uids = set(options["sop_instance_uid"]) or None
     if options["spool_dir"]:
+        from .export_queue import ExportSpool
+
         moved = [path.name for path in Spool(options["spool_dir"]).redrive(uids, options["destination"])]
+        moved += [path.name for path in ExportSpool(options["spool_dir"]).redrive(uids, options["destination"])]
     else:
         moved = redrive_cloud(options["gcs_buffer"], options["pubsub_topic"], uids, options["destination"])
     for name in moved:
@@ -372,9 +512,12 @@ def status(json_output: bool, **options: Any) -> None:
     """Queue depth, dead letters and the oldest queued entry's age."""
     one_buffer(options)
     if options["spool_dir"]:
+        from .export_queue import ExportSpool
+
         spool = Spool(options["spool_dir"])
-        state = spool.status().__dict__
-        letters = [(path.name, record) for path, record in spool.dead_letters()]
+        exports = ExportSpool(options["spool_dir"])
+        state = {**spool.status().__dict__, **exports.status()}
+        letters = [(path.name, record) for path, record in spool.dead_letters() + exports.dead_letters()]
     else:
         state, letters = cloud_status(options["gcs_buffer"])
     dead = [
@@ -389,7 +532,11 @@ def status(json_output: bool, **options: Any) -> None:
     click.echo(f"oldest queued: {age}")
     for label, count in sorted(state["queued_by_destination"].items()):
         click.echo(f"  to {label}: {count}")
-    click.echo(f"dead letters:  {state['dead_letters']}")
+    if "exports_queued" in state:
+        click.echo(f"exports:       {state['exports_queued']} queued, {state['exports_pending_notifications']} notifications to route")
+        for label, count in sorted(state["exports_queued_by_destination"].items()):
+            click.echo(f"  to {label}: {count}")
+    click.echo(f"dead letters:  {state['dead_letters']}" + (f" (+{state['exports_dead_letters']} exports)" if state.get("exports_dead_letters") else ""))
     for letter in dead:
         click.echo(f"  {letter['entry']} ({letter['destination']}): {letter['reason']}")
 

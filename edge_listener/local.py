@@ -9,12 +9,15 @@ code the Cloud Function runs.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from dicom_adapter.buffers.spool import Spool
+from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
 from dicom_adapter.routing import RoutingTable
 
 from .buffering import SpoolBuffer
+from .intake.watch import WatchedFolder, WatchSettings
 from .listener_process import (
     ListenerProcess,
     ListenerProcessSettings,
@@ -40,6 +43,7 @@ class LocalRuntime:
         drain_timeout_s: float = 30.0,
         routing: RoutingTable = RoutingTable(()),
         query_retrieve: QueryRetrieveSettings | None = None,
+        watch: WatchSettings | None = None,
     ) -> None:
         self.spool = Spool(upload_settings.spool_dir)
         self.spool.register_destinations(routing.destinations)
@@ -68,6 +72,7 @@ class LocalRuntime:
             )
             for index in range(1, processes)
         ]
+        self.watcher = _watched_folder(watch, self.spool, self.uploads.notices.notify, routing) if watch else None
 
     def start(self) -> None:
         self.uploads.start()
@@ -77,6 +82,8 @@ class LocalRuntime:
         for extra in self.extra_listeners:
             if not extra.wait_ready(60):
                 raise RuntimeError("a listener process did not start within 60 s")
+        if self.watcher is not None:
+            self.watcher.start()
 
     def supervise(self) -> None:
         """Called periodically while running: keep the child processes alive."""
@@ -88,6 +95,8 @@ class LocalRuntime:
         """Stop accepting, let associations and uploads in progress finish, keep the rest queued.
 
         Safe on a runtime that only partly started."""
+        if self.watcher is not None:
+            self.watcher.stop(self.drain_timeout_s)
         for extra in self.extra_listeners:
             extra.begin_stop()
         self.listener.drain(self.drain_timeout_s)
@@ -98,3 +107,15 @@ class LocalRuntime:
         self.uploads.stop(timeout=self.drain_timeout_s + 60)
         status = self.spool.status()
         log.info("stopped", extra=fields(queued=status.queued, dead_letters=status.dead_letters))
+
+
+def _watched_folder(
+    settings: WatchSettings, spool: Spool, announce: Callable[[BufferedInstance], None], routing: RoutingTable
+) -> WatchedFolder:
+    """The drop folder, feeding the spool as a C-STORE does (same routing; the ledger is the import's)."""
+    from .intake.intake import Intake
+    from .intake.ledger import Ledger
+    from .intake.sink import spool_sink
+
+    intake = Intake(spool_sink(spool, announce, routing), Ledger.in_spool(spool.root), use_fingerprints=False)
+    return WatchedFolder(settings, intake)

@@ -22,8 +22,6 @@ the destination association as the listener's AE, so for requests bound to the h
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -52,6 +50,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from .process_folders import process_folder, remove_folders_of_gone_processes
 from .query import QUERY_TRANSFER_SYNTAXES
 
 log = logging.getLogger(__name__)
@@ -118,24 +117,8 @@ class RetrieveService:
 def _own_staging_dir(root: Path) -> Path:
     """This process's folder under `root` (listener processes share the spool), emptied, and
     the folders of processes that are gone removed with what they left mid-retrieve."""
-    root.mkdir(parents=True, exist_ok=True)
-    for folder in root.iterdir():
-        if folder.is_dir() and folder.name.isdigit() and int(folder.name) != os.getpid() and not _alive(int(folder.name)):
-            shutil.rmtree(folder, ignore_errors=True)
-    own = root / str(os.getpid())
-    shutil.rmtree(own, ignore_errors=True)
-    own.mkdir()
-    return own
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    remove_folders_of_gone_processes(root)
+    return process_folder(root, fresh=True)
 
 
 class Responses:

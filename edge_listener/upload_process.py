@@ -24,6 +24,7 @@ from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.config import UploadSettings
 from dicom_adapter.events import BufferedInstance, MalformedEvent
 from dicom_adapter.logs import configure_logging, fields
+from dicom_adapter.routing import RoutingTable
 from dicom_adapter.upload import Uploader
 
 from .dispatcher import Dispatcher, DispatchSettings
@@ -39,6 +40,8 @@ class UploadProcessSettings:
     dispatch: DispatchSettings
     json_logs: bool = False
     verbose: bool = False
+    export_routing: RoutingTable | None = None  # rules for what reaches the store (docs/export.md)
+    export_workers: int = 2
 
 
 class Notices:
@@ -114,9 +117,17 @@ def _child_main(settings: UploadProcessSettings, reader: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(json_format=settings.json_logs, verbose=settings.verbose)
-    uploader = Uploader(settings.upload)
+    exports = _export_worker(settings)
+    on_stored = None
+    if exports is not None and settings.export_routing is not None and settings.export_routing.rules:
+        from .export_queue import on_stored_hook
+
+        on_stored = on_stored_hook(exports, settings.upload.dicomweb_address)
+    uploader = Uploader(settings.upload, on_stored=on_stored)
     dispatcher = Dispatcher(Spool(settings.spool_dir), uploader.handle_cloud_event, settings.dispatch)
     dispatcher.start()
+    if exports is not None:
+        exports.start()
     with open(os.dup(reader.fileno()), "rb") as notices:
         # Ends when the edge closes the pipe (stopping) or dies: either way, wind down.
         for line in notices:
@@ -125,3 +136,31 @@ def _child_main(settings: UploadProcessSettings, reader: Connection) -> None:
             except MalformedEvent as exc:  # a torn notice; the scan will find the entry
                 log.warning("unreadable notice from the edge", extra=fields(reason=str(exc)))
     dispatcher.stop()
+    if exports is not None:
+        exports.stop()
+
+
+def _export_worker(settings: UploadProcessSettings) -> Any:
+    """Export over the spool: what reaches the (default) store goes on by the export rules;
+    entries queued by an earlier run are delivered even if the rules are gone."""
+    if not settings.upload.dicomweb_address:
+        return None
+    import shutil
+
+    from dicom_adapter.export import Exporter
+    from dicom_adapter.notifications import api_base_of
+
+    from .export_queue import ExportSpool, ExportWorker, ExportWorkerSettings
+
+    spool = ExportSpool(settings.spool_dir)
+    downloads = spool.root / "downloads"
+    shutil.rmtree(downloads, ignore_errors=True)  # leftovers of deliveries cut off by a crash
+    downloads.mkdir()
+    # An uploader of its own, without the on_stored hook: a delivery is not a new instance in the store.
+    exporter = Exporter(
+        settings.export_routing or RoutingTable((), has_default=False),
+        Uploader(settings.upload),
+        api_base=api_base_of(settings.upload.dicomweb_address),
+        work_dir=str(downloads),
+    )
+    return ExportWorker(spool, exporter, ExportWorkerSettings(workers=settings.export_workers, retry_max_s=settings.dispatch.retry_max_s))

@@ -6,6 +6,8 @@ stow_upload`); the local runtime calls the same code with the same CloudEvents.
   stow_upload  Pub/Sub "buffered" message → STOW-RS; raises on a transient failure (redelivery)
   dead_letter  message that exhausted its delivery attempts → dead-letter record in the bucket
   sweep        HTTP (Cloud Scheduler) → re-announce buffered objects that were never uploaded
+  export_fanout  DICOM store notification → one "exports" message per matching destination
+  deliver      "exports" message → the instance to its destination (STOW-RS or C-STORE)
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 import flask
 import functions_framework
 from cloudevents.http import CloudEvent
+
 from dicom_adapter import qido_function
 from dicom_adapter.config import SweepSettings, UploadSettings, env_name
 from dicom_adapter.dicomweb import DicomWebClient
+from dicom_adapter.export_cloud import CloudExport, CloudExportSettings
 from dicom_adapter.logs import configure_logging
 from dicom_adapter.sweep import sweep_buffer
 from dicom_adapter.upload import Uploader, store_client
@@ -49,6 +53,24 @@ def sweep(request: flask.Request) -> tuple[dict[str, Any], int]:
     configure_logging(json_format=True)
     result = sweep_buffer(SweepSettings.from_env())
     return result.as_json(), 200 if not result.failed else 500
+
+
+@functools.cache
+def _export() -> CloudExport:
+    configure_logging(json_format=True)
+    return CloudExport(CloudExportSettings.from_env())
+
+
+@functions_framework.cloud_event
+def export_fanout(cloud_event: CloudEvent) -> None:
+    """Store notification → export messages. Raises only if they could not be published."""
+    _export().fan_out(cloud_event)
+
+
+@functions_framework.cloud_event
+def deliver(cloud_event: CloudEvent) -> None:
+    """Export message → destination. Raises on transient failure so Pub/Sub redelivers."""
+    _export().deliver(cloud_event, _delivery_attempt(cloud_event) or 1)
 
 
 def _delivery_attempt(cloud_event: CloudEvent) -> int | None:

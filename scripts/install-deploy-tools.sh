@@ -40,7 +40,10 @@ for provider in "${!schemas[@]}"; do
   scratch="$(mktemp -d)"
   (cd "$scratch" && npm pack --silent "$package" >/dev/null)
   tarball="$(ls "$scratch"/*.tgz)"
-  if ! tar xzf "$tarball" -O package/README.md | grep -q "provider version $provider_version"; then
+  # Read the README whole first: `tar | grep -q` under pipefail fails at random when grep
+  # stops at its first match and tar dies of SIGPIPE.
+  readme="$(tar xzf "$tarball" -O package/README.md)"
+  if ! grep -q "provider version $provider_version" <<<"$readme"; then
     echo "$package is not built from hashicorp/$provider $provider_version" >&2
     exit 1
   fi
@@ -50,7 +53,7 @@ for provider in "${!schemas[@]}"; do
   rm -rf "$scratch"
 done
 
-if [ ! -x "$tools/checkov/bin/checkov" ] || ! "$tools/checkov/bin/checkov" --version 2>/dev/null | grep -qx "$checkov_version"; then
+if [ ! -x "$tools/checkov/bin/checkov" ] || [ "$("$tools/checkov/bin/checkov" --version 2>/dev/null)" != "$checkov_version" ]; then
   rm -rf "$tools/checkov"
   python3 -m venv "$tools/checkov"
   "$tools/checkov/bin/pip" install --quiet --disable-pip-version-check "checkov==$checkov_version"

@@ -51,6 +51,11 @@ locals {
     DICOM_ADAPTER_DESTINATION_CONFIG_JSON   = var.destination_config_json
     DICOM_ADAPTER_STOW_OVERWRITE            = tostring(var.stow_overwrite)
     DICOM_ADAPTER_HTTP_ERROR_CODES_TO_RETRY = var.http_error_codes_to_retry
+    # Export: where permanent failures and malformed notifications go at once (held for the
+    # operator), and the AEs export rules may name as dimse_destination.
+    DICOM_ADAPTER_EXPORTS_DEAD_LETTER_TOPIC       = google_pubsub_topic.topic["exports_dead_letter"].id
+    DICOM_ADAPTER_NOTIFICATIONS_DEAD_LETTER_TOPIC = google_pubsub_topic.topic["notifications_dead_letter"].id
+    DICOM_ADAPTER_AET_DICTIONARY_INLINE           = jsonencode(var.aet_dictionary)
   }
 
   event_functions = { for name, f in local.functions : name => f if f.trigger_topic != null }

@@ -67,6 +67,19 @@ resource "google_pubsub_topic_iam_member" "fanout_publishes_exports" {
   member = google_service_account.function["export_fanout"].member
 }
 
+# Export dead letters the functions publish themselves (permanent rejections, malformed messages).
+resource "google_pubsub_topic_iam_member" "deliver_publishes_export_dead_letters" {
+  topic  = google_pubsub_topic.topic["exports_dead_letter"].id
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.function["deliver"].member
+}
+
+resource "google_pubsub_topic_iam_member" "fanout_publishes_notification_dead_letters" {
+  topic  = google_pubsub_topic.topic["notifications_dead_letter"].id
+  role   = "roles/pubsub.publisher"
+  member = google_service_account.function["export_fanout"].member
+}
+
 resource "google_pubsub_topic_iam_member" "healthcare_publishes_notifications" {
   topic  = google_pubsub_topic.topic["notifications"].id
   role   = "roles/pubsub.publisher"

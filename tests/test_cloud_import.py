@@ -375,3 +375,21 @@ def test_the_pubsub_stand_in_carries_the_cloud_path_where_the_emulator_is_absent
     finally:
         for server in stack.functions:
             server.stop()
+
+
+def test_folder_import_into_the_cloud_buffer(tmp_path: Path, fresh_orthanc: Orthanc, cloud_factory: Callable[..., CloudStack]):
+    """`dicom-adapter import --gcs_buffer`: files take the cloud path of a received C-STORE
+    (create-only object + Pub/Sub event → stow_upload), and a second run imports nothing new."""
+    stack = cloud_factory(fresh_orthanc.dicomweb_url)
+    series = make_ct_series(tmp_path / "archive", 6)
+    command = ["import", "--gcs_buffer", stack.gcs_buffer, "--pubsub_topic", stack.topic,
+               "--work_dir", str(tmp_path / "import-work"), str(tmp_path / "archive")]
+    first = stack.cli(*command)
+    assert first.returncode == 0, first.stdout + first.stderr
+    stack.wait_until_uploaded()
+    for instance in series:
+        stored = fresh_orthanc.retrieve_instance_part10(instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid)
+        assert dataset_bytes_after_meta(stored) == dataset_bytes_after_meta(instance.path)
+    again = stack.cli(*command)
+    assert again.returncode == 0 and not stack.objects("queue")
+    assert fresh_orthanc.instance_count() == len(series)

@@ -25,6 +25,8 @@ CONTRACT_ENV = {
     "DICOM_ADAPTER_DICOMWEB_ADDRESS", "DICOM_ADAPTER_GCS_BUFFER", "DICOM_ADAPTER_PUBSUB_TOPIC",
     "DICOM_ADAPTER_SWEEP_MIN_AGE_MINUTES", "DICOM_ADAPTER_EXPORTS_TOPIC", "DICOM_ADAPTER_DESTINATION_CONFIG_JSON",
     "DICOM_ADAPTER_STOW_OVERWRITE", "DICOM_ADAPTER_HTTP_ERROR_CODES_TO_RETRY",
+    "DICOM_ADAPTER_EXPORTS_DEAD_LETTER_TOPIC", "DICOM_ADAPTER_NOTIFICATIONS_DEAD_LETTER_TOPIC",
+    "DICOM_ADAPTER_AET_DICTIONARY_INLINE",
 }
 module = load_module()
 FUNCTIONS = module.locals()["functions"]
@@ -66,6 +68,9 @@ def _function_environment() -> dict[str, str]:
         "${local.gcs_buffer}": "gs://p-dicom-adapter-buffer/buffer",
         '${google_pubsub_topic.topic["buffered"].id}': "projects/p/topics/dicom-adapter-buffered",
         '${google_pubsub_topic.topic["exports"].id}': "projects/p/topics/dicom-adapter-exports",
+        '${google_pubsub_topic.topic["exports_dead_letter"].id}': "projects/p/topics/dicom-adapter-exports-dead-letter",
+        '${google_pubsub_topic.topic["notifications_dead_letter"].id}': "projects/p/topics/dicom-adapter-notifications-dead-letter",
+        "${jsonencode(var.aet_dictionary)}": '[{"name": "PACS", "host": "10.0.0.5", "port": 104}]',
     }
     variables = module.named("variable")
     env = {}
@@ -87,6 +92,17 @@ def test_functions_get_exactly_the_contract_settings_and_the_upload_code_accepts
     assert settings.stow_overwrite is False
     assert 503 in settings.retry_status_codes and 400 not in settings.retry_status_codes
     assert env["DICOM_ADAPTER_GCS_BUFFER"].startswith("gs://") and json.loads(env["DICOM_ADAPTER_DESTINATION_CONFIG_JSON"]) == []
+
+
+def test_the_export_functions_accept_the_contract_settings():
+    from dicom_adapter.export_cloud import CloudExportSettings
+
+    env = _function_environment()
+    env["DICOM_ADAPTER_DESTINATION_CONFIG_JSON"] = json.dumps([{"filter": "Modality=CT", "dimse_destination": "PACS"}])
+    settings = CloudExportSettings.from_env(env)
+    assert settings.exports_topic.endswith("-exports") and settings.exports_dead_letter_topic.endswith("-exports-dead-letter")
+    assert settings.notifications_dead_letter_topic.endswith("-notifications-dead-letter")
+    assert settings.routing.destinations[0].label == "PACS@10.0.0.5:104"
 
 
 def _names_read_by_the_functions() -> set[str]:

@@ -172,3 +172,23 @@ def test_unrouted_instances_are_refused_when_there_is_no_default_store(tmp_path:
         adapter.wait_until_drained()
         assert not adapter.incoming_files()
     _stored_exactly(fresh_orthanc, [ct])
+
+
+def test_imported_files_are_routed_by_the_same_rules(tmp_path: Path, stores: tuple[Orthanc, Orthanc, Orthanc]):
+    """`dicom-adapter import` applies routing rules too (the file meta's source AE is the calling AE)."""
+    cardiology, research, default = stores
+    rules = json.dumps([{"filter": "Modality=CT", "dicomweb_destination": cardiology.dicomweb_url},
+                        {"filter": "Modality=MR", "dicomweb_destination": research.dicomweb_url}])
+    folder = tmp_path / "archive"
+    ct, mr, us = (make_ct_instance(folder / f"{m}.dcm", modality=m) for m in ("CT", "MR", "US"))
+    with LocalAdapter(tmp_path / "adapter", default.dicomweb_url) as adapter:
+        imported = subprocess.run(
+            adapter_command() + ["import", "--spool_dir", str(adapter.spool_dir), "--destination_config_inline", rules, str(folder)],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert imported.returncode == 0, imported.stdout + imported.stderr
+        _wait(lambda: cardiology.instance_count() + research.instance_count() + default.instance_count() == 3, 60, "all three stored")
+        adapter.wait_until_drained()
+    _stored_exactly(cardiology, [ct])
+    _stored_exactly(research, [mr])
+    _stored_exactly(default, [us])

@@ -97,18 +97,18 @@ def test_called_ae_title_routes_virtual_aes():
     [
         ("not json", "rules.json: not JSON"),
         ({"filter": ""}, "expected a JSON list"),
-        ([{"dicomweb_destination": "http://a/"}], "entry 0: 'filter' is missing"),
-        ([{"filter": "Modality"}], "entry 0 (filter 'Modality'): term 'Modality' is not KEY=VALUE"),
-        ([{"filter": "Modality=CT&&AETitle=X", "dicomweb_destination": "http://a/"}], "entry 0 (filter 'Modality=CT&&AETitle=X'): empty term"),
+        ([{"dicomweb_destination": "http://a/"}], "entry 0 (line 1): 'filter' is missing"),
+        ([{"filter": "Modality"}], "entry 0 (line 1) (filter 'Modality'): term 'Modality' is not KEY=VALUE"),
+        ([{"filter": "Modality=CT&&AETitle=X", "dicomweb_destination": "http://a/"}], "entry 0 (line 1) (filter 'Modality=CT&&AETitle=X'): empty term"),
         ([{"filter": "Modallity=CT", "dicomweb_destination": "http://a/"}], "unknown keyword or tag 'Modallity'"),
-        ([{"filter": "Modality=CT"}], "entry 0: no destination"),
-        ([{"filter": "", "dimse_destination": "NOPE"}], "entry 0: dimse_destination 'NOPE' is not in the AET dictionary"),
-        ([{"filter": "", "name": "PACS", "host": "h", "port": 70000}], "entry 0: 'port' must be a number"),
-        ([{"filter": "", "dicomweb_destination": "ftp://a/"}], "entry 0: dicomweb_destination must be an http(s) URL"),
-        ([{"filter": "", "destinations": []}], "entry 0: 'destinations' must be a non-empty list"),
+        ([{"filter": "Modality=CT"}], "entry 0 (line 1): no destination"),
+        ([{"filter": "", "dimse_destination": "NOPE"}], "entry 0 (line 1): dimse_destination 'NOPE' is not in the AET dictionary"),
+        ([{"filter": "", "name": "PACS", "host": "h", "port": 70000}], "entry 0 (line 1): 'port' must be a number"),
+        ([{"filter": "", "dicomweb_destination": "ftp://a/"}], "entry 0 (line 1): dicomweb_destination must be an http(s) URL"),
+        ([{"filter": "", "destinations": []}], "entry 0 (line 1): 'destinations' must be a non-empty list"),
         (
             [{"filter": "Modality=CT", "dicomweb_destination": "http://a/"}, {"filter": "Modality=CT", "dicomweb_destination": "http://b/"}],
-            "entry 1: same filter as entry 0",
+            "entry 1 (line 1): same filter as entry 0",
         ),
     ],
 )
@@ -121,14 +121,14 @@ def test_bad_rules_are_refused_naming_the_entry_and_the_reason(entries, message)
 
 def test_bad_rules_stop_the_adapter_at_start(tmp_path: Path):
     rules = tmp_path / "rules.json"
-    rules.write_text(json.dumps([{"filter": "Modality=CT", "dicomweb_destination": "http://a/"}, {"filter": "Bogus=1", "dicomweb_destination": "http://b/"}]))
+    rules.write_text(json.dumps([{"filter": "Modality=CT", "dicomweb_destination": "http://a/"}, {"filter": "Bogus=1", "dicomweb_destination": "http://b/"}], indent=2))
     started = subprocess.run(
         adapter_command() + ["local", "--dimse_aet", "ADAPTER", "--dimse_port", "0", "--spool_dir", str(tmp_path / "spool"),
                              "--destination_config_path", str(rules)],
         capture_output=True, text=True, timeout=60,
     )
     assert started.returncode == 2
-    assert f"{rules}: entry 1 (filter 'Bogus=1'): unknown keyword or tag 'Bogus'" in started.stderr
+    assert f"{rules}: entry 1 (line 6) (filter 'Bogus=1'): unknown keyword or tag 'Bogus'" in started.stderr
     neither = subprocess.run(
         adapter_command() + ["local", "--dimse_aet", "ADAPTER", "--spool_dir", str(tmp_path / "spool")],
         capture_output=True, text=True, timeout=60,

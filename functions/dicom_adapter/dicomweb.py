@@ -1,5 +1,5 @@
 """A small DICOMweb client: STOW-RS of Part-10 files, WADO-RS digests, instance deletion,
-QIDO-RS searches (paged) and WADO-RS retrieval (streamed).
+QIDO-RS searches (paged), WADO-RS retrieval (streamed) and metadata.
 
 Modelled on dicomweb-client's verb-noun methods, but streaming: `store_instance` sends the file
 as it lies in the buffer (byte-exact, bounded memory) and reports what the store said about it
@@ -206,6 +206,26 @@ class DicomWebClient:
             response.close()
             raise DicomWebError(reason, response.status_code)
         return RetrievedInstance(response)
+
+    def retrieve_instance_metadata(self, study: str, series: str, sop_instance: str) -> dict[str, Any] | None:
+        """WADO-RS .../metadata: the instance's DICOM JSON (bulk data by URI); None if not found."""
+        try:
+            response = self.session.get(
+                self.address.instance_url(study, series, sop_instance) + "/metadata",
+                headers={"Accept": "application/dicom+json"},
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            raise DicomWebError(f"{type(exc).__name__}: {_short(str(exc))}") from None
+        with response:
+            if response.status_code == 404:
+                return None
+            if not 200 <= response.status_code < 300:
+                raise DicomWebError(_summary(response, _json_body(response), None), response.status_code)
+            body = _json_body(response)
+        if isinstance(body, list) and body and isinstance(body[0], dict):
+            return body[0]
+        raise DicomWebError("WADO-RS metadata is not a DICOM JSON list", response.status_code)
 
 
 def _json_body(response: requests.Response) -> Any:

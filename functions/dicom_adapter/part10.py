@@ -10,6 +10,7 @@ with bounded memory: it reads undefined-length sequences and encapsulated pixel 
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -50,6 +51,18 @@ _WANTED_UIDS = {
 
 class MalformedDataset(ValueError):
     """The bytes are not a complete, well-formed DICOM data set; the message says where."""
+
+
+class TruncatedDataset(MalformedDataset):
+    """The data set stops before its encoding does: cut short, or still being written."""
+
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def is_valid_uid(uid: str) -> bool:
+    """A UID that may name a file and go into a DICOMweb URL: digits and dots, at most 64."""
+    return 0 < len(uid) <= 64 and _UID.fullmatch(uid) is not None
 
 
 @dataclass(frozen=True)
@@ -233,7 +246,7 @@ class DatasetDigester:
 def _read_exact(fp: BinaryIO, n: int, what: str) -> bytes:
     data = fp.read(n)
     if len(data) != n:
-        raise MalformedDataset(f"{what} ends early: wanted {n} bytes, got {len(data)}")
+        raise TruncatedDataset(f"{what} ends early: wanted {n} bytes, got {len(data)}")
     return data
 
 
@@ -260,18 +273,18 @@ class _FileReader(_Reader):
 
     def read(self, n: int) -> bytes:
         if self.position + n > self._end:
-            raise MalformedDataset(
+            raise TruncatedDataset(
                 f"data set ends early at byte {self._end}: wanted {n} more bytes at {self.position}"
             )
         data = self._fp.read(n)
         if len(data) != n:
-            raise MalformedDataset(f"data set ends early at byte {self.position + len(data)}")
+            raise TruncatedDataset(f"data set ends early at byte {self.position + len(data)}")
         self.position += n
         return data
 
     def skip(self, n: int) -> None:
         if self.position + n > self._end:
-            raise MalformedDataset(
+            raise TruncatedDataset(
                 f"a value of {n} bytes at byte {self.position} runs past the end of the data set "
                 f"({self._end - self.position} bytes left)"
             )
@@ -308,7 +321,7 @@ class _InflatingReader(_Reader):
     def read(self, n: int) -> bytes:
         self._fill(n)
         if len(self._buffer) < n:
-            raise MalformedDataset(f"deflated data set ends early after {self.position + len(self._buffer)} bytes")
+            raise TruncatedDataset(f"deflated data set ends early after {self.position + len(self._buffer)} bytes")
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
         self.position += n
@@ -325,7 +338,7 @@ class _InflatingReader(_Reader):
         if self._buffer:
             return False
         if not self._inflater.eof:
-            raise MalformedDataset("deflated data set ends before its deflate stream does")
+            raise TruncatedDataset("deflated data set ends before its deflate stream does")
         return True
 
 

@@ -1,4 +1,5 @@
-"""Publishing buffered-instance events to Pub/Sub (the edge, `sweep` and `redrive` do it).
+"""Publishing buffered-instance events to Pub/Sub (the edge, `sweep` and `redrive` do it), and
+export messages and dead letters (`export_fanout`, `deliver`).
 
 A C-STORE is acknowledged only after its event's publish future resolved (DESIGN invariant 1),
 so a publish must end, one way or the other, within a bound the sender can wait for: the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Mapping
 
 from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as api_retry
@@ -59,10 +61,12 @@ class EventPublisher:
 
     def publish(self, instance: BufferedInstance) -> str:
         """Publish the event; return its message ID once Pub/Sub has it, or raise PublishFailed."""
+        return self.publish_data(instance.to_json(), instance.pubsub_attributes())
+
+    def publish_data(self, data: bytes, attributes: Mapping[str, str]) -> str:
+        """Publish any message (export messages, dead letters) the same way."""
         try:
-            future = self._client.publish(
-                self.topic, instance.to_json(), retry=self._retry, timeout=self.timeout_s, **instance.pubsub_attributes()
-            )
+            future = self._client.publish(self.topic, data, retry=self._retry, timeout=self.timeout_s, **attributes)
             return future.result(timeout=self.timeout_s + 5)
         except FutureTimeout:
             raise PublishFailed(f"publish not confirmed within {self.timeout_s:.0f} s") from None

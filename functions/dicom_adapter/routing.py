@@ -18,6 +18,11 @@ instance lacks or leaves empty never matches. An empty filter matches everything
 First match wins unless `send_to_all_matching` (Google's `--send_to_all_matching_destinations`);
 an instance no rule matches goes to the default store (`--dicomweb_address`), or is refused
 if there is none.
+
+Export rules (`export=True`, docs/export.md) use the same language on the stored instance:
+there is no association, so `AETitle` and `CalledAETitle` are refused there, and an instance
+no rule matches is not exported. A DICOMweb destination may carry an `auth` (ADC, a bearer
+token or basic credentials, the secrets by reference: see credentials.py).
 """
 
 from __future__ import annotations
@@ -46,6 +51,25 @@ class RoutingConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class DestinationAuth:
+    """How to authenticate to a DICOMweb destination. Secrets travel by reference only
+    (a Secret Manager name, env:NAME or file:PATH), never their values."""
+
+    kind: str  # "adc" | "bearer" | "basic"
+    secret: str = ""  # the token (bearer) or password (basic) reference
+    username: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {k: v for k, v in (("kind", self.kind), ("secret", self.secret), ("username", self.username)) if v}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "DestinationAuth":
+        if not isinstance(data, dict) or data.get("kind") not in ("adc", "bearer", "basic"):
+            raise ValueError(f"not a destination auth: {data!r}")
+        return cls(data["kind"], str(data.get("secret", "")), str(data.get("username", "")))
+
+
+@dataclass(frozen=True)
 class Destination:
     """Where an instance goes: a DICOMweb store (by STOW-RS) or a DIMSE peer (by C-STORE)."""
 
@@ -54,13 +78,14 @@ class Destination:
     aet: str = ""
     host: str = ""
     port: int = 0
-    tls: bool = False  # DIMSE over TLS (the peer's "tls" in the AET dictionary or the rule)
+    auth: DestinationAuth | None = None  # DICOMweb only; None: ADC for the Healthcare API, else none
+    tls: bool = False  # DIMSE only: over TLS (the peer's "tls" in the AET dictionary or the rule)
 
     @classmethod
-    def dicomweb(cls, address: str) -> "Destination":
+    def dicomweb(cls, address: str, auth: DestinationAuth | None = None) -> "Destination":
         root = address.rstrip("/")
         # Google's examples name the .../dicomWeb/studies URL; the service root is its parent.
-        return cls("dicomweb", address=root[: -len("/studies")] if root.endswith("/studies") else root)
+        return cls("dicomweb", address=root[: -len("/studies")] if root.endswith("/studies") else root, auth=auth)
 
     @classmethod
     def dimse(cls, peer: Peer) -> "Destination":
@@ -78,13 +103,13 @@ class Destination:
 
     def to_json(self) -> dict[str, Any]:
         if self.kind == "dicomweb":
-            return {"kind": "dicomweb", "address": self.address}
+            return {"kind": "dicomweb", "address": self.address, **({"auth": self.auth.to_json()} if self.auth else {})}
         return {"kind": "dimse", "aet": self.aet, "host": self.host, "port": self.port, **({"tls": True} if self.tls else {})}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Destination":
         if data.get("kind") == "dicomweb" and isinstance(data.get("address"), str):
-            return cls.dicomweb(data["address"])
+            return cls.dicomweb(data["address"], DestinationAuth.from_json(data["auth"]) if data.get("auth") else None)
         if data.get("kind") == "dimse" and all(isinstance(data.get(k), t) for k, t in (("aet", str), ("host", str), ("port", int))):
             return cls("dimse", aet=data["aet"], host=data["host"], port=data["port"], tls=data.get("tls") is True)
         raise ValueError(f"not a destination: {data!r}")
@@ -227,7 +252,10 @@ def parse_routing(
     peers: Mapping[str, Peer],
     send_to_all_matching: bool = False,
     has_default: bool = True,
+    export: bool = False,
 ) -> RoutingTable:
+    """Parse and check a rule file; `export`: rules for the export side (no AE titles, no
+    default store)."""
     try:
         entries = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -236,8 +264,9 @@ def parse_routing(
         raise RoutingConfigError(f"{source}: expected a JSON list of {{filter, destination}} entries")
     rules: list[Rule] = []
     seen_filters: dict[str, int] = {}
+    lines = _entry_lines(text)
     for index, entry in enumerate(entries):
-        where = f"{source}: entry {index}"
+        where = f"{source}: entry {index}" + (f" (line {lines[index]})" if index < len(lines) else "")
         if not isinstance(entry, dict):
             raise RoutingConfigError(f"{where}: not a JSON object")
         if not isinstance(entry.get("filter"), str):
@@ -246,6 +275,11 @@ def parse_routing(
             rule_filter = Filter.parse(entry["filter"])
         except ValueError as exc:
             raise RoutingConfigError(f"{where} (filter {entry['filter']!r}): {exc}") from None
+        if export and (rule_filter.calling_aets or rule_filter.called_aets):
+            raise RoutingConfigError(
+                f"{where} (filter {entry['filter']!r}): {CALLING_AE_KEY} and {CALLED_AE_KEY} name the AEs of an incoming "
+                "association; an export rule sees only the stored instance: filter on its attributes (e.g. Modality, StationName)"
+            )
         destinations = _destinations_of(entry, peers, where)
         if not send_to_all_matching and rule_filter.text.strip() in seen_filters:
             raise RoutingConfigError(
@@ -254,7 +288,21 @@ def parse_routing(
             )
         seen_filters[rule_filter.text.strip()] = index
         rules.append(Rule(index, rule_filter, destinations))
-    return RoutingTable(tuple(rules), send_to_all_matching, has_default)
+    return RoutingTable(tuple(rules), send_to_all_matching, has_default and not export)
+
+
+def _entry_lines(text: str) -> list[int]:
+    """The line each top-level entry of a JSON list starts on, so errors can point at it."""
+    decoder = json.JSONDecoder()
+    lines: list[int] = []
+    position = text.index("[") + 1
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position >= len(text) or text[position] == "]":
+            return lines
+        lines.append(text.count("\n", 0, position) + 1)
+        _, position = decoder.raw_decode(text, position)
 
 
 def _destinations_of(entry: Mapping[str, Any], peers: Mapping[str, Peer], where: str) -> tuple[Destination, ...]:
@@ -273,7 +321,7 @@ def _destination_of(item: Any, peers: Mapping[str, Peer], where: str) -> Destina
         url = item["dicomweb_destination"].strip()
         if not url.startswith(("http://", "https://")):
             raise RoutingConfigError(f"{where}: dicomweb_destination must be an http(s) URL")
-        return Destination.dicomweb(url)
+        return Destination.dicomweb(url, _auth_of(item.get("auth"), where) if "auth" in item else None)
     if "dimse_destination" in item:
         name = item["dimse_destination"]
         if not isinstance(name, str) or name.strip() not in peers:
@@ -293,6 +341,24 @@ def _destination_of(item: Any, peers: Mapping[str, Peer], where: str) -> Destina
     raise RoutingConfigError(f"{where}: no destination (dicomweb_destination, dimse_destination, or name/host/port)")
 
 
+def _auth_of(spec: Any, where: str) -> DestinationAuth:
+    """`"adc"`, `{"bearer_token_secret": REF}` or `{"username": U, "password_secret": REF}`."""
+    from .credentials import check_secret_reference
+
+    try:
+        if spec == "adc":
+            return DestinationAuth("adc")
+        if isinstance(spec, dict) and set(spec) == {"bearer_token_secret"}:
+            return DestinationAuth("bearer", check_secret_reference(spec["bearer_token_secret"]))
+        if isinstance(spec, dict) and set(spec) == {"username", "password_secret"} and isinstance(spec["username"], str) and spec["username"]:
+            return DestinationAuth("basic", check_secret_reference(spec["password_secret"]), spec["username"])
+    except ValueError as exc:
+        raise RoutingConfigError(f"{where}: auth: {exc}") from None
+    raise RoutingConfigError(
+        f"{where}: auth must be \"adc\", {{\"bearer_token_secret\": REF}} or {{\"username\": U, \"password_secret\": REF}}"
+    )
+
+
 def load_routing(
     path: str | None,
     inline: str | None,
@@ -300,17 +366,19 @@ def load_routing(
     peers: Mapping[str, Peer],
     send_to_all_matching: bool = False,
     has_default: bool = True,
+    export: bool = False,
 ) -> RoutingTable:
     """The routing table from a file or inline JSON (the file wins); only the default if neither."""
+    options = dict(peers=peers, send_to_all_matching=send_to_all_matching, has_default=has_default, export=export)
     if path:
         try:
             text = Path(path).read_text()
         except OSError as exc:
             raise RoutingConfigError(f"{path}: {exc.strerror or exc}") from None
-        return parse_routing(text, source=str(path), peers=peers, send_to_all_matching=send_to_all_matching, has_default=has_default)
+        return parse_routing(text, source=str(path), **options)  # type: ignore[arg-type]
     if inline:
-        return parse_routing(inline, source="inline destination config", peers=peers, send_to_all_matching=send_to_all_matching, has_default=has_default)
-    return RoutingTable((), send_to_all_matching, has_default)
+        return parse_routing(inline, source="inline destination config", **options)  # type: ignore[arg-type]
+    return RoutingTable((), send_to_all_matching, has_default and not export)
 
 
 def read_routing_header(path: Path, tags: Iterable[int]) -> Dataset:

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import requests
 from cloudevents.http import CloudEvent
@@ -32,6 +32,7 @@ from tenacity import (
 from .aets import Peer
 from .buffers import BufferedObject, open_buffered_object
 from .config import UploadSettings, uses_google_auth
+from .credentials import BasicAuth, BearerAuth
 from .dicomweb import DicomWebAddress, DicomWebClient, StowOutcome, StowVerdict
 from .dimse_send import send_part10
 from .events import (
@@ -43,7 +44,7 @@ from .events import (
 from .logs import fields
 from .multipart import BodyPart
 from .part10 import DatasetDigester
-from .routing import DEFAULT_LABEL, Destination
+from .routing import DEFAULT_LABEL, Destination, DestinationAuth
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +65,37 @@ class Uploader:
     """Uploads buffered instances to their destination: the event's (a DICOMweb store by
     STOW-RS, a DIMSE peer by C-STORE), or the default store of the settings."""
 
-    def __init__(self, settings: UploadSettings, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        settings: UploadSettings,
+        session: requests.Session | None = None,
+        on_stored: Callable[[BufferedInstance, Destination], None] | None = None,
+    ) -> None:
         self.settings = settings
         self._session = session
+        # Called once the store holds the instance, before it leaves the buffer: the local
+        # runtime queues the store's notification there (durably), as the Healthcare API would.
+        self._on_stored = on_stored or (lambda instance, destination: None)
         self._clients: dict[str, DicomWebClient] = {}
         self._lock = threading.Lock()
 
-    def _client(self, address: str) -> DicomWebClient:
+    def _client(self, address: str, auth: DestinationAuth | None = None) -> DicomWebClient:
         """One client (and connection pool) per DICOMweb store, shared by the upload threads."""
         with self._lock:
-            client = self._clients.get(address)
+            key = f"{address} {auth}"
+            client = self._clients.get(key)
             if client is None:
-                client = self._clients[address] = DicomWebClient(
+                client = self._clients[key] = DicomWebClient(
                     DicomWebAddress(address),
-                    self._session or _new_session(address),
+                    self._session or _new_session(address, auth),
                     retry_status_codes=self.settings.retry_status_codes,
                     timeout=(self.settings.connect_timeout_s, self.settings.read_timeout_s),
                 )
             return client
+
+    def client_for(self, destination: Destination) -> DicomWebClient:
+        """The client of a DICOMweb destination (its auth included)."""
+        return self._client(destination.address, destination.auth)
 
     def _destination(self, instance: BufferedInstance) -> Destination | None:
         if instance.destination:
@@ -114,8 +128,10 @@ class Uploader:
         outcome = StowOutcome(StowVerdict.REJECTED, None, f"gave up after {attempts}: the upload kept failing transiently")
         return self._dead_letter(buffered, instance, outcome, delivery_attempts or 0)
 
-    def upload(self, instance: BufferedInstance, delivery_attempt: int = 1) -> UploadResult:
-        buffered = open_buffered_object(instance.buffer_uri)
+    def upload(self, instance: BufferedInstance, delivery_attempt: int = 1, buffered: BufferedObject | None = None) -> UploadResult:
+        """Store one buffered instance at its destination; `buffered`: the object itself, where
+        the caller has it other than by its URI (an export's temporary download)."""
+        buffered = buffered or open_buffered_object(instance.buffer_uri)
         if not buffered.exists():
             log.info("already uploaded by an earlier delivery", extra=fields(**instance.log_fields()))
             return UploadResult("already_done")
@@ -128,6 +144,7 @@ class Uploader:
         if outcome.verdict is StowVerdict.ALREADY_EXISTS:
             return self._resolve_existing(buffered, instance, destination, outcome, delivery_attempt, started)
         if outcome.verdict is StowVerdict.STORED:
+            self._on_stored(instance, destination)
             buffered.complete()
             if outcome.warning_reason is not None:
                 log.warning("stored with a warning", extra=fields(**instance.log_fields(), warning_reason=f"0x{outcome.warning_reason:04X}"))
@@ -161,12 +178,12 @@ class Uploader:
             if destination.kind == "dimse":
                 peer = Peer(destination.aet, destination.host, destination.port, destination.tls)
                 with buffered.local_path() as path:
-                    return retrying(
-                        send_part10, path, peer, calling_aet=self.settings.calling_aet,
-                        timeout_s=self.settings.connect_timeout_s * 6, tls=self.settings.dimse_tls,
-                    )
+                    # An export's download can be had in another syntax (the store converts); a buffered one cannot.
+                    return retrying(send_part10, path, peer, calling_aet=self.settings.calling_aet,
+                                    timeout_s=self.settings.connect_timeout_s * 6, convert=getattr(buffered, "convert", None),
+                                    tls=self.settings.dimse_tls)
             part = BodyPart(buffered.size(), buffered.open_chunks)
-            return retrying(self._client(destination.address).store_instance, part, instance.sop_instance_uid)
+            return retrying(self.client_for(destination).store_instance, part, instance.sop_instance_uid)
         except RetryError as exc:
             return exc.last_attempt.result()
 
@@ -179,7 +196,7 @@ class Uploader:
         delivery_attempt: int,
         started: float,
     ) -> UploadResult:
-        client = self._client(destination.address)
+        client = self.client_for(destination)
         try:
             theirs = client.retrieve_dataset_digest(
                 instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid
@@ -194,6 +211,7 @@ class Uploader:
             ), delivery_attempt)
         ours = DatasetDigester.of_chunks(buffered.open_chunks())
         if theirs == ours:
+            self._on_stored(instance, destination)
             buffered.complete()
             log.info("identical instance already stored", extra=fields(**instance.log_fields(), duration_ms=_ms_since(started)))
             return UploadResult("duplicate")
@@ -213,6 +231,7 @@ class Uploader:
             raise TransientUploadError(f"could not delete the instance to overwrite it: {exc}") from None
         again = self._store_with_retries(buffered, instance, destination)
         if again.verdict is StowVerdict.STORED:
+            self._on_stored(instance, destination)
             buffered.complete()
             log.warning("replaced a different stored instance (stow_overwrite)", extra=fields(**instance.log_fields(), duration_ms=_ms_since(started)))
             return UploadResult("overwritten")
@@ -271,14 +290,20 @@ def redrive_command(instance: BufferedInstance) -> str:
     return f"dicom-adapter redrive {where} --sop_instance_uid {instance.sop_instance_uid}"
 
 
-def _new_session(address: str) -> requests.Session:
-    if uses_google_auth(address):
+def _new_session(address: str, auth: DestinationAuth | None = None) -> requests.Session:
+    """A pooled session for one store: ADC for the Healthcare API (or where asked), else the
+    destination's bearer or basic credentials, else none."""
+    if (auth is None and uses_google_auth(address)) or (auth is not None and auth.kind == "adc"):
         import google.auth
         from google.auth.transport.requests import AuthorizedSession
 
         credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
         return AuthorizedSession(credentials)
     session = requests.Session()
+    if auth is not None and auth.kind == "bearer":
+        session.auth = BearerAuth(auth.secret)
+    elif auth is not None and auth.kind == "basic":
+        session.auth = BasicAuth(auth.username, auth.secret)
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
     session.mount("http://", adapter)
     session.mount("https://", adapter)

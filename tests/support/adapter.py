@@ -103,6 +103,14 @@ class LocalAdapter(AdapterProcess):
         incoming = self.spool_dir / "incoming"
         return sorted(incoming.iterdir()) if incoming.exists() else []
 
+    def export_entries(self) -> list[Path]:
+        """Export work not yet done: notifications to route and messages to deliver."""
+        exports = self.spool_dir / "exports"
+        return sorted(exports.glob("notifications/*.json")) + sorted(exports.glob("queue/*.json"))
+
+    def export_dead_letters(self) -> list[Path]:
+        return sorted((self.spool_dir / "exports" / "dead").glob("*.json"))
+
     def wait_until_drained(self, timeout: float = 120.0) -> None:
         """Until the upload queue is empty (everything uploaded or dead-lettered)."""
         deadline = time.monotonic() + timeout

@@ -207,6 +207,7 @@ class HealthcareApiFake:
       POST   /studies, /studies/{study}                     STOW-RS (multipart/related or
                                                             single application/dicom)
       GET    /studies/{s}/series/{se}/instances/{i}         WADO-RS, bytes verbatim
+      GET    /studies/{s}/series/{se}/instances/{i}/metadata  WADO-RS metadata (DICOM JSON, no pixels)
       DELETE /studies/{s}/series/{se}/instances/{i}         Google's DeleteInstance
     `storage_dir`: keep uploads in files (for huge instances) instead of memory.
     """
@@ -563,6 +564,7 @@ def _accepted_media(accept: str | None) -> list[tuple[str, dict[str, str]]]:
 # -- request handler -------------------------------------------------------------------------
 
 _INSTANCE_RE = re.compile(r"^/studies/([^/]+)/series/([^/]+)/instances/([^/]+)$")
+_METADATA_RE = re.compile(r"^/studies/([^/]+)/series/([^/]+)/instances/([^/]+)/metadata$")
 _STUDIES_RE = re.compile(r"^/studies(?:/([^/]+))?$")
 
 
@@ -749,6 +751,17 @@ class _Handler(BaseHTTPRequestHandler):
     # -- WADO-RS ---------------------------------------------------------------------------
 
     def _do_get(self, rel: str) -> None:
+        metadata = _METADATA_RE.match(rel)
+        if metadata:
+            inst = self.fake._lookup(*metadata.groups())
+            if inst is None:
+                self._send_error_json(404, "instance not found")
+                return
+            with inst.open() as f:
+                header = pydicom.dcmread(f, stop_before_pixels=True)
+            body = json.dumps([header.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=lambda element: "bulk")])
+            self._send(200, body.encode(), "application/dicom+json; charset=utf-8")
+            return
         match = _INSTANCE_RE.match(rel)
         if not match:
             self._send_error_json(404, f"unsupported retrieve path {self.path}")

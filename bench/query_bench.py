@@ -1,0 +1,733 @@
+#!/usr/bin/env python3
+"""Query/retrieve benchmark: C-FIND latency and C-MOVE throughput, adapter vs Orthanc directly.
+
+One run on one machine, everything on loopback (see bench/README.md, "Query/retrieve"):
+
+  one Orthanc with DICOMweb, loaded by STOW-RS with 1,000 studies: 999 of one small instance
+  each (varied patients, dates, modalities) and one of 500 CT instances of ~70 KB;
+  `dicom-adapter local` backed by that Orthanc; DCMTK storescp as the C-MOVE destination DEST.
+
+  C-FIND  /usr/bin/findscu, Study Root, STUDY level, every study, a few return keys:
+          Orthanc's own DIMSE port vs the adapter; seconds, median of --repeat runs.
+  C-MOVE  /usr/bin/movescu of the 500-instance study to DEST: Orthanc vs the adapter;
+          instances/s, median of --repeat runs, every run checked to deliver all of them.
+
+Targets (issue 5): C-FIND <= 1.5 x Orthanc's time; C-MOVE >= 0.8 x Orthanc's instances/s.
+
+    python bench/query_bench.py [--quick] [--repeat 5] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+from import_bench import (
+    CLK_TCK,
+    LOOPBACK,
+    Corpus,
+    Monitor,
+    Orthanc,
+    Proc,
+    _base_dataset,
+    _cleanup_all,
+    _group_sample,
+    count_files,
+    dcmtk_env,
+    find_adapter,
+    finish_storescu,
+    free_port,
+    log,
+    log_says_ready,
+    make_small_corpus,
+    port_listening,
+    stow_direct,
+    wait_for_quiet,
+    wait_until,
+)
+from pydicom.datadict import tag_for_keyword
+from pydicom.tag import Tag
+
+FINDSCU = "/usr/bin/findscu"  # absolute: pynetdicom puts its own tools on PATH
+MOVESCU = "/usr/bin/movescu"
+STORESCP = "/usr/bin/storescp"
+ADAPTER_AET = "ADAPTER"
+DEST_AET = "DEST"
+SCU_AET = "BENCHSCU"
+# What a worklist/viewer asks for in a study list; matching on nothing, so every study answers.
+FIND_KEYS = (
+    "StudyInstanceUID", "PatientName", "PatientID", "StudyDate", "StudyTime", "AccessionNumber",
+    "StudyDescription", "ModalitiesInStudy",
+)
+IGNORED_IN_ANSWERS = {"SpecificCharacterSet", "QueryRetrieveLevel", "RetrieveAETitle"}
+TARGET_FIND = 1.5  # adapter time <= 1.5 x Orthanc's
+TARGET_MOVE = 0.8  # adapter instances/s >= 0.8 x Orthanc's
+
+FAMILY = ("Smith", "Jones", "Garcia", "Martin", "Nguyen", "Kowalski", "Rossi", "Dubois", "Silva",
+          "Murphy", "Novak", "Jansen", "Larsen", "Costa", "Weber", "Sato", "Khan", "Ivanova")
+GIVEN = ("Anna", "Ben", "Carla", "David", "Eva", "Felix", "Grace", "Hugo", "Ines", "Jonas", "Kim",
+         "Lena", "Marco", "Nora")
+MODALITIES = ("CT", "MR", "US", "CR", "DX", "MG", "NM", "PT", "XA")
+DESCRIPTIONS = {"CT": "CT CHEST", "MR": "MR BRAIN", "US": "US ABDOMEN", "CR": "CR THORAX",
+                "DX": "DX HAND", "MG": "MG SCREENING", "NM": "NM BONE", "PT": "PET WB",
+                "XA": "XA CORONARY"}
+
+
+# --------------------------------------------------------------------------------------------
+# Corpus: many one-instance studies for C-FIND, one big study for C-MOVE
+# --------------------------------------------------------------------------------------------
+
+
+def make_study_corpus(root: Path, count: int, side: int = 16) -> Corpus:
+    """`count` studies of one small instance each (~1 KB): varied names, IDs, dates, modalities.
+
+    About four studies per patient; dates spread over ten years; nine modalities."""
+    from pydicom.uid import (
+        CTImageStorage,
+        MRImageStorage,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
+
+    root.mkdir(parents=True)
+    files = []
+    pixels = bytes(side * side * 2)
+    for i in range(count):
+        modality = MODALITIES[i % len(MODALITIES)]
+        sop_class = {"CT": CTImageStorage, "MR": MRImageStorage}.get(modality, SecondaryCaptureImageStorage)
+        ds = _base_dataset(str(sop_class), generate_uid(), generate_uid())
+        patient = i // 4
+        ds.PatientName = f"{FAMILY[patient % len(FAMILY)]}^{GIVEN[patient // len(FAMILY) % len(GIVEN)]}^{patient}"
+        ds.PatientID = f"QB{patient:05d}"
+        ds.PatientBirthDate = f"{1940 + patient % 70}{patient % 12 + 1:02d}{patient % 28 + 1:02d}"
+        ds.PatientSex = "FMO"[patient % 3]
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = f"{2015 + i % 10}{i % 12 + 1:02d}{i % 28 + 1:02d}"
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = f"{8 + i % 10:02d}{i % 60:02d}00"
+        ds.AccessionNumber = f"ACC{i:06d}"
+        ds.StudyID = str(i + 1)
+        ds.StudyDescription = DESCRIPTIONS[modality]
+        ds.Modality = modality
+        ds.SeriesNumber = ds.InstanceNumber = 1
+        if sop_class == SecondaryCaptureImageStorage:
+            ds.ConversionType = "WSD"
+        ds.Rows = ds.Columns = side
+        ds.PixelData = pixels
+        path = root / f"study{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(path)
+    return Corpus("studies", files, [[root]])
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    test: str  # C-FIND | C-MOVE
+    side: str  # orthanc | adapter
+    items: int  # studies expected (C-FIND) or instances (C-MOVE)
+    seconds: list[float] = field(default_factory=list)  # the measured runs that were OK
+    cpu_s: list[float] = field(default_factory=list)  # the serving process group's CPU per run
+    store_cpu_s: list[float] = field(default_factory=list)  # Orthanc's behind the adapter
+    peak_rss_mb: float = 0.0  # the serving process group, over every run
+    store_peak_rss_mb: float = 0.0  # Orthanc behind the adapter, over every run
+    noise_pct: list[float] = field(default_factory=list)  # a core used by others, per run
+    failures: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.seconds) and not self.failures
+
+    @property
+    def median_s(self) -> float | None:
+        return statistics.median(self.seconds) if self.seconds else None
+
+    @property
+    def rate(self) -> float | None:
+        """Studies/s (C-FIND) or instances/s (C-MOVE) of the median run."""
+        m = self.median_s
+        return self.items / m if m else None
+
+    def as_json(self) -> dict:
+        d = asdict(self)
+        d.update(ok=self.ok, median_s=self.median_s, rate=self.rate)
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# The bench
+# --------------------------------------------------------------------------------------------
+
+
+class QueryBench:
+    def __init__(self, args: argparse.Namespace, workdir: Path, adapter: tuple[list[str], list[str]]):
+        self.args = args
+        self.work = workdir
+        self.adapter_cmd = adapter
+        self.orthanc: Orthanc | None = None
+        self.storescp: Proc | None = None
+        self.adapter: Proc | None = None
+        self.dest_dir = workdir / "dest"
+        self.adapter_port = 0
+        self.find_keys = list(args.find_key or FIND_KEYS)
+        self.page_size = args.page_size
+        self._n = 0
+
+    # -- setup ----------------------------------------------------------------------------------
+
+    def start(self, corpora: list[Corpus]) -> None:
+        self.dest_dir.mkdir()
+        dest_port = free_port()
+        argv = [STORESCP, "-aet", DEST_AET, "-od", str(self.dest_dir), "+B", "-dhl", str(dest_port)]
+        self.storescp = Proc("storescp", argv, self.work / "storescp.log", dcmtk_env(True))
+        wait_until(lambda: port_listening(dest_port), 30, self.storescp, "storescp listening")
+
+        self.orthanc = Orthanc(self.work, extra_config={
+            "DicomModalities": {DEST_AET: [DEST_AET, LOOPBACK, dest_port]},
+            "DicomAlwaysAllowFind": True,
+            "DicomAlwaysAllowMove": True,
+        })
+        t = time.monotonic()
+        total = sum(c.count for c in corpora)
+        problems = [p for c in corpora for p in stow_direct(c, self.orthanc, workers=4)]
+        if problems or self.orthanc.count() != total:
+            raise RuntimeError(f"loading Orthanc: {self.orthanc.count()} of {total} stored; {problems[:3]}")
+        log(f"loaded {total} instances into Orthanc by STOW-RS (4 workers) in {time.monotonic() - t:.1f}s")
+
+        self.adapter_port = free_port()
+        cmd, extra = self.adapter_cmd
+        dictionary = json.dumps([{"name": DEST_AET, "host": LOOPBACK, "port": dest_port}])
+        argv = [*cmd, "local", *extra, "--dimse_aet", ADAPTER_AET, "--dimse_port", str(self.adapter_port),
+                "--dicomweb_address", self.orthanc.dicomweb, "--spool_dir", str(self.work / "spool"),
+                "--aet_dictionary_inline", dictionary, "--qido_page_size", str(self.page_size),
+                *self.args.adapter_arg]
+        env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+        self.adapter = Proc("dicom-adapter", argv, self.work / "adapter.log", env)
+        port = self.adapter_port
+        wait_until(lambda: log_says_ready(self.adapter.log_path) and port_listening(port), 60,
+                   self.adapter, "dicom-adapter ready")
+
+    def stop(self) -> list[str]:
+        notes = []
+        if self.adapter is not None:
+            rc = self.adapter.stop(timeout=30)
+            if rc != 0:
+                notes.append(f"dicom-adapter exited {rc} on SIGTERM")
+        if self.storescp is not None:
+            self.storescp.stop(timeout=10)
+        if self.orthanc is not None:
+            self.orthanc.stop()
+        return notes
+
+    def target(self, side: str) -> tuple[str, int, Proc]:
+        """(called AE, port, the serving process) of a side; the store's own DICOMweb
+        (`qido-rs`, `wado-rs`) is served by Orthanc too."""
+        assert self.orthanc is not None and self.adapter is not None
+        if side == "adapter":
+            return ADAPTER_AET, self.adapter_port, self.adapter
+        return Orthanc.AET, self.orthanc.dicom_port, self.orthanc.proc
+
+    def _rundir(self, label: str) -> Path:
+        self._n += 1
+        d = self.work / "runs" / f"{self._n:03d}-{label}"
+        d.mkdir(parents=True)
+        return d
+
+    # -- one measured run -------------------------------------------------------------------------
+
+    def measure(self, row: Row, work: Callable[[], list[str]], check: Callable[[], list[str]]) -> bool:
+        """Time `work()` (it returns problems) with the serving side monitored, then `check()`
+        what arrived. Adds the figures to `row`; True when the run was OK."""
+        assert self.orthanc is not None
+        _, _, server = self.target(row.side)
+        store = self.orthanc.proc.pgid
+        os.sync()
+        if self.args.quiet_wait:
+            wait_for_quiet(self.args.quiet_wait, self.args.quiet_max)
+        behind = row.side == "adapter"
+        log_offset = server.log_path.stat().st_size if behind else 0
+        store_cpu0 = _group_sample({store})[1] if behind else 0
+        mon = Monitor([server.pgid], helpers=[store] if behind else [])
+        store_mon = Monitor([store], interval=0.1) if behind else None
+        t0 = time.perf_counter()
+        try:
+            problems = work()
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            problems = [f"{type(exc).__name__}: {exc}"]
+        seconds = time.perf_counter() - t0
+        mon.stop()
+        if store_mon is not None:
+            store_mon.stop()
+            row.store_peak_rss_mb = max(row.store_peak_rss_mb, store_mon.peak_mb)
+            row.store_cpu_s.append((_group_sample({store})[1] - store_cpu0) / CLK_TCK)
+        row.peak_rss_mb = max(row.peak_rss_mb, mon.peak_mb)
+        if server.poll() is not None:
+            problems.append(f"{server.name} exited ({server.poll()})")
+        problems += check()
+        if problems:
+            row.failures += 1
+            row.notes.extend(problems[:3])
+            if behind:  # the adapter's log lines of this run (UIDs, statuses, reasons; no PHI)
+                with open(server.log_path, "rb") as fh:
+                    fh.seek(log_offset)
+                    lines = fh.read().decode(errors="replace").splitlines()[-8:]
+                row.notes.append("dicom-adapter log of the run:\n" + "\n".join("      | " + x for x in lines))
+            return False
+        row.seconds.append(seconds)
+        row.cpu_s.append(mon.cpu_s)
+        row.noise_pct.append(mon.other_pct)
+        return True
+
+    def run_scu(self, argv: list[str], rd: Path) -> list[str]:
+        """Run a DCMTK SCU to completion; its problems (exit code, E:/F: lines, log tail)."""
+        scu = Proc(Path(argv[0]).name, argv, rd / "scu.log", dcmtk_env(True))
+        problems = finish_storescu([scu], self.args.timeout)
+        if problems:
+            problems.append(f"{scu.name} log tail:\n{scu.tail(8)}")
+        return problems
+
+    # -- C-FIND ------------------------------------------------------------------------------------
+
+    def find_once(self, row: Row, expected: set[str], extract: bool) -> dict[str, tuple] | None:
+        """One findscu run; with `extract`, the answers by StudyInstanceUID (findscu -X, read
+        back with pydicom), else findscu's own printout is checked for every study. None if
+        the run failed."""
+        aet, port, _ = self.target(row.side)
+        rd = self._rundir(f"find-{row.side}")
+        out = rd / "rsp"
+        out.mkdir()
+        keys = [a for k in self.find_keys for a in ("-k", k)]
+        argv = [FINDSCU, "-S", "-aet", SCU_AET, "-aec", aet, *(["-X", "-od", str(out)] if extract else []),
+                "-k", "QueryRetrieveLevel=STUDY", *keys, LOOPBACK, str(port)]
+        answers: dict[str, tuple] = {}
+
+        def check() -> list[str]:
+            if extract:
+                answers.update(read_find_answers(out))
+                got, pending = set(answers), len(answers)
+            else:
+                got, pending = printed_answers(rd / "scu.log")
+            if got != expected or pending != len(expected):
+                return [f"{pending} responses, {len(got & expected)} of the {len(expected)} studies"]
+            return []
+
+        ok = self.measure(row, lambda: self.run_scu(argv, rd), check)
+        if not self.args.keep:
+            shutil.rmtree(rd, ignore_errors=True)
+        return answers if ok else None
+
+    def qido_once(self, row: Row, expected: set[str]) -> bool:
+        """The store's own QIDO-RS, as the adapter asks it (same includefields, same pages)."""
+        assert self.orthanc is not None
+        tags = [f"{Tag(tag_for_keyword(k)):08X}" for k in self.find_keys if k != "StudyInstanceUID"]
+        params = [("includefield", t) for t in tags]
+        got: set[str] = set()
+
+        def work() -> list[str]:
+            conn = http.client.HTTPConnection(LOOPBACK, self.orthanc.http_port, timeout=self.args.timeout)
+            try:
+                offset = 0
+                while True:
+                    query = urlencode([*params, ("limit", self.page_size), ("offset", offset)])
+                    conn.request("GET", f"/dicom-web/studies?{query}", headers={"Accept": "application/dicom+json"})
+                    resp = conn.getresponse()
+                    body = resp.read()
+                    if resp.status == 204:
+                        return []
+                    if resp.status != 200:
+                        return [f"QIDO-RS HTTP {resp.status}"]
+                    page = json.loads(body)
+                    got.update(str(item.get("0020000D", {}).get("Value", [""])[0]) for item in page)
+                    if len(page) < self.page_size:
+                        return []
+                    offset += len(page)
+            finally:
+                conn.close()
+
+        def check() -> list[str]:
+            return [] if got == expected else [f"QIDO-RS gave {len(got)} studies, {len(got & expected)} expected"]
+
+        return self.measure(row, work, check)
+
+    # -- C-MOVE ------------------------------------------------------------------------------------
+
+    def move_once(self, row: Row, study_uid: str, expected: set[str]) -> bool:
+        """One movescu run of the study to storescp; every instance must arrive."""
+        aet, port, _ = self.target(row.side)
+        for f in self.dest_dir.iterdir():
+            f.unlink()
+        rd = self._rundir(f"move-{row.side}")
+        argv = [MOVESCU, "-S", "-aet", SCU_AET, "-aec", aet, "-aem", DEST_AET,
+                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+                LOOPBACK, str(port)]
+
+        def check() -> list[str]:
+            # storescp writes each file (named <modality>.<SOP Instance UID>) before it answers
+            got = {f.name.split(".", 1)[1] for f in self.dest_dir.iterdir() if "." in f.name}
+            if got != expected:
+                return [(f"destination received {count_files(self.dest_dir)} files, "
+                         f"{len(got & expected)} of the {len(expected)} instances")]
+            return []
+
+        ok = self.measure(row, lambda: self.run_scu(argv, rd), check)
+        if not self.args.keep:
+            shutil.rmtree(rd, ignore_errors=True)
+        return ok
+
+    def wado_once(self, row: Row, refs: list[tuple[str, str, str]]) -> bool:
+        """The store's own WADO-RS, as the adapter asks it: each instance as stored, one after
+        the other on one connection, streamed to a file."""
+        assert self.orthanc is not None
+        rd = self._rundir("wado")
+        accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        sizes: list[int] = []
+
+        def work() -> list[str]:
+            conn = http.client.HTTPConnection(LOOPBACK, self.orthanc.http_port, timeout=self.args.timeout)
+            try:
+                for study, series, sop in refs:
+                    conn.request("GET", f"/dicom-web/studies/{study}/series/{series}/instances/{sop}",
+                                 headers={"Accept": accept})
+                    resp = conn.getresponse()
+                    if resp.status != 200:
+                        resp.read()
+                        return [f"WADO-RS HTTP {resp.status}"]
+                    with open(rd / "instance", "wb") as out:
+                        n = 0
+                        while block := resp.read(1 << 16):
+                            n += out.write(block)
+                    sizes.append(n)
+            finally:
+                conn.close()
+            return []
+
+        def check() -> list[str]:
+            return [] if len(sizes) == len(refs) else [f"WADO-RS gave {len(sizes)} of {len(refs)} instances"]
+
+        ok = self.measure(row, work, check)
+        shutil.rmtree(rd, ignore_errors=True)
+        return ok
+
+
+def read_find_answers(out: Path) -> dict[str, tuple]:
+    """StudyInstanceUID -> sorted (keyword, value) pairs of one C-FIND's extracted responses
+    (multi-values sorted; the character set and Query/Retrieve Level left out)."""
+    import pydicom
+
+    answers = {}
+    for f in sorted(out.glob("rsp*.dcm")):
+        ds = pydicom.dcmread(f, force=True)
+        values = []
+        for elem in ds:
+            if elem.keyword in IGNORED_IN_ANSWERS:
+                continue
+            if elem.VM > 1:
+                values.append((elem.keyword, tuple(sorted(str(x) for x in elem.value))))
+            else:
+                values.append((elem.keyword, str(elem.value or "").strip()))
+        answers[str(ds.get("StudyInstanceUID", ""))] = tuple(sorted(values))
+    return answers
+
+
+def printed_answers(log_path: Path) -> tuple[set[str], int]:
+    """(StudyInstanceUIDs, number of Pending responses) from findscu's printout of the
+    responses (its default log level dumps each one)."""
+    text = log_path.read_text(errors="replace")
+    uids = set(re.findall(r"^I: \(0020,000d\) UI \[([0-9.]+)", text, re.MULTILINE | re.IGNORECASE))
+    return uids, len(re.findall(r"Find Response: \d+ \(Pending\)", text))
+
+
+def compare_answers(a: dict[str, tuple], b: dict[str, tuple]) -> str | None:
+    """None when both C-FIND answers hold the same values, else what differs (no values: PHI-free)."""
+    diff = [uid for uid in a if a[uid] != b.get(uid)]
+    if not diff and set(a) == set(b):
+        return None
+    keys = {k for uid in diff for k in dict(a[uid]).keys() | dict(b.get(uid, ())).keys()
+            if dict(a[uid]).get(k) != dict(b.get(uid, ())).get(k)}
+    return f"answers differ for {len(diff)} studies, keys {sorted(keys)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+HEADER = (f"{'test':<7} {'side':<8} {'items':>5} {'runs':>4} {'median s':>9} {'min s':>7} {'max s':>7} "
+          f"{'rate/s':>8} {'ratio':>6} {'CPU s':>6} {'peakRSS MB':>10} {'Orthanc behind':>15} {'noise%':>6}")
+# The table's sides: Orthanc's DIMSE port, the adapter, the store's own DICOMweb (the floor
+# under the adapter: what it asks the store for, without DIMSE).
+SIDES = {"C-FIND": ("orthanc", "adapter", "qido-rs"), "C-MOVE": ("orthanc", "adapter", "wado-rs")}
+
+
+def _f(v, spec: str, width: int) -> str:
+    return f"{v:{width}{spec}}" if v is not None else f"{'-':>{width}}"
+
+
+def fmt_row(r: Row, ratio: float | None) -> str:
+    behind = (f"{statistics.median(r.store_cpu_s):.2f}s {r.store_peak_rss_mb:.0f}MB"
+              if r.store_cpu_s else "")
+    s = (f"{r.test:<7} {r.side:<8} {r.items:>5} {len(r.seconds):>4} {_f(r.median_s, '.3f', 9)} "
+         f"{_f(min(r.seconds) if r.seconds else None, '.3f', 7)} "
+         f"{_f(max(r.seconds) if r.seconds else None, '.3f', 7)} {_f(r.rate, '.1f', 8)} "
+         f"{_f(ratio, '.2f', 6)} {_f(statistics.median(r.cpu_s) if r.cpu_s else None, '.2f', 6)} "
+         f"{_f(r.peak_rss_mb or None, '.0f', 10)} {behind:>15} "
+         f"{_f(max(r.noise_pct) if r.noise_pct else None, '.0f', 6)}")
+    short = [n for n in r.notes if "\n" not in n]
+    flags = [] if r.ok else [f"NOT OK ({r.failures} failed)"]
+    if flags or short:
+        s += "  [" + "; ".join(flags + list(dict.fromkeys(short))) + "]"
+    return s
+
+
+def ratio(rows: dict[tuple[str, str], Row], test: str, side: str, ref: str = "orthanc") -> float | None:
+    """C-FIND: time relative to `ref`'s; C-MOVE: instances/s relative to `ref`'s (medians)."""
+    r, o = rows.get((test, side)), rows.get((test, ref))
+    if not (r and o and r.ok and o.ok):
+        return None
+    return r.median_s / o.median_s if test == "C-FIND" else r.rate / o.rate
+
+
+def checks(rows: dict[tuple[str, str], Row]) -> list[dict]:
+    out = []
+
+    def check(name: str, value: float | None, target: float | None, at_most: bool) -> None:
+        if target is None:
+            status = "SKIP" if value is None else "INFO"
+        elif value is None:
+            status = "SKIP"
+        else:
+            status = "PASS" if (value <= target if at_most else value >= target) else "FAIL"
+        out.append(dict(check=name, target=target, ratio=value, status=status))
+
+    if ("C-FIND", "adapter") in rows:
+        check(f"C-FIND adapter time <= {TARGET_FIND} x Orthanc's", ratio(rows, "C-FIND", "adapter"),
+              TARGET_FIND, at_most=True)
+        check("C-FIND store's QIDO-RS time vs Orthanc's C-FIND", ratio(rows, "C-FIND", "qido-rs"),
+              None, at_most=True)
+        check("C-FIND adapter time vs the store's QIDO-RS", ratio(rows, "C-FIND", "adapter", "qido-rs"),
+              None, at_most=True)
+    if ("C-MOVE", "adapter") in rows:
+        check(f"C-MOVE adapter inst/s >= {TARGET_MOVE} x Orthanc's", ratio(rows, "C-MOVE", "adapter"),
+              TARGET_MOVE, at_most=False)
+        check("C-MOVE store's WADO-RS inst/s vs Orthanc's C-MOVE", ratio(rows, "C-MOVE", "wado-rs"),
+              None, at_most=False)
+        check("C-MOVE adapter inst/s vs the store's WADO-RS", ratio(rows, "C-MOVE", "adapter", "wado-rs"),
+              None, at_most=False)
+    return out
+
+
+def print_report(rows: dict[tuple[str, str], Row], chk: list[dict]) -> None:
+    log("\n" + HEADER)
+    log("-" * len(HEADER))
+    for r in rows.values():
+        log(fmt_row(r, ratio(rows, r.test, r.side)))
+    for r in rows.values():
+        for n in dict.fromkeys(r.notes):
+            if "\n" in n:
+                log(f"\n{r.test} / {r.side}: {n}")
+    log("\nTargets")
+    for c in chk:
+        value = f"{c['ratio']:5.2f}x" if c["ratio"] is not None else "    -"
+        log(f"  {c['status']:<4}  {c['check']:<48} {value}")
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+
+def run_test(test: str, runner: Callable[[Row, bool], bool], rows: dict[tuple[str, str], Row], items: int,
+             warmup: int, repeat: int) -> None:
+    """Warm-up runs (not kept), then `repeat` measured runs of every side, the order rotating
+    from one round to the next so that no side always goes first."""
+    sides = SIDES[test]
+    for side in sides:
+        rows[(test, side)] = Row(test, side, items)
+    for i in range(warmup + repeat):
+        warm = i < warmup
+        for side in sides[i % len(sides):] + sides[:i % len(sides)]:
+            row = rows[(test, side)]
+            target = Row(test, side, items) if warm else row
+            ok = runner(target, warm)
+            if warm and not ok:
+                row.failures += 1
+                row.notes.extend(target.notes)
+            what = (f"{target.seconds[-1]:.3f}s" + (f", {items / target.seconds[-1]:.1f} inst/s"
+                                                      if test == "C-MOVE" else "")) if ok else "FAILED"
+            log(f"  {test} {side:<8} round {i + 1}{' (warm-up)' if warm else ''}: {what}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="C-FIND / C-MOVE benchmark, adapter vs Orthanc (see bench/README.md)")
+    ap.add_argument("--quick", action="store_true", help="100 studies, a 50-instance study, 2 runs: a smoke run")
+    ap.add_argument("--studies", type=int, help="studies in the store, the C-MOVE one included (default 1000)")
+    ap.add_argument("--move-instances", type=int, help="instances of the C-MOVE study (default 500)")
+    ap.add_argument("--repeat", type=int, help="measured runs per side and test; the median counts (default 5; quick 2)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs per side and test first (default 1)")
+    ap.add_argument("--only", default="find,move", help="tests to run: find, move or both (default)")
+    ap.add_argument("--find-key", action="append", metavar="KEYWORD",
+                    help=f"C-FIND return key (repeatable; default {','.join(FIND_KEYS)})")
+    ap.add_argument("--page-size", type=int, default=500,
+                    help="the adapter's --qido_page_size, and the pages of the qido-rs row (default 500)")
+    ap.add_argument("--json", metavar="OUT", help="write rows and checks as JSON")
+    ap.add_argument("--timeout", type=float, default=600, help="per-run timeout in seconds")
+    ap.add_argument("--quiet-wait", type=float, default=0, metavar="S",
+                    help="before each run wait up to S s until other processes are idle")
+    ap.add_argument("--quiet-max", type=float, default=10, metavar="PCT",
+                    help="'idle' for --quiet-wait: others use < PCT %% of one core (10)")
+    ap.add_argument("--workdir", help="parent for the temp dir (default: $TMPDIR)")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (corpora, logs, answers)")
+    ap.add_argument("--adapter-cmd", help="command for the adapter instead of `dicom-adapter`")
+    ap.add_argument("--adapter-arg", action="append", default=[],
+                    help="extra argument for `dicom-adapter local` (repeatable)")
+    args = ap.parse_args(argv)
+
+    q = args.quick
+    n_studies = args.studies or (100 if q else 1000)
+    n_move = args.move_instances or (50 if q else 500)
+    repeat = args.repeat or (2 if q else 5)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    if not only or only - {"find", "move"}:
+        ap.error("--only takes find, move or find,move")
+    if n_studies < 2 or n_move < 1 or repeat < 1 or args.warmup < 0:
+        ap.error("--studies >= 2, --move-instances >= 1, --repeat >= 1, --warmup >= 0")
+
+    for tool in (FINDSCU, MOVESCU, STORESCP):
+        if not os.path.exists(tool):
+            log(f"missing {tool} (apt-get install dcmtk orthanc orthanc-dicomweb)")
+            return 2
+    adapter = find_adapter(args.adapter_cmd)
+    if adapter is None:
+        log("`dicom-adapter` not found (pip install -e . in the repo root)")
+        return 2
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+
+    workdir = Path(tempfile.mkdtemp(prefix="dicom-query-bench-", dir=args.workdir))
+    bench = QueryBench(args, workdir, adapter)
+    rows: dict[tuple[str, str], Row] = {}
+    notes: list[str] = []
+    log(f"dicom-adapter query/retrieve bench  {time.strftime('%Y-%m-%d %H:%M:%S')}  {platform.node()}  "
+        f"{os.cpu_count()} CPUs  workdir {workdir}")
+    log(f"adapter: {' '.join(adapter[0])} local {' '.join(adapter[1])} --qido_page_size {args.page_size} "
+        f"{' '.join(args.adapter_arg)} ...")
+    t_start = time.monotonic()
+    try:
+        t = time.monotonic()
+        studies = make_study_corpus(workdir / "corpus-studies", n_studies - 1)
+        move = make_small_corpus(workdir / "corpus-move", n_move, shards=1)
+        log(f"generated {studies.count} one-instance studies and a study of {move.count} CT instances "
+            f"({move.nbytes / move.count / 1000:.1f} KB each) in {time.monotonic() - t:.1f}s")
+        study_uids = {uids[0] for uids in corpus_uids(studies)}
+        move_refs = corpus_uids(move)
+        move_study = move_refs[0][0]
+        expected_studies = study_uids | {move_study}
+        expected_instances = {sop for _, _, sop in move_refs}
+        bench.start([studies, move])
+        log(f"loadavg {os.getloadavg()[0]:.2f}; {args.warmup} warm-up and {repeat} measured rounds, "
+            f"the order of the sides rotating")
+
+        if "find" in only:
+            log(f"\n== C-FIND study root, STUDY level, {len(expected_studies)} studies, keys "
+                f"{','.join(bench.find_keys)}")
+            first: dict[str, dict] = {}
+
+            def find(row: Row, warm: bool) -> bool:
+                if row.side == "qido-rs":
+                    return bench.qido_once(row, expected_studies)
+                extract = warm and row.side not in first  # the full answers, once per side
+                answers = bench.find_once(row, expected_studies, extract)
+                if extract and answers is not None:
+                    first[row.side] = answers
+                return answers is not None
+
+            run_test("C-FIND", find, rows, len(expected_studies), args.warmup, repeat)
+            if len(first) == 2:
+                diff = compare_answers(first["orthanc"], first["adapter"])
+                if diff:
+                    rows[("C-FIND", "adapter")].notes.append(diff)
+                    log(f"  NOTE {diff}")
+                else:
+                    log("  the adapter's answers equal Orthanc's (every key of every study)")
+            else:
+                log("  answers not compared key by key (that needs a warm-up round)")
+
+        if "move" in only:
+            log(f"\n== C-MOVE study root, STUDY level, {move.count} instances "
+                f"({move.nbytes / 1e6:.1f} MB) to storescp")
+
+            def retrieve(row: Row, warm: bool) -> bool:
+                if row.side == "wado-rs":
+                    return bench.wado_once(row, move_refs)
+                return bench.move_once(row, move_study, expected_instances)
+
+            run_test("C-MOVE", retrieve, rows, move.count, args.warmup, repeat)
+    except KeyboardInterrupt:
+        log("\ninterrupted")
+        notes.append("interrupted")
+    except Exception as exc:
+        log(f"\nbench failed: {exc}")
+        notes.append(f"bench failed: {exc}")
+    finally:
+        notes += bench.stop()
+        _cleanup_all()
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    chk = checks(rows)
+    print_report(rows, chk)
+    for n in notes:
+        log(f"NOTE {n}")
+    log(f"\ntotal {time.monotonic() - t_start:.0f}s")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": platform.node(), "cpus": os.cpu_count(),
+            "adapter": adapter, "adapter_args": args.adapter_arg,
+            "params": dict(studies=n_studies, move_instances=n_move, repeat=repeat, warmup=args.warmup,
+                           find_keys=bench.find_keys, page_size=args.page_size, quick=q,
+                           only=sorted(only)),
+            "rows": [r.as_json() for r in rows.values()],
+            "checks": chk,
+            "notes": notes,
+        }, indent=2))
+        log(f"wrote {args.json}")
+    return 0 if rows and all(r.ok for r in rows.values()) and not notes else 1
+
+
+def corpus_uids(corpus: Corpus) -> list[tuple[str, str, str]]:
+    """(Study, Series, SOP Instance UID) of every file of a corpus, in file order."""
+    import pydicom
+
+    tags = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"]
+    out = []
+    for f in corpus.files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags)
+        out.append((str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
