@@ -135,6 +135,8 @@ class EdgeAssociationServer(ThreadedAssociationServer):
         discard_orphans()  # each new connection also clears what dead ones left behind
         with self._count_lock:
             open_now = len(self.active_associations) + self._handshaking
+            if open_now < self.max_connections and self.ssl_context:
+                self._handshaking += 1  # counted from now: a burst cannot all slip past the ceiling
         if open_now >= self.max_connections:
             log.warning("too many open connections: closing a new one unanswered", extra=fields(peer=_peer(client_address), open=open_now))
             return False  # socketserver closes it
@@ -148,9 +150,10 @@ class EdgeAssociationServer(ThreadedAssociationServer):
         super().process_request_thread(request, client_address)
 
     def _handshake(self, client: socket.socket, client_address: Any) -> ssl.SSLSocket | None:
-        """The TLS handshake, bounded in time; None (connection closed, logged) if it fails."""
-        with self._count_lock:
-            self._handshaking += 1
+        """The TLS handshake, bounded in time as a whole (a client trickling its handshake is
+        cut off too); None (connection closed, logged) if it fails."""
+        deadline = threading.Timer(self.handshake_timeout_s, _cut, [client])
+        deadline.start()
         try:
             client.settimeout(self.handshake_timeout_s)
             secure = self.ssl_context.wrap_socket(client, server_side=True)  # type: ignore[union-attr]
@@ -161,8 +164,17 @@ class EdgeAssociationServer(ThreadedAssociationServer):
             self.shutdown_request(client)
             return None
         finally:
+            deadline.cancel()
             with self._count_lock:
                 self._handshaking -= 1
+
+
+def _cut(client: socket.socket) -> None:
+    """Unblock a handshake that ran out of time (shutdown wakes a blocked read)."""
+    try:
+        client.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _peer(client_address: Any) -> str:

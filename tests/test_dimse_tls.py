@@ -161,3 +161,16 @@ def test_routing_to_a_tls_dimse_destination(tmp_path: Path, pki: Pki):
         destination.stop()
     [received] = destination.received_files()
     assert dataset_bytes_after_meta(received) == dataset_bytes_after_meta(instance.path)
+
+
+def test_a_trickled_handshake_is_cut_off_at_the_acse_timeout(tls_adapter: LocalAdapter):
+    import threading
+
+    from support.raw_dimse import closed_within, trickle
+
+    hello = b"\x16\x03\x01\x02\x00" + b"\x01" * 512  # a TLS record announcing 512 bytes, sent a byte per 0.5 s
+    with socket.create_connection(("127.0.0.1", tls_adapter.port)) as sock:
+        sender = threading.Thread(target=trickle, args=(sock, hello, 0.5, 15), daemon=True)
+        sender.start()
+        closed_after = closed_within(sock, 15)
+    assert closed_after is not None and closed_after < 6, closed_after  # ACSE timeout 3 s
