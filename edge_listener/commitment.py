@@ -20,7 +20,7 @@ from typing import Any
 from dicom_adapter.aets import Peer
 from dicom_adapter.buffers.spool import Spool, sop_instance_uid_of
 from dicom_adapter.dicomweb import DicomWebClient, DicomWebError
-from dicom_adapter.dimse_tls import TlsFiles, tls_args
+from dicom_adapter.dimse_tls import TlsFiles, associate
 from dicom_adapter.logs import fields
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_context, build_role, evt
@@ -150,10 +150,7 @@ def report(
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     contexts = [build_context(StorageCommitmentPushModel, QUERY_TRANSFER_SYNTAXES)]
-    assoc = ae.associate(
-        peer.host, peer.port, contexts=contexts, ae_title=peer.name,
-        ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)], tls_args=tls_args(tls, peer.host, peer.tls),
-    )
+    assoc = associate(ae, peer, tls, contexts=contexts, ext_neg=[build_role(StorageCommitmentPushModel, scp_role=True)])
     where = {"called_aet": peer.name, "transaction_uid": transaction_uid, "committed": len(committed), "failed": len(failed)}
     if not assoc.is_established:
         log.error("commitment report not delivered: association refused", extra=fields(**where))

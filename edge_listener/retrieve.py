@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 
 from dicom_adapter.aets import Peer
 from dicom_adapter.dicomweb import DicomWebClient, DicomWebError
-from dicom_adapter.dimse_tls import TlsConfigError, TlsFiles, tls_args
+from dicom_adapter.dimse_tls import TlsConfigError, TlsFiles, associate
 from dicom_adapter.logs import fields
 from dicom_adapter.part10 import MalformedDataset, read_file_meta
 from dicom_adapter.qido import PATIENT_ROOT, STUDY_ROOT, InstanceRef, QueryError
@@ -183,14 +183,11 @@ def handle_move(event: Event, service: RetrieveService) -> None:
     ae = AE(ae_title=service.cmove_aet or event.assoc.acceptor.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     try:
-        secure = tls_args(service.tls, peer.host, peer.tls)
+        store_assoc = associate(ae, peer, service.tls, contexts=_offered_contexts({ref.sop_class_uid for ref in refs}))
     except TlsConfigError as exc:
         log.error("C-MOVE destination needs TLS", extra=fields(**context, reason=str(exc)))
         responses.send(MOVE_DESTINATION_UNKNOWN, f"{destination} needs TLS: no certificate configured", counts=False)
         return
-    store_assoc = ae.associate(
-        peer.host, peer.port, contexts=_offered_contexts({ref.sop_class_uid for ref in refs}), ae_title=destination, tls_args=secure
-    )
     if not store_assoc.is_established:
         log.error("C-MOVE destination refused or unreachable", extra=fields(**context, peer=f"{peer.host}:{peer.port}"))
         responses.send(MOVE_DESTINATION_UNKNOWN, f"cannot associate with {destination} at {peer.host}:{peer.port}", counts=False)

@@ -24,7 +24,7 @@ from pynetdicom import AE, _config
 
 from .aets import Peer
 from .dicomweb import StowOutcome, StowVerdict
-from .dimse_tls import TlsConfigError, TlsFiles, tls_args
+from .dimse_tls import TlsConfigError, TlsFiles, associate
 from .logs import fields
 from .part10 import read_file_meta
 
@@ -64,10 +64,9 @@ def send_part10(
         ae.add_requested_context(meta.sop_class_uid, [syntax])
     where = f"{peer.name}@{peer.host}:{peer.port}"
     try:
-        secure = tls_args(tls, peer.host, peer.tls)
+        assoc = associate(ae, peer, tls)
     except TlsConfigError as exc:  # configuration, not the peer: fix it, then redrive
         return StowOutcome(StowVerdict.REJECTED, None, f"{where}: {exc}")
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.name, tls_args=secure)
     if assoc.is_rejected:
         result = getattr(assoc.acceptor.primitive, "result", 0x02)
         verdict = StowVerdict.REJECTED if result == 0x01 else StowVerdict.TRANSIENT
