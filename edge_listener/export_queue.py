@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from dicom_adapter.buffers.spool import _write_durably, fsync_directory, read_record
 from dicom_adapter.events import MalformedEvent, pubsub_cloud_event, utc_now
-from dicom_adapter.export import ExportMessage, Exporter
+from dicom_adapter.export import Exporter, ExportMessage
 from dicom_adapter.logs import fields
 from dicom_adapter.notifications import (
     LOCAL_NOTIFICATIONS_SUBSCRIPTION,

@@ -54,13 +54,17 @@ def _adaptive_sleep(seconds: float) -> None:
 
 
 def mark_busy(event: evt.Event) -> None:
-    """EVT_DIMSE_RECV handler: this association is in the middle of an exchange."""
+    """EVT_DIMSE_RECV (and EVT_DIMSE_SENT) handler: this association is in an exchange."""
     _busy_until[id(event.assoc)] = _monotonic() + BUSY_WINDOW_S
 
 
 def forget(event: evt.Event) -> None:
     """EVT_CONN_CLOSE handler."""
     _busy_until.pop(id(event.assoc), None)
+
+
+# For associations we open ourselves (C-MOVE destinations): busy from our first request on.
+BUSY_HANDLERS = [(evt.EVT_DIMSE_SENT, mark_busy), (evt.EVT_DIMSE_RECV, mark_busy), (evt.EVT_CONN_CLOSE, forget)]
 
 
 def install() -> None:

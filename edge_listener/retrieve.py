@@ -50,6 +50,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from . import reactor_tuning
 from .process_folders import process_folder, remove_folders_of_gone_processes
 from .query import QUERY_TRANSFER_SYNTAXES
 
@@ -183,7 +184,9 @@ def handle_move(event: Event, service: RetrieveService) -> None:
     ae = AE(ae_title=service.cmove_aet or event.assoc.acceptor.ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     try:
-        store_assoc = associate(ae, peer, service.tls, contexts=_offered_contexts({ref.sop_class_uid for ref in refs}))
+        store_assoc = associate(
+            ae, peer, service.tls, contexts=_offered_contexts({ref.sop_class_uid for ref in refs}), evt_handlers=reactor_tuning.BUSY_HANDLERS
+        )
     except TlsConfigError as exc:
         log.error("C-MOVE destination needs TLS", extra=fields(**context, reason=str(exc)))
         responses.send(MOVE_DESTINATION_UNKNOWN, f"{destination} needs TLS: no certificate configured", counts=False)

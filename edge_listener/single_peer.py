@@ -21,7 +21,7 @@ from dicom_adapter.export import Exporter
 from dicom_adapter.export_cloud import CloudExport, CloudExportSettings
 from dicom_adapter.logs import fields
 from dicom_adapter.notifications import api_base_of
-from dicom_adapter.routing import Destination, Filter, Rule, RoutingTable
+from dicom_adapter.routing import Destination, Filter, RoutingTable, Rule
 from dicom_adapter.upload import TransientUploadError
 
 log = logging.getLogger(__name__)
