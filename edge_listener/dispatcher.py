@@ -30,7 +30,7 @@ from dicom_adapter.events import (
 )
 from dicom_adapter.logs import fields
 from dicom_adapter.part10 import MalformedDataset
-from dicom_adapter.upload import TransientUploadError
+from dicom_adapter.upload import TransientUploadError, redrive_command
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class Dispatcher:
             "store_said": str(exc)[:1000],
             "dead_lettered_at": utc_now(),
             "event": instance.log_fields() | {"buffer_uri": instance.buffer_uri},
-            "redrive": f"dicom-adapter redrive --sop_instance_uid {instance.sop_instance_uid}",
+            "redrive": redrive_command(instance),
         }
         try:
             open_buffered_object(instance.buffer_uri).dead_letter(record)
