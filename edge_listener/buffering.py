@@ -19,16 +19,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
-from dicom_adapter.buffers.gcs import BufferWriteFailed, GcsBuffer
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
-from dicom_adapter.pubsub import EventPublisher, PublishFailed
 from dicom_adapter.routing import Destination
 
 from .reception import ReceptionFile
+
+if TYPE_CHECKING:  # the cloud clients (grpc: ~13 MB) are loaded only by the cloud edge
+    from dicom_adapter.buffers.gcs import GcsBuffer
+    from dicom_adapter.pubsub import EventPublisher
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ class SpoolBuffer:
 
 
 class CloudBuffer:
-    def __init__(self, bucket: GcsBuffer, publisher: EventPublisher, incoming: Path) -> None:
+    def __init__(self, bucket: "GcsBuffer", publisher: "EventPublisher", incoming: Path) -> None:
         self.bucket = bucket
         self.publisher = publisher
         self.incoming = incoming
@@ -85,6 +87,9 @@ class CloudBuffer:
     def put(
         self, reception: ReceptionFile, instance: BufferedInstance, destinations: Sequence[Destination | None]
     ) -> list[BufferedInstance]:
+        from dicom_adapter.buffers.gcs import BufferWriteFailed
+        from dicom_adapter.pubsub import PublishFailed
+
         reception.close()
         name = Spool.new_entry_name(instance.sop_instance_uid)
         try:
