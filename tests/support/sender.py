@@ -8,9 +8,12 @@ uncompressed syntaxes unless told otherwise.
 
 from __future__ import annotations
 
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config
@@ -54,12 +57,46 @@ def send_files(
         raise ConnectionError(f"association with {called_aet}@{host}:{port} was not established")
     results = []
     try:
-        for path in paths:
-            response = assoc.send_c_store(path)
-            status = int(response.Status) if "Status" in response else None
-            comment = str(response.get("ErrorComment", "")) if status is not None else ""
-            results.append(StoreResult(path, status, comment))
+        with _reactor_held(assoc):
+            for path in paths:
+                response = assoc.send_c_store(path)
+                status = int(response.Status) if "Status" in response else None
+                comment = str(response.get("ErrorComment", "")) if status is not None else ""
+                results.append(StoreResult(path, status, comment))
     finally:
         if assoc.is_established:
             assoc.release()
     return results
+
+
+class _NeverResumes(threading.Event):
+    """Stands in for the association's reactor checkpoint while we send: its set() is a no-op."""
+
+    def set(self) -> None:
+        pass
+
+
+@contextmanager
+def _reactor_held(assoc: Any) -> Iterator[None]:
+    """Keep the requestor's reactor thread paused for the whole exchange.
+
+    pynetdicom pauses that thread around each send_c_store with a handshake that races: the
+    reactor can pass its checkpoint just before the pause and then take a fast C-STORE response
+    off the queue as if it were a request ("Received unexpected C-STORE service message"), and
+    send_c_store waits for it until the DIMSE timeout. The adapter answers fast enough to hit
+    that now and then; a sender that only sends needs no reactor meanwhile."""
+    checkpoint = assoc._reactor_checkpoint
+    checkpoint.clear()
+    paused_since = None
+    while paused_since is None or time.monotonic() - paused_since < 0.005:  # paused, and staying so
+        if assoc._is_paused:
+            paused_since = paused_since or time.monotonic()
+        else:
+            paused_since = None
+        time.sleep(0.0002)
+    assoc._reactor_checkpoint = _NeverResumes()
+    try:
+        yield
+    finally:
+        assoc._reactor_checkpoint = checkpoint
+        checkpoint.set()
