@@ -27,8 +27,14 @@ import sys
 import tempfile
 import threading
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, _config, evt
-from pynetdicom import transport
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    _config,
+    evt,
+    transport,
+)
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 _config.STORE_RECV_CHUNKED_DATASET = True

@@ -82,7 +82,11 @@ class Corpus:
 
 def _base_dataset(sop_class: str, study_uid: str, series_uid: str):
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+    from pydicom.uid import (
+        PYDICOM_IMPLEMENTATION_UID,
+        ExplicitVRLittleEndian,
+        generate_uid,
+    )
 
     sop_uid = generate_uid()
     meta = FileMetaDataset()
@@ -157,7 +161,10 @@ def make_small_corpus(root: Path, count: int, shards: int = 4, side: int = 186) 
 
 def write_large_instance(path: Path, frames: int, rows: int = 512, cols: int = 512) -> None:
     """Multi-frame 16-bit secondary capture: header via pydicom, Pixel Data streamed after it."""
-    from pydicom.uid import MultiFrameGrayscaleWordSecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     ds = _base_dataset(
         str(MultiFrameGrayscaleWordSecondaryCaptureImageStorage), generate_uid(), generate_uid()
@@ -1017,6 +1024,19 @@ def print_report(rows: list[Row], chk: list[dict]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def add_run_options(ap, keep_what: str) -> None:
+    """The options every benchmark of bench/ shares: quiet waiting, work dir, the adapter command."""
+    ap.add_argument("--quiet-wait", type=float, default=0, metavar="S",
+                    help="before each run wait up to S s until other processes are idle")
+    ap.add_argument("--quiet-max", type=float, default=10, metavar="PCT",
+                    help="'idle' for --quiet-wait: others use < PCT %% of one core (10)")
+    ap.add_argument("--workdir", help="parent for the temp dir (default: $TMPDIR)")
+    ap.add_argument("--keep", action="store_true", help=f"keep the temp dir ({keep_what})")
+    ap.add_argument("--adapter-cmd", help="command for the adapter instead of `dicom-adapter`")
+    ap.add_argument("--adapter-arg", action="append", default=[],
+                    help="extra argument for `dicom-adapter local` (repeatable)")
+
+
 def find_adapter(override: str | None) -> tuple[list[str], list[str]] | None:
     """(command, extra `local` flags): `--dimse_host 127.0.0.1` when its CLI has that flag."""
     candidates = [shlex.split(override)] if override else []
@@ -1049,17 +1069,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600, help="per-run timeout in seconds")
     ap.add_argument("--repeat", type=int, default=1,
                     help="run each receiver N times and keep the fastest (noisy hosts)")
-    ap.add_argument("--quiet-wait", type=float, default=0, metavar="S",
-                    help="before each run wait up to S s until other processes are idle")
-    ap.add_argument("--quiet-max", type=float, default=10, metavar="PCT",
-                    help="'idle' for --quiet-wait: others use < PCT %% of one core (10)")
     ap.add_argument("--stall", type=float, default=90,
                     help="(d): give up when Orthanc's count stalls this long after the acks")
-    ap.add_argument("--workdir", help="parent for the temp dir (default: $TMPDIR)")
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir (corpora, logs)")
-    ap.add_argument("--adapter-cmd", help="command for the adapter instead of `dicom-adapter`")
-    ap.add_argument("--adapter-arg", action="append", default=[],
-                    help="extra argument for `dicom-adapter local` (repeatable)")
+    add_run_options(ap, "corpora, logs")
     args = ap.parse_args(argv)
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]

@@ -46,6 +46,7 @@ from import_bench import (
     _base_dataset,
     _cleanup_all,
     _group_sample,
+    add_run_options,
     count_files,
     dcmtk_env,
     find_adapter,
@@ -587,15 +588,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the adapter's --qido_page_size, and the pages of the qido-rs row (default 500)")
     ap.add_argument("--json", metavar="OUT", help="write rows and checks as JSON")
     ap.add_argument("--timeout", type=float, default=600, help="per-run timeout in seconds")
-    ap.add_argument("--quiet-wait", type=float, default=0, metavar="S",
-                    help="before each run wait up to S s until other processes are idle")
-    ap.add_argument("--quiet-max", type=float, default=10, metavar="PCT",
-                    help="'idle' for --quiet-wait: others use < PCT %% of one core (10)")
-    ap.add_argument("--workdir", help="parent for the temp dir (default: $TMPDIR)")
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir (corpora, logs, answers)")
-    ap.add_argument("--adapter-cmd", help="command for the adapter instead of `dicom-adapter`")
-    ap.add_argument("--adapter-arg", action="append", default=[],
-                    help="extra argument for `dicom-adapter local` (repeatable)")
+    add_run_options(ap, "corpora, logs, answers")
     args = ap.parse_args(argv)
 
     q = args.quick
