@@ -383,13 +383,17 @@ def test_folder_import_into_the_cloud_buffer(tmp_path: Path, fresh_orthanc: Orth
     stack = cloud_factory(fresh_orthanc.dicomweb_url)
     series = make_ct_series(tmp_path / "archive", 6)
     command = ["import", "--gcs_buffer", stack.gcs_buffer, "--pubsub_topic", stack.topic,
-               "--work_dir", str(tmp_path / "import-work"), str(tmp_path / "archive")]
+               "--work_dir", str(tmp_path / "import-work"), "--report", str(tmp_path / "report.json"), str(tmp_path / "archive")]
     first = stack.cli(*command)
     assert first.returncode == 0, first.stdout + first.stderr
+    assert json.loads((tmp_path / "report.json").read_text())["summary"]["imported"] == len(series)
     stack.wait_until_uploaded()
     for instance in series:
         stored = fresh_orthanc.retrieve_instance_part10(instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid)
         assert dataset_bytes_after_meta(stored) == dataset_bytes_after_meta(instance.path)
     again = stack.cli(*command)
     assert again.returncode == 0 and not stack.objects("queue")
+    # Orthanc would keep quiet about a duplicate, so the ledger's word is the proof: nothing new.
+    summary = json.loads((tmp_path / "report.json").read_text())["summary"]
+    assert summary["imported"] == 0 and summary["already_present"] == len(series)
     assert fresh_orthanc.instance_count() == len(series)
