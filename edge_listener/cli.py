@@ -237,6 +237,7 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
 @flag("max_waiting_time_between_uploads", type=click.IntRange(1), default=5000, show_default=True, help="Longest retry delay within one delivery, in ms.")
 @flag("redelivery_max_delay", type=click.FloatRange(0.1), default=30.0, show_default=True, help="Longest wait before a failed delivery is tried again, in s.")
 @flag("upload_workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Concurrent uploads.")
+@flag("upload_batch", type=click.IntRange(1, 1000), default=16, show_default=True, help="With a backlog, up to this many queued instances (8 MiB at most) go to a DICOMweb store in one STOW-RS request; 1: one per request.")
 @flag("upload_read_timeout", type=click.FloatRange(0.1), default=300.0, show_default=True, help="Longest wait for the store's answer to one upload, in s (then retried).")
 @flag("dimse_processes", type=click.IntRange(1, 64), default=1, show_default=True, help="Listener processes sharing the DIMSE port (more associations at once on more cores).")
 @flag("export_config_path", type=click.Path(dir_okay=False, exists=True), help="Export rules (docs/export.md): where instances stored in --dicomweb_address go on to.")
@@ -266,7 +267,7 @@ def local(**options: Any) -> None:
     upload_process_settings = UploadProcessSettings(
         spool_dir=options["spool_dir"],
         upload=upload_settings,
-        dispatch=DispatchSettings(workers=options["upload_workers"], retry_max_s=options["redelivery_max_delay"]),
+        dispatch=DispatchSettings(workers=options["upload_workers"], retry_max_s=options["redelivery_max_delay"], batch_max=options["upload_batch"]),
         json_logs=options["log_format"] == "json",
         verbose=options["verbose"],
         export_routing=export_routing(options),

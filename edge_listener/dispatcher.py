@@ -30,11 +30,13 @@ from dicom_adapter.events import (
 )
 from dicom_adapter.logs import fields
 from dicom_adapter.part10 import MalformedDataset
-from dicom_adapter.upload import TransientUploadError, redrive_command
+from dicom_adapter.upload import TransientUploadError, redrive_command, result_or_exception
 
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[CloudEvent, int], Any]
+# Several deliveries at once; per delivery, its result or the exception it ended with.
+BatchHandler = Callable[[list[tuple[CloudEvent, int]]], list[Any]]
 
 
 @dataclass(frozen=True)
@@ -47,14 +49,22 @@ class DispatchSettings:
     max_pending: int = 2000
     # Errors that are not store outages (bugs, unreadable answers) before an entry is dead-lettered.
     max_unexpected_failures: int = 5
+    # A worker that finds a backlog takes up to this many due entries of one destination at
+    # once (where a batch handler is given), as long as they add up to at most batch_max_bytes.
+    batch_max: int = 16
+    batch_max_bytes: int = 8 << 20
+    batch_linger_s: float = 0.02
 
 
 class Dispatcher:
     """Delivers spool entries to `handle(cloud_event, delivery_attempt)` with worker threads."""
 
-    def __init__(self, spool: Spool, handle: EventHandler, settings: DispatchSettings) -> None:
+    def __init__(
+        self, spool: Spool, handle: EventHandler, settings: DispatchSettings, handle_batch: BatchHandler | None = None
+    ) -> None:
         self.spool = spool
         self.handle = handle
+        self.handle_batch = handle_batch
         self.settings = settings
         self._cond = threading.Condition()
         self._due: list[tuple[float, int, BufferedInstance]] = []  # heap by due time
@@ -62,6 +72,7 @@ class Dispatcher:
         self._known: set[str] = set()  # entry names waiting in _due or being uploaded
         self._attempts: dict[str, int] = {}
         self._in_flight = 0
+        self._gathering = False  # a worker is gathering a batch
         self._stopping = False
         self._overflowed = False
         self._unexpected: dict[str, int] = {}
@@ -156,39 +167,85 @@ class Dispatcher:
                 self.scan()
                 last = time.monotonic()
 
-    def _next(self) -> BufferedInstance | None:
+    def _next(self) -> list[BufferedInstance]:
+        """The next due entry, with the due entries behind it that can share its request;
+        empty when stopping."""
         with self._cond:
             while not self._stopping:
-                if self._due:
+                if self._due and not self._gathering:
                     wait = self._due[0][0] - time.monotonic()
                     if wait <= 0:
-                        _, _, instance = heapq.heappop(self._due)
-                        self._in_flight += 1
-                        return instance
+                        batch = self._gather([heapq.heappop(self._due)[2]])
+                        self._in_flight += len(batch)
+                        return batch
                     self._cond.wait(timeout=wait)
                 else:
                     self._cond.wait()
-            return None
+            return []
+
+    def _gather(self, batch: list[BufferedInstance]) -> list[BufferedInstance]:
+        """Add the due entries that may share the first one's request. While other uploads are
+        in flight, wait up to batch_linger_s for more to arrive (instances keep coming during a
+        transfer): fewer, fuller requests cost the store and us less CPU per instance. With
+        nothing in flight the entry goes at once, so a lone instance is never held back."""
+        if self.handle_batch is None:
+            return batch
+        deadline = time.monotonic() + (self.settings.batch_linger_s if self._in_flight else 0.0)
+        self._gathering = True  # idle workers leave new entries to this batch meanwhile
+        try:
+            while True:
+                while self._joins_batch(batch):
+                    batch.append(heapq.heappop(self._due)[2])
+                remaining = deadline - time.monotonic()
+                if len(batch) >= self.settings.batch_max or self._stopping or remaining <= 0:
+                    return batch
+                self._cond.wait(timeout=remaining)
+        finally:
+            self._gathering = False
+            if self._due:
+                self._cond.notify_all()
+
+    def _joins_batch(self, batch: list[BufferedInstance]) -> bool:
+        """Whether the first waiting entry is due and may go in the same request as `batch`."""
+        if len(batch) >= self.settings.batch_max or not self._due:
+            return False
+        due, _, candidate = self._due[0]
+        return (
+            due <= time.monotonic()
+            and candidate.destination == batch[0].destination
+            and sum(instance.size for instance in batch) + candidate.size <= self.settings.batch_max_bytes
+        )
 
     def _work(self) -> None:
-        while (instance := self._next()) is not None:
-            name = _entry_name(instance)
-            attempt = self._attempts.get(name, 0) + 1
-            try:
-                self.handle(buffered_instance_cloud_event(instance), attempt)
-            except Exception as exc:
-                if not isinstance(exc, TransientUploadError) and self._give_up(name, instance, exc):
-                    self._finish(name)
-                    continue
-                delay = self._backoff(attempt)
-                log.info("upload postponed", extra=fields(sop_instance_uid=instance.sop_instance_uid, delivery_attempt=attempt, retry_in_s=round(delay, 1)))
-                with self._cond:
-                    self._attempts[name] = attempt
-                    self._in_flight -= 1
-                    self._known.discard(name)
-                    self._push(instance, time.monotonic() + delay)
-                continue
+        while batch := self._next():
+            attempts = [self._attempts.get(_entry_name(instance), 0) + 1 for instance in batch]
+            if len(batch) == 1:
+                results: list[Any] = [result_or_exception(self.handle, buffered_instance_cloud_event(batch[0]), attempts[0])]
+            else:
+                assert self.handle_batch is not None
+                events = [(buffered_instance_cloud_event(instance), attempt) for instance, attempt in zip(batch, attempts)]
+                results = result_or_exception(self.handle_batch, events)
+                if isinstance(results, Exception):  # the batch as a whole failed: each is retried
+                    results = [results] * len(batch)
+            for instance, attempt, result in zip(batch, attempts, results):
+                self._settle(instance, attempt, result)
+
+    def _settle(self, instance: BufferedInstance, attempt: int, result: Any) -> None:
+        """Done, or due again after a backoff, or (after repeated unexpected errors) dead-lettered."""
+        name = _entry_name(instance)
+        if not isinstance(result, Exception):
             self._finish(name)
+            return
+        if not isinstance(result, TransientUploadError) and self._give_up(name, instance, result):
+            self._finish(name)
+            return
+        delay = self._backoff(attempt)
+        log.info("upload postponed", extra=fields(sop_instance_uid=instance.sop_instance_uid, delivery_attempt=attempt, retry_in_s=round(delay, 1)))
+        with self._cond:
+            self._attempts[name] = attempt
+            self._in_flight -= 1
+            self._known.discard(name)
+            self._push(instance, time.monotonic() + delay)
 
     def _finish(self, name: str) -> None:
         with self._cond:
@@ -203,7 +260,7 @@ class Dispatcher:
         times, then dead-letter the entry with the error rather than loop for ever."""
         with self._cond:
             failures = self._unexpected[name] = self._unexpected.get(name, 0) + 1
-        log.exception("upload failed unexpectedly", extra=fields(**instance.log_fields(), failures=failures))
+        log.error("upload failed unexpectedly", exc_info=exc, extra=fields(**instance.log_fields(), failures=failures))
         if failures < self.settings.max_unexpected_failures:
             return False
         record = {
@@ -228,3 +285,4 @@ class Dispatcher:
 def _entry_name(instance: BufferedInstance) -> str:
     """The queue file's name: the same key whether the entry was announced or found by a scan."""
     return Path(unquote(urlparse(instance.buffer_uri).path)).name
+

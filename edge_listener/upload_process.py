@@ -124,7 +124,7 @@ def _child_main(settings: UploadProcessSettings, reader: Connection) -> None:
 
         on_stored = on_stored_hook(exports, settings.upload.dicomweb_address)
     uploader = Uploader(settings.upload, on_stored=on_stored)
-    dispatcher = Dispatcher(Spool(settings.spool_dir), uploader.handle_cloud_event, settings.dispatch)
+    dispatcher = Dispatcher(Spool(settings.spool_dir), uploader.handle_cloud_event, settings.dispatch, uploader.handle_cloud_events)
     dispatcher.start()
     if exports is not None:
         exports.start()

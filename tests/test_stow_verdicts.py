@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from dicom_adapter.config import DEFAULT_RETRY_STATUS_CODES
-from dicom_adapter.dicomweb import DicomWebAddress, DicomWebClient, StowVerdict
+from dicom_adapter.dicomweb import DicomWebAddress, DicomWebClient, StowVerdict, _json_body
 
 UID = "1.2.3.4"
 
@@ -34,9 +34,31 @@ def _failed(uid: str, reason: int) -> dict:
     return {"00081198": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [uid]}, "00081197": {"vr": "US", "Value": [reason]}}]}}
 
 
-def _judge(response: requests.Response):
+def _judge(response: requests.Response, uid: str = UID):
     client = DicomWebClient(DicomWebAddress("http://store/dicom-web"), requests.Session(), retry_status_codes=DEFAULT_RETRY_STATUS_CODES)
-    return client._judge_stow(response, UID)
+    return client._judge_stow(response, _json_body(response), uid)
+
+
+def test_one_answer_for_several_instances_is_judged_per_instance():
+    """A batched STOW-RS (PS3.18 10.5.3): 202 with some stored and some failed."""
+    body = {
+        "00081199": {"vr": "SQ", "Value": [
+            {"00081155": {"vr": "UI", "Value": ["1.1"]}},
+            {"00081155": {"vr": "UI", "Value": ["1.2"]}, "00081196": {"vr": "US", "Value": [0xB000]}},
+        ]},
+        "00081198": {"vr": "SQ", "Value": [
+            {"00081155": {"vr": "UI", "Value": ["1.3"]}, "00081197": {"vr": "US", "Value": [0xA700]}},
+            {"00081155": {"vr": "UI", "Value": ["1.4"]}, "00081197": {"vr": "US", "Value": [0xC000]}},
+        ]},
+    }
+    response = _response(202, body)
+    verdicts = {uid: _judge(response, uid) for uid in ("1.1", "1.2", "1.3", "1.4", "1.5")}
+    assert verdicts["1.1"].verdict is StowVerdict.STORED
+    assert verdicts["1.2"].verdict is StowVerdict.STORED and verdicts["1.2"].warning_reason == 0xB000
+    assert verdicts["1.3"].verdict is StowVerdict.TRANSIENT  # out of resources: later
+    assert verdicts["1.4"].verdict is StowVerdict.REJECTED and verdicts["1.4"].failure_reason == 0xC000
+    assert verdicts["1.5"].verdict is StowVerdict.REJECTED  # sent but listed nowhere
+    assert "does not list the instance" in verdicts["1.5"].reason
 
 
 def test_stored_only_when_the_store_lists_the_instance():

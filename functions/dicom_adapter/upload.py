@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import requests
 from cloudevents.http import CloudEvent
@@ -144,16 +144,68 @@ class Uploader:
         if outcome.verdict is StowVerdict.ALREADY_EXISTS:
             return self._resolve_existing(buffered, instance, destination, outcome, delivery_attempt, started)
         if outcome.verdict is StowVerdict.STORED:
-            self._on_stored(instance, destination)
-            buffered.complete()
-            if outcome.warning_reason is not None:
-                log.warning("stored with a warning", extra=fields(**instance.log_fields(), warning_reason=f"0x{outcome.warning_reason:04X}"))
-            log.info("stored", extra=fields(**instance.log_fields(), store=destination.label, duration_ms=_ms_since(started), http_status=outcome.http_status))
-            return UploadResult("stored")
+            return self._stored(buffered, instance, destination, outcome, started)
         if outcome.verdict is StowVerdict.TRANSIENT:
             log.warning("store unavailable, will retry", extra=fields(**instance.log_fields(), reason=outcome.reason, delivery_attempt=delivery_attempt))
             raise TransientUploadError(outcome.reason)
         return self._dead_letter(buffered, instance, outcome, delivery_attempt)
+
+    def _stored(
+        self, buffered: BufferedObject, instance: BufferedInstance, destination: Destination, outcome: StowOutcome, started: float, batch: int = 1
+    ) -> UploadResult:
+        """The store holds the instance: tell the hook, then take it out of the buffer."""
+        self._on_stored(instance, destination)
+        buffered.complete()
+        if outcome.warning_reason is not None:
+            log.warning("stored with a warning", extra=fields(**instance.log_fields(), warning_reason=f"0x{outcome.warning_reason:04X}"))
+        extra = {"batch": batch} if batch > 1 else {}
+        log.info("stored", extra=fields(**instance.log_fields(), store=destination.label, duration_ms=_ms_since(started), http_status=outcome.http_status, **extra))
+        return UploadResult("stored")
+
+    def handle_cloud_events(self, deliveries: Sequence[tuple[CloudEvent, int]]) -> list[UploadResult | Exception]:
+        """Several events at once (a backlog in the local runtime's queue): what the single
+        `handle_cloud_event` would do for each, in fewer requests. Returns, per event, its result
+        or the exception it raised (a TransientUploadError: deliver it again later)."""
+        results: list[UploadResult | Exception | None] = [None] * len(deliveries)
+        batch: list[tuple[int, BufferedInstance, int]] = []
+        for index, (cloud_event, attempt) in enumerate(deliveries):
+            try:
+                batch.append((index, buffered_instance_from_cloud_event(cloud_event), attempt))
+            except MalformedEvent:
+                results[index] = result_or_exception(self.handle_cloud_event, cloud_event, attempt)
+        for index, result in self._upload_together(batch):
+            results[index] = result
+        return [result if result is not None else UploadResult("already_done") for result in results]
+
+    def _upload_together(self, batch: list[tuple[int, BufferedInstance, int]]) -> list[tuple[int, UploadResult | Exception]]:
+        """One STOW-RS request for the instances bound to the same DICOMweb store; the ones it
+        does not plainly store (a conflict, a rejection, a store that lists nothing) go the
+        single-instance way, which knows how to resolve each case."""
+        settled: list[tuple[int, UploadResult | Exception]] = []
+        groups: dict[str, list[tuple[int, BufferedInstance, int, BufferedObject]]] = {}
+        for index, instance, attempt in batch:
+            destination = self._destination(instance)
+            buffered = open_buffered_object(instance.buffer_uri)
+            if destination is None or destination.kind != "dicomweb" or not buffered.exists():
+                settled.append((index, result_or_exception(self.upload, instance, attempt)))
+                continue
+            key = f"{destination.address} {destination.auth}"
+            groups.setdefault(key, []).append((index, instance, attempt, buffered))
+        for members in groups.values():
+            started = time.monotonic()
+            destination = self._destination(members[0][1])
+            assert destination is not None
+            parts = [(BodyPart(buffered.size(), buffered.open_chunks), instance.sop_instance_uid) for _, instance, _, buffered in members]
+            outcomes = self.client_for(destination).store_instances(parts) if len(members) > 1 else [None]
+            for (index, instance, attempt, buffered), outcome in zip(members, outcomes):
+                if outcome is not None and outcome.verdict is StowVerdict.STORED:
+                    settled.append((index, result_or_exception(self._stored, buffered, instance, destination, outcome, started, len(members))))
+                elif outcome is not None and outcome.verdict is StowVerdict.TRANSIENT:
+                    log.warning("store unavailable, will retry", extra=fields(**instance.log_fields(), reason=outcome.reason, delivery_attempt=attempt))
+                    settled.append((index, TransientUploadError(outcome.reason)))
+                else:
+                    settled.append((index, result_or_exception(self.upload, instance, attempt, buffered)))
+        return settled
 
     def _store_with_retries(self, buffered: BufferedObject, instance: BufferedInstance, destination: Destination) -> StowOutcome:
         retrying = Retrying(
@@ -263,6 +315,15 @@ class Uploader:
             extra=fields(**instance.log_fields(), reason=outcome.reason, http_status=outcome.http_status, store=store),
         )
         return UploadResult("dead_lettered", outcome.reason)
+
+
+def result_or_exception(function: Callable[..., Any], *args: Any) -> Any:
+    """function(*args), or the exception it raised: for callers that settle several uploads
+    one by one, where one failure must not stop the others."""
+    try:
+        return function(*args)
+    except Exception as exc:  # handed back to the caller, which retries or dead-letters
+        return exc
 
 
 def store_client(settings: UploadSettings) -> DicomWebClient:
