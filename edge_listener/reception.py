@@ -14,29 +14,32 @@ own file meta, then every PDV of the data set. ReceptionFile stands in for that 
 from __future__ import annotations
 
 import errno
-import io
+import itertools
 import os
-import tempfile
 import threading
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dicom_adapter.part10 import MalformedDataset, encode_file_meta, read_file_meta
+from dicom_adapter.part10 import encode_file_meta
+from pydicom.filewriter import write_file_meta_info
 from pynetdicom import dimse_messages
+from pynetdicom.dsutils import create_file_meta
 
 from .high_water import HighWaterGuard, HighWaterMark
 
-_META_START = 144  # preamble (128) + 'DICM' (4) + the (0002,0000) element (12)
+_PREAMBLE = 132  # 128 bytes and 'DICM'
+_sequence = itertools.count()
 
 
 class ReceptionFile:
     """Enough of NamedTemporaryFile for pynetdicom: write, file.flush, close, name."""
 
-    def __init__(self, folder: str, high_water: HighWaterGuard | None = None, **_ignored: Any) -> None:
+    def __init__(self, folder: str, name_prefix: str, high_water: HighWaterGuard | None = None, **_ignored: Any) -> None:
         self.error: OSError | None = None
         self.dataset_offset: int | None = None  # known once the file meta is written
-        self._head = bytearray()
+        self._preamble_bytes = 0
         self._file: Any = None
         self.name = ""  # pynetdicom unlinks this name after the handler; "" unlinks nothing
         # pynetdicom creates the file from the association's DUL thread, which knows its association.
@@ -47,8 +50,10 @@ class ReceptionFile:
         try:
             if high_water is not None:
                 high_water.check()  # at the mark: write nothing, the handler answers "buffer full"
-            self._file = tempfile.NamedTemporaryFile(delete=False, mode="wb", suffix=".part", dir=folder)
-            self.name = self._file.name
+            # A plain file with a unique name: NamedTemporaryFile's wrapper costs a call per write.
+            path = os.path.join(folder, f"{name_prefix}-{next(_sequence)}.part")
+            self._file = open(path, "xb")
+            self.name = path
             with _open_lock:
                 _open_receptions.add(self)
         except OSError as exc:
@@ -59,38 +64,35 @@ class ReceptionFile:
         return self  # pynetdicom calls `.file.flush()` on what NamedTemporaryFile returns
 
     def write(self, data: bytes) -> int:
-        if self.error is None and self._file is not None:
-            try:
-                out = data if self.dataset_offset is not None else self._replace_file_meta(data)
-                if out:
-                    self._file.write(out)
-            except OSError as exc:
-                self.error = exc
+        if self.dataset_offset is None:
+            # pynetdicom's preamble and 'DICM', before it writes the file meta through
+            # write_file_meta: ours are written there instead.
+            self._preamble_bytes += len(data)
+            if self._preamble_bytes > _PREAMBLE and self.error is None:
+                self.error = OSError(errno.EIO, "pynetdicom wrote a data set before its file meta")
+            return len(data)
+        self._write(data)
         return len(data)
 
-    def _replace_file_meta(self, data: bytes) -> bytes:
-        """Collect pynetdicom's preamble and file meta; once whole, return ours instead."""
-        self._head += data
-        if len(self._head) < _META_START:
-            return b""
-        end = _META_START + int.from_bytes(self._head[140:144], "little")
-        if len(self._head) < end:
-            return b""
-        try:
-            theirs = read_file_meta(io.BytesIO(bytes(self._head[:end])))
-        except MalformedDataset as exc:
-            raise OSError(errno.EIO, f"unexpected file meta from pynetdicom: {exc}") from None
-        ours = encode_file_meta(
-            sop_class_uid=theirs.sop_class_uid,
-            sop_instance_uid=theirs.sop_instance_uid,
-            transfer_syntax_uid=theirs.transfer_syntax_uid,
+    def write_file_meta(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> None:
+        """Write the preamble and the adapter's file meta (calling and called AE titles
+        included) in place of pynetdicom's."""
+        meta = encode_file_meta(
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
             calling_aet=self._calling_aet,
             called_aet=self._called_aet,
         )
-        self.dataset_offset = len(ours)
-        rest = bytes(self._head[end:])
-        self._head = bytearray()
-        return ours + rest
+        self.dataset_offset = len(meta)
+        self._write(meta)
+
+    def _write(self, data: bytes) -> None:
+        if self.error is None and self._file is not None:
+            try:
+                self._file.write(data)
+            except OSError as exc:
+                self.error = exc
 
     def flush(self) -> None:
         if self.error is None and self._file is not None:
@@ -151,7 +153,38 @@ def receive_into(folder: Path, high_water: HighWaterMark | None = None) -> None:
     """Make pynetdicom write incoming data sets into `folder`, as ReceptionFiles (none while
     the folder's disk is at the high-water mark)."""
     guard = HighWaterGuard(high_water, str(folder)) if high_water is not None else None
-    dimse_messages.NamedTemporaryFile = partial(ReceptionFile, str(folder), guard)  # type: ignore[attr-defined]
+    # Unique per listener process and run (processes share the folder; PIDs are reused).
+    name_prefix = f"{os.getpid()}-{os.urandom(4).hex()}"
+    dimse_messages.NamedTemporaryFile = partial(ReceptionFile, str(folder), name_prefix, guard)  # type: ignore[attr-defined]
+    # pynetdicom builds a pydicom file meta and encodes it for every C-STORE; the adapter
+    # writes its own instead (a fixed layout, a twentieth of the CPU), so those two calls in
+    # pynetdicom's receive path only pass the UIDs on.
+    dimse_messages.create_file_meta = _FileMetaRequest  # type: ignore[attr-defined]
+    dimse_messages.write_file_meta_info = _write_file_meta  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class _FileMetaRequest:
+    """What pynetdicom's create_file_meta(...) is given, kept for _write_file_meta."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    implementation_uid: Any = None
+    implementation_version: Any = None
+
+
+def _write_file_meta(fp: Any, file_meta: Any, *args: Any, **kwargs: Any) -> None:
+    if isinstance(fp, ReceptionFile) and isinstance(file_meta, _FileMetaRequest):
+        fp.write_file_meta(str(file_meta.sop_class_uid), str(file_meta.sop_instance_uid), str(file_meta.transfer_syntax))
+        return
+    if isinstance(file_meta, _FileMetaRequest):  # not ours: what pynetdicom would have written
+        file_meta = create_file_meta(
+            sop_class_uid=file_meta.sop_class_uid,
+            sop_instance_uid=file_meta.sop_instance_uid,
+            transfer_syntax=file_meta.transfer_syntax,
+        )
+    write_file_meta_info(fp, file_meta, *args, **kwargs)
 
 
 def reception_of(request: Any) -> ReceptionFile:

@@ -128,7 +128,8 @@ def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
 
 
 def _uid_value(uid: str) -> bytes:
-    value = uid.encode("ascii")
+    # A non-ASCII UID is invalid; it is refused by the C-STORE checks, but the meta stays writable.
+    value = uid.encode("ascii", "replace")
     return value + b"\x00" if len(value) % 2 else value
 
 
