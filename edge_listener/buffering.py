@@ -56,7 +56,7 @@ class InstanceBuffer(Protocol):
 
 
 class SpoolBuffer:
-    def __init__(self, spool: Spool, announce: Callable[[BufferedInstance], None]) -> None:
+    def __init__(self, spool: Spool, announce: Callable[[BufferedInstance], bool | None]) -> None:
         self.spool = spool
         self.incoming = spool.incoming
         self.announce = announce
@@ -73,7 +73,10 @@ class SpoolBuffer:
             for final, destination in zip(finals, destinations)
         ]
         for event in events:
-            self.announce(event)
+            if self.announce(event) is False:
+                # The notice was lost (the upload process is starting or too busy to read):
+                # its dispatcher scans the queue within a second instead of at its next tick.
+                self.spool.request_rescan()
         return events
 
 

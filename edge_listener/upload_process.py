@@ -48,7 +48,8 @@ class Notices:
     """The writing end of the notice pipe, shared by the edge's threads (and listener processes).
 
     Writes never block a C-STORE: a notice that cannot be written now (the upload process is
-    busy or being restarted) is dropped, and the upload process finds the entry by scanning.
+    busy, starting or being restarted) is dropped, and the buffer asks the upload process to
+    scan the queue instead (SpoolBuffer).
     """
 
     def __init__(self, writer: Connection) -> None:
@@ -56,16 +57,18 @@ class Notices:
         self._lock = threading.Lock()
         os.set_blocking(writer.fileno(), False)
 
-    def notify(self, instance: BufferedInstance) -> None:
+    def notify(self, instance: BufferedInstance) -> bool:
+        """Tell the upload process; False if the notice could not be written."""
         # Under the lock so the pipe cannot be closed (and its descriptor number reused by
         # another file) between the check and the write.
         with self._lock:
             if self._writer is None:
-                return
+                return False
             try:
                 os.write(self._writer.fileno(), instance.to_json() + b"\n")
-            except OSError:  # full (upload process busy) or broken (gone)
-                pass
+            except OSError:  # full (upload process busy or starting) or broken (gone)
+                return False
+            return True
 
     def close(self) -> None:
         with self._lock:

@@ -108,3 +108,35 @@ def test_a_slow_upload_does_not_hold_up_the_next_entry(tmp_path: Path):
     finally:
         release.set()
         dispatcher.stop(5)
+
+
+def test_an_entry_whose_notice_was_lost_is_found_within_a_second(tmp_path: Path):
+    """The edge could not write the notice (the upload process was starting or busy): the
+    buffer asks for a rescan, which the dispatcher honours well before its periodic scan."""
+    import dataclasses
+
+    from dicom_adapter.part10 import read_file_meta
+    from edge_listener.buffering import SpoolBuffer
+    from edge_listener.reception import ReceptionFile
+
+    spool = Spool(tmp_path / "spool")
+    delivered: list[str] = []
+    slow_scans = DispatchSettings(workers=1, scan_interval_s=3600)
+    dispatcher = Dispatcher(spool, lambda event, attempt: delivered.append(buffered_instance_from_cloud_event(event).sop_instance_uid), slow_scans)
+    dispatcher.start()
+    try:
+        source = make_ct_instance(tmp_path / "a.dcm", size_kb=5)
+        data = source.path.read_bytes()
+        with open(source.path, "rb") as fp:
+            meta = read_file_meta(fp)
+        reception = ReceptionFile(str(spool.incoming), "test")  # as pynetdicom fills it
+        reception.write(b"\0" * 128 + b"DICM")
+        reception.write_file_meta(meta.sop_class_uid, meta.sop_instance_uid, meta.transfer_syntax_uid)
+        reception.write(data[meta.dataset_offset:])
+        instance = dataclasses.replace(spool.describe(source.path), buffer_uri="")
+        started = time.monotonic()
+        SpoolBuffer(spool, lambda event: False).put(reception, instance, [None])  # the notice pipe was full
+        _wait(lambda: delivered == [source.sop_instance_uid], timeout=5)
+        assert time.monotonic() - started < 2.5
+    finally:
+        dispatcher.stop(5)

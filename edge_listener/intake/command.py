@@ -98,4 +98,4 @@ class _UploaderWakeUp:
 
     def now(self) -> None:
         self.last = time.monotonic()
-        self.spool.rescan_marker.touch()
+        self.spool.request_rescan()

@@ -211,13 +211,17 @@ class Spool:
             moved.append(target)
         if moved:
             fsync_directory(self.dead)
-            self.rescan_marker.touch()
+            self.request_rescan()
         return moved
 
     @property
     def rescan_marker(self) -> Path:
-        """Touched by redrive so a running dispatcher scans the queue now, not at its next tick."""
+        """Touched (request_rescan) so a running dispatcher scans the queue now, not at its next tick."""
         return self.root / "rescan.requested"
+
+    def request_rescan(self) -> None:
+        """Ask a running dispatcher to scan the queue now."""
+        self.rescan_marker.touch()
 
     def take_rescan_request(self) -> bool:
         try:
