@@ -14,6 +14,7 @@ cannot even send the request.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -27,6 +28,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
 from .query import FIND_MODELS
 from .retrieve import GET_MODELS, MOVE_MODELS
+from .shared_admission import SharedAssociationCounts
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +95,12 @@ class AdmissionSettings:
 
 
 class Gatekeeper:
-    """Admits or rejects association requests and counts the admitted ones (per process)."""
+    """Admits or rejects association requests and counts the admitted ones: in this process,
+    plus those of the other listener processes on the port when `shared` is given."""
 
-    def __init__(self, settings: AdmissionSettings) -> None:
+    def __init__(self, settings: AdmissionSettings, shared: SharedAssociationCounts | None = None) -> None:
         self.settings = settings
+        self.shared = shared
         self._lock = threading.Lock()
         self._admitted: dict[int, tuple[str, Any]] = {}  # id(association) -> (calling AE, association)
 
@@ -109,24 +113,35 @@ class Gatekeeper:
         expected_host = self.settings.calling_hosts.get(calling_aet)
         if self.settings.calling_hosts and (expected_host is None or not same_host(peer_host, expected_host)):
             return CALLING_AET_NOT_RECOGNIZED, "calling AE title called from a host other than its AET dictionary entry"
-        with self._lock:  # count and admit in one step: two requests cannot both take the last slot
+        # Count and admit in one step: two requests cannot both take the last slot.
+        with self._lock, self._shared_lock():
             for key in [key for key, (_, other) in self._admitted.items() if not other.is_alive()]:
                 del self._admitted[key]  # ended without a close event (belt and braces)
-            if len(self._admitted) >= self.settings.max_associations:
+            admitted = [aet for aet, _ in self._admitted.values()] + (self.shared.others() if self.shared else [])
+            if len(admitted) >= self.settings.max_associations:
                 return LOCAL_LIMIT_EXCEEDED, "maximum concurrent associations reached"
             per_aet = self.settings.max_associations_per_aet
-            if per_aet and sum(1 for aet, _ in self._admitted.values() if aet == calling_aet) >= per_aet:
+            if per_aet and admitted.count(calling_aet) >= per_aet:
                 return LOCAL_LIMIT_EXCEEDED, "maximum concurrent associations for this calling AE reached"
             self._admitted[id(assoc)] = (calling_aet, assoc)
+            self._publish()
         return None
 
     def release(self, key: int) -> None:
-        with self._lock:
-            self._admitted.pop(key, None)
+        with self._lock, self._shared_lock():
+            if self._admitted.pop(key, None) is not None:
+                self._publish()
 
     def admitted(self) -> int:
         with self._lock:
             return len(self._admitted)
+
+    def _shared_lock(self) -> Any:
+        return self.shared.locked() if self.shared else contextlib.nullcontext()
+
+    def _publish(self) -> None:
+        if self.shared:
+            self.shared.publish([aet for aet, _ in self._admitted.values()])
 
     def may_query_retrieve(self, calling_aet: str) -> bool:
         return not self.settings.query_retrieve_aets or calling_aet in self.settings.query_retrieve_aets

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -239,7 +240,7 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
 @flag("upload_workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Concurrent uploads.")
 @flag("upload_batch", type=click.IntRange(1, 1000), default=16, show_default=True, help="With a backlog, up to this many queued instances (8 MiB at most) go to a DICOMweb store in one STOW-RS request; 1: one per request.")
 @flag("upload_read_timeout", type=click.FloatRange(0.1), default=300.0, show_default=True, help="Longest wait for the store's answer to one upload, in s (then retried).")
-@flag("dimse_processes", type=click.IntRange(1, 64), default=1, show_default=True, help="Listener processes sharing the DIMSE port (more associations at once on more cores).")
+@flag("dimse_processes", type=click.IntRange(0, 64), default=0, show_default=True, help="Listener processes sharing the DIMSE port (more associations at once on more cores); 0: one per CPU core available, at most 4.")
 @flag("export_config_path", type=click.Path(dir_okay=False, exists=True), help="Export rules (docs/export.md): where instances stored in --dicomweb_address go on to.")
 @flag("export_config_inline", help="The export rules as a JSON string.")
 @flag("export_to_all_matching_destinations", is_flag=True, help="Export to every matching rule's destinations (default: the first match only).")
@@ -288,7 +289,7 @@ def local(**options: Any) -> None:
         lambda: LocalRuntime(
             settings,
             upload_process_settings,
-            processes=options["dimse_processes"],
+            processes=options["dimse_processes"] or default_listener_processes(),
             drain_timeout_s=options["drain_timeout"],
             routing=routing,
             query_retrieve=query_retrieve,
@@ -563,3 +564,9 @@ def cloud_status(gcs_buffer: str) -> tuple[dict[str, Any], list[tuple[str, dict[
         "oldest_queued_age_s": max(((now - blob.time_created).total_seconds() for blob in queued), default=None),
     }
     return state, letters
+
+
+def default_listener_processes() -> int:
+    """One listener process per core the adapter may run on (each has its own interpreter
+    lock), at most 4: beyond that the upload process and the store need the cores."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))

@@ -9,26 +9,23 @@ notices down the same pipe to the one upload process.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection
-from typing import Any
 
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.logs import configure_logging, fields
 from dicom_adapter.routing import RoutingTable
 
 from .buffering import SpoolBuffer
+from .child_process import ChildProcess, ReadyPipe, signal_ready
 from .server import Listener, ListenerSettings
 from .services import QueryRetrieveSettings, build_services
 from .store import StoreService
 from .upload_process import Notices
 
 log = logging.getLogger(__name__)
-_spawn = multiprocessing.get_context("spawn")
 
 
 @dataclass(frozen=True)
@@ -45,68 +42,69 @@ class ListenerProcessSettings:
 class ListenerProcess:
     """Parent-side handle of one extra listener process."""
 
-    def __init__(self, settings: ListenerProcessSettings, notices_writer: Connection, index: int) -> None:
+    def __init__(self, settings: ListenerProcessSettings, notices_writer_fd: int, index: int) -> None:
         self.settings = settings
-        self._writer = notices_writer
+        self._writer_fd = notices_writer_fd
         self._name = f"dicom-adapter-listener-{index}"
-        self._process: Any = None
-        self._ready: Any = None
+        self._process: ChildProcess | None = None
+        self._ready: ReadyPipe | None = None
 
     def start(self) -> None:
-        self._ready = _spawn.Event()
-        self._process = _spawn.Process(target=_child_main, args=(self.settings, self._writer, self._ready), name=self._name)
+        if self._ready is not None:
+            self._ready.close()
+        self._ready = ReadyPipe()
+        fds = (self._writer_fd, self._ready.child_fd)
+        self._process = ChildProcess("edge_listener.listener_process:_child_main", (self.settings, *fds), self._name, fds)
         self._process.start()
+        self._ready.close_child_end()
 
     def wait_ready(self, timeout: float) -> bool:
         """True once the process listens on the port (so `ready` means every listener is up)."""
-        return bool(self._ready.wait(timeout))
+        return self._ready is not None and self._ready.wait(timeout)
 
     def restart_if_dead(self) -> None:
-        if self._process is not None and not self._process.is_alive():
+        if self._process is not None and self._process.exitcode is not None:
             log.error("listener process exited unexpectedly; restarting it", extra=fields(process=self._name, exitcode=self._process.exitcode))
             self.start()
 
     def begin_stop(self) -> None:
-        if self._process is not None and self._process.is_alive():
+        if self._process is not None:
             self._process.terminate()  # SIGTERM: the child drains like the main listener
 
     def join(self, timeout: float | None) -> None:
         if self._process is None:
             return
         self._process.join(timeout)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(5)
+        self._process.kill()  # only if still alive
 
 
-def shared_port_settings(settings: ListenerSettings, port: int, processes: int, plain_port: int | None = None) -> ListenerSettings:
+def shared_port_settings(
+    settings: ListenerSettings, port: int, processes: int, admission_dir: str, plain_port: int | None = None
+) -> ListenerSettings:
     """Settings for one of `processes` listeners sharing `port` (and the plain port beside a
-    TLS one) and the association limits (rounded down, at least 1 each)."""
-    per_process = max(1, settings.max_associations // processes)
-    per_aet = max(1, settings.max_associations_per_aet // processes) if settings.max_associations_per_aet else 0
+    TLS one); with several, they count their associations together in `admission_dir`."""
     return replace(
         settings,
         port=port,
         plain_port=settings.plain_port if plain_port is None else plain_port,
         reuse_port=processes > 1,
-        max_associations=per_process,
-        max_associations_per_aet=per_aet,
+        shared_admission_dir=admission_dir if processes > 1 else None,
     )
 
 
-def _child_main(settings: ListenerProcessSettings, writer: Connection, ready: Any) -> None:
+def _child_main(settings: ListenerProcessSettings, writer_fd: int, ready_fd: int) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(json_format=settings.json_logs, verbose=settings.verbose)
-    notices = Notices(writer)
+    notices = Notices(writer_fd)
     listener = Listener(
         settings.listener,
         StoreService(SpoolBuffer(Spool(settings.spool_dir), notices.notify), settings.routing),
         build_services(settings.query_retrieve),
     )
     listener.start()
-    ready.set()
+    signal_ready(ready_fd)
     parent = os.getppid()
     while not stop.wait(1.0):
         if os.getppid() != parent:  # the main process died (kill -9, OOM): do not live on as an orphan

@@ -25,6 +25,7 @@ from .listener_process import (
 )
 from .server import Listener, ListenerSettings
 from .services import QueryRetrieveSettings, build_services
+from .shared_admission import SharedAssociationCounts
 from .store import StoreService
 from .upload_process import UploadProcess, UploadProcessSettings
 
@@ -52,10 +53,12 @@ class LocalRuntime:
             log.info("cleared unfinished receptions from an earlier run", extra=fields(count=cleared))
         self.drain_timeout_s = drain_timeout_s
         self.uploads = UploadProcess(upload_settings)
-        first = shared_port_settings(listener_settings, listener_settings.port, processes)
+        admission_dir = str(self.spool.root / "associations")
+        SharedAssociationCounts.reset(admission_dir)
+        first = shared_port_settings(listener_settings, listener_settings.port, processes, admission_dir)
         self.listener = Listener(first, StoreService(SpoolBuffer(self.spool, self.uploads.notices.notify), routing), build_services(query_retrieve))
         # With port 0 the first listener picked one; the others share what it got.
-        shared = shared_port_settings(listener_settings, self.listener.port, processes, self.listener.plain_port)
+        shared = shared_port_settings(listener_settings, self.listener.port, processes, admission_dir, self.listener.plain_port)
         self.extra_listeners = [
             ListenerProcess(
                 ListenerProcessSettings(

@@ -35,6 +35,7 @@ from .admission import (
 from .bounds import GuardedRequestHandler
 from .high_water import HighWaterMark
 from .reception import discard_orphans, receive_into
+from .shared_admission import SharedAssociationCounts
 from .store import StoreService, handle_store
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,10 @@ class ListenerSettings:
     # writes the data to disk, so "no limit" (0) would let a sender put a 1 GB instance in one
     # PDU and in our RSS; 256 KiB keeps per-PDU overhead low and memory small.
     max_pdu_length: int = 262144
-    # Several listener processes share the port (the kernel spreads connections over them).
+    # Several listener processes share the port (the kernel spreads connections over them)
+    # and count their associations together in this folder (shared_admission.py).
     reuse_port: bool = False
+    shared_admission_dir: str | None = None
     # --- who may talk to us, and how many (admission.py) ---
     max_associations_per_aet: int = 0  # 0: only max_associations applies
     calling_hosts: Mapping[str, str] = field(default_factory=dict)  # AE -> its host; empty: no host check
@@ -269,7 +272,8 @@ class Listener:
         # Storage SOP classes are accepted without a list (module docstring) only while C-STORE is on.
         _config.UNRESTRICTED_STORAGE_SERVICE = "c-store" in settings.services
         self.ae = build_ae(settings)
-        self.gatekeeper = Gatekeeper(settings.admission())
+        shared = SharedAssociationCounts(settings.shared_admission_dir) if settings.shared_admission_dir else None
+        self.gatekeeper = Gatekeeper(settings.admission(), shared)
         for service in services:
             for sop_class, transfer_syntaxes in service.contexts:
                 if service_of(sop_class) in settings.services:

@@ -12,12 +12,10 @@ never interleave them.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 from dicom_adapter.buffers.spool import Spool
@@ -27,10 +25,10 @@ from dicom_adapter.logs import configure_logging, fields
 from dicom_adapter.routing import RoutingTable
 from dicom_adapter.upload import Uploader
 
+from .child_process import ChildProcess
 from .dispatcher import Dispatcher, DispatchSettings
 
 log = logging.getLogger(__name__)
-_spawn = multiprocessing.get_context("spawn")
 
 
 @dataclass(frozen=True)
@@ -52,10 +50,10 @@ class Notices:
     scan the queue instead (SpoolBuffer).
     """
 
-    def __init__(self, writer: Connection) -> None:
-        self._writer: Connection | None = writer
+    def __init__(self, writer_fd: int) -> None:
+        self._writer: int | None = writer_fd
         self._lock = threading.Lock()
-        os.set_blocking(writer.fileno(), False)
+        os.set_blocking(writer_fd, False)
 
     def notify(self, instance: BufferedInstance) -> bool:
         """Tell the upload process; False if the notice could not be written."""
@@ -65,7 +63,7 @@ class Notices:
             if self._writer is None:
                 return False
             try:
-                os.write(self._writer.fileno(), instance.to_json() + b"\n")
+                os.write(self._writer, instance.to_json() + b"\n")
             except OSError:  # full (upload process busy or starting) or broken (gone)
                 return False
             return True
@@ -73,7 +71,7 @@ class Notices:
     def close(self) -> None:
         with self._lock:
             if self._writer is not None:
-                self._writer.close()
+                os.close(self._writer)
                 self._writer = None
 
 
@@ -87,35 +85,31 @@ class UploadProcess:
 
     def __init__(self, settings: UploadProcessSettings) -> None:
         self.settings = settings
-        self._reader, writer = _spawn.Pipe(duplex=False)
-        self.writer = writer
-        self.notices = Notices(writer)
-        self._process: Any = None
+        self._reader, self.writer = os.pipe()  # the writing end goes to the listener processes too
+        self.notices = Notices(self.writer)
+        self._process = ChildProcess("edge_listener.upload_process:_child_main", (settings, self._reader), "dicom-adapter-upload", (self._reader,))
 
     def start(self) -> None:
-        self._process = _spawn.Process(target=_child_main, args=(self.settings, self._reader), name="dicom-adapter-upload")
         self._process.start()
 
     def restart_if_dead(self) -> None:
-        if self._process is not None and not self._process.is_alive():
+        if self._process.exitcode is not None:
             log.error("upload process exited unexpectedly; restarting it", extra=fields(exitcode=self._process.exitcode))
             self.start()
 
     def stop(self, timeout: float | None = None) -> int | None:
         """Close our end of the pipe and wait for the upload process to finish and exit."""
         self.notices.close()
-        if self._process is None:
-            return None
         self._process.join(timeout)
         if self._process.is_alive():
             log.warning("upload process did not stop in time; terminating it")
             self._process.terminate()
             self._process.join(10)
-        self._reader.close()
+        os.close(self._reader)
         return self._process.exitcode
 
 
-def _child_main(settings: UploadProcessSettings, reader: Connection) -> None:
+def _child_main(settings: UploadProcessSettings, reader_fd: int) -> None:
     # The parent handles SIGINT/SIGTERM and tells us to stop by closing the pipe.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -131,7 +125,7 @@ def _child_main(settings: UploadProcessSettings, reader: Connection) -> None:
     dispatcher.start()
     if exports is not None:
         exports.start()
-    with open(os.dup(reader.fileno()), "rb") as notices:
+    with open(reader_fd, "rb") as notices:
         # Ends when the edge closes the pipe (stopping) or dies: either way, wind down.
         for line in notices:
             try:

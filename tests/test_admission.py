@@ -220,3 +220,27 @@ def struct_header(pdu_type: int, length: int) -> bytes:
     import struct
 
     return struct.pack(">BBL", pdu_type, 0, length)
+
+
+def test_association_limits_hold_across_listener_processes(tmp_path: Path):
+    """Two listener processes on one port count their associations together: the limits are
+    the adapter's, however the kernel spreads the connections."""
+    with _adapter(tmp_path, "--dimse_processes", "2", "--max_associations", "5", "--max_associations_per_aet", "2") as adapter:
+        held = []
+        for attempt in range(12):  # two calling AEs: each may hold 2, whichever process serves it
+            assoc = _associate(adapter.port, f"MODALITY{attempt % 2}")
+            if assoc.is_established:
+                held.append(assoc)
+            else:
+                assert _rejection(assoc) == LOCAL_LIMIT_EXCEEDED
+        assert len(held) == 4
+        fifth = _associate(adapter.port, "MODALITY2")  # room for one more in total
+        assert fifth.is_established
+        held.append(fifth)
+        assert _rejection(_associate(adapter.port, "MODALITY3")) == LOCAL_LIMIT_EXCEEDED
+        logs = adapter.logs()
+        # Both processes took part (13 connections spread by the kernel's hash of the source port).
+        assert "[MainProcess] edge_listener.server association" in logs
+        assert "[dicom-adapter-listener-1] edge_listener.server association" in logs
+        for assoc in held:
+            assoc.release()

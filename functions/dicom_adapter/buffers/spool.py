@@ -5,6 +5,7 @@ Layout under the spool root:
   queue/         acknowledged instances waiting for upload, one Part-10 file per destination
   dead/          instances a destination rejected for good: NAME.dcm with NAME.json saying why
   destinations/  ID.json: the destination each ID in an entry name stands for
+  associations/  PID.json: what each listener process has admitted (edge_listener/shared_admission.py)
 
 An entry reaches queue/ only by rename after its bytes and its directory were fsynced, so a
 file in queue/ is always complete, and one that is acknowledged is always in queue/ (or
