@@ -53,7 +53,7 @@ class DispatchSettings:
     # once (where a batch handler is given), as long as they add up to at most batch_max_bytes.
     batch_max: int = 16
     batch_max_bytes: int = 8 << 20
-    batch_linger_s: float = 0.02
+    batch_linger_s: float = 0.05
 
 
 class Dispatcher:
