@@ -55,7 +55,12 @@ def _adaptive_sleep(seconds: float) -> None:
 
 def mark_busy(event: evt.Event) -> None:
     """EVT_DIMSE_RECV (and EVT_DIMSE_SENT) handler: this association is in an exchange."""
-    _busy_until[id(event.assoc)] = _monotonic() + BUSY_WINDOW_S
+    mark_assoc_busy(event.assoc)
+
+
+def mark_assoc_busy(assoc: object) -> None:
+    """The same for messages sent past pynetdicom's send_msg (dimse_wire.py): no event there."""
+    _busy_until[id(assoc)] = _monotonic() + BUSY_WINDOW_S
 
 
 def forget(event: evt.Event) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import quote, urlencode
 
 import requests
@@ -67,9 +67,11 @@ class DicomWebAddress:
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", self.url.rstrip("/"))
 
+    def series_url(self, study: str, series: str) -> str:
+        return "{}/studies/{}/series/{}".format(self.url, *(quote(uid, safe="") for uid in (study, series)))
+
     def instance_url(self, study: str, series: str, sop_instance: str) -> str:
-        segments = (quote(uid, safe="") for uid in (study, series, sop_instance))
-        return "{}/studies/{}/series/{}/instances/{}".format(self.url, *segments)
+        return f"{self.series_url(study, series)}/instances/{quote(sop_instance, safe='')}"
 
 
 class DicomWebClient:
@@ -188,14 +190,17 @@ class DicomWebClient:
 
         `transfer_syntax="*"` asks for the bytes as stored; a UID asks the store to transcode.
         """
+        return self._retrieve(self.address.instance_url(study, series, sop_instance), transfer_syntax)
+
+    def retrieve_series(self, study: str, series: str, *, transfer_syntax: str = ANY_TRANSFER_SYNTAX) -> "RetrievedInstance | None":
+        """WADO-RS a whole series in one streamed response (a part per instance; see
+        RetrievedInstance.parts); None if the store does not have it."""
+        return self._retrieve(self.address.series_url(study, series), transfer_syntax)
+
+    def _retrieve(self, url: str, transfer_syntax: str) -> "RetrievedInstance | None":
         accept = f'multipart/related; type="application/dicom"; transfer-syntax={transfer_syntax}'
         try:
-            response = self.session.get(
-                self.address.instance_url(study, series, sop_instance),
-                headers={"Accept": accept},
-                stream=True,
-                timeout=self.timeout,
-            )
+            response = self.session.get(url, headers={"Accept": accept}, stream=True, timeout=self.timeout)
         except requests.RequestException as exc:
             raise DicomWebError(f"{type(exc).__name__}: {_short(str(exc))}") from None
         if response.status_code == 404:
@@ -332,15 +337,21 @@ class RetrievedInstance:
             out.write(data)
             written += len(data)
 
-        chunks = self._response.iter_content(self._chunk_size)
         if self.content_type.lower().startswith("application/dicom"):
-            for chunk in chunks:
+            for chunk in self._response.iter_content(self._chunk_size):
                 write(chunk)
             return written
-        parts = split_parts(chunks, boundary_of(self.content_type), lambda headers: write)
+        parts = self.parts(lambda headers: write)
         if parts != 1:
             raise DicomWebError(f"WADO-RS answered {parts} parts for one instance")
         return written
+
+    def parts(self, open_part: Callable[[dict[str, str]], Callable[[bytes], None]]) -> int:
+        """Split a multipart/related answer as it streams (multipart.split_parts): `open_part`
+        is called with each part's headers and returns the writer of its bytes."""
+        if not self.content_type.lower().startswith("multipart/"):
+            raise DicomWebError(f"WADO-RS answered {self.content_type or 'no Content-Type'}, not multipart")
+        return split_parts(self._response.iter_content(self._chunk_size), boundary_of(self.content_type), open_part)
 
     def close(self) -> None:
         self._response.close()
