@@ -14,6 +14,7 @@ comes back through pynetdicom's DIMSE layer.
 
 from __future__ import annotations
 
+import ssl
 import struct
 import time
 from contextlib import contextmanager
@@ -75,9 +76,15 @@ def send(assoc: Any, context_id: int, command: bytes, data_set: bytes | BinaryIO
     read from its current position to its end) in P-DATA fragments the peer's PDU size allows."""
     reactor_tuning.mark_assoc_busy(assoc)
     fragment = _fragment_size(assoc)
-    _send_fragments(assoc, context_id, 0x01, _pieces(command, fragment))
-    if data_set is not None:
-        _send_fragments(assoc, context_id, 0x00, _pieces(data_set, fragment))
+    pdvs = _pdvs(command, data_set, fragment)
+    sock = _plain_socket(assoc)
+    if sock is None:
+        for header, data in pdvs:
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, bytes((header,)) + data))
+            assoc.dul.send_pdu(pdata)
+        return
+    _write_pdus(assoc, sock, context_id, pdvs)
 
 
 @contextmanager
@@ -113,7 +120,23 @@ def _fragment_size(assoc: Any) -> int:
     return maximum - 6 if maximum else 1 << 20
 
 
-def _pieces(source: bytes | BinaryIO, size: int):  # type: ignore[no-untyped-def]
+def _pdvs(command: bytes, data_set: bytes | BinaryIO | None, size: int) -> Iterator[tuple[int, bytes]]:
+    """(message control header, fragment) of each PDV of a message (PS3.8 E.2): bit 0 command,
+    bit 1 last fragment of the command or of the data set."""
+    yield from _flagged(0x01, _pieces(command, size))
+    if data_set is not None:
+        yield from _flagged(0x00, _pieces(data_set, size))
+
+
+def _flagged(kind: int, pieces: Iterator[bytes]) -> Iterator[tuple[int, bytes]]:
+    previous = next(pieces, b"")
+    for piece in pieces:
+        yield kind, previous
+        previous = piece
+    yield kind | 0x02, previous
+
+
+def _pieces(source: bytes | BinaryIO, size: int) -> Iterator[bytes]:
     if isinstance(source, (bytes, bytearray)):
         view = memoryview(source)
         for start in range(0, len(view), size):
@@ -123,16 +146,35 @@ def _pieces(source: bytes | BinaryIO, size: int):  # type: ignore[no-untyped-def
         yield piece
 
 
-def _send_fragments(assoc: Any, context_id: int, command_bit: int, pieces: Any) -> None:
-    """P-DATA PDUs of one fragment each; the last one flagged as such (PS3.8 E.2)."""
-    previous = next(pieces, b"")
-    for piece in pieces:
-        _send_pdv(assoc, context_id, command_bit, previous)
-        previous = piece
-    _send_pdv(assoc, context_id, command_bit | 0x02, previous)
+def _plain_socket(assoc: Any) -> Any:
+    """The association's TCP socket when we may write P-DATA-TF PDUs to it ourselves: not TLS
+    (an SSL connection must not be written by one thread while another reads it) and
+    established (Sta6, where sending P-DATA changes no state of the DUL's state machine)."""
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if sock is None or isinstance(sock, ssl.SSLSocket) or assoc.dul.state_machine.current_state != "Sta6":
+        return None
+    return sock
 
 
-def _send_pdv(assoc: Any, context_id: int, header: int, data: bytes) -> None:
-    pdata = P_DATA()
-    pdata.presentation_data_value_list.append((context_id, bytes((header,)) + data))
-    assoc.dul.send_pdu(pdata)
+WRITE_BATCH = 1 << 18  # bytes of PDUs per socket write
+
+
+def _write_pdus(assoc: Any, sock: Any, context_id: int, pdvs: Iterator[tuple[int, bytes]]) -> None:
+    """P-DATA-TF PDUs of one PDV each (PS3.8 9.3.5), written in few system calls instead of
+    one DUL reactor round per PDU (a third of a millisecond per C-STORE of 70 KB). The socket
+    blocks when the peer is slow: memory stays at one batch. A broken connection is handed to
+    the DUL as pynetdicom's own send does (Evt17) and raised."""
+    batch: list[bytes] = []
+    size = 0
+    try:
+        for header, data in pdvs:
+            batch.append(struct.pack(">BBIIBB", 0x04, 0x00, len(data) + 6, len(data) + 2, context_id, header) + data)
+            size += len(batch[-1])
+            if size >= WRITE_BATCH:
+                sock.sendall(b"".join(batch))
+                batch, size = [], 0
+        if batch:
+            sock.sendall(b"".join(batch))
+    except OSError:
+        assoc.dul.event_queue.put("Evt17")
+        raise

@@ -19,6 +19,7 @@ in those modules' `time` is the real one.
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 import types
@@ -50,6 +51,21 @@ def _adaptive_sleep(seconds: float) -> None:
             busy = sum(1 for until in list(_busy_until.values()) if until > now)
             if busy <= FAST_POLL_MAX_BUSY:
                 seconds = FAST_SLEEP_S
+    _wait_for_input(seconds)
+
+
+def _wait_for_input(seconds: float) -> None:
+    """Sleep, but in a DUL reactor wake as soon as its socket has data: the peer's answer is
+    then read at once instead of after the sleep (a tenth of a millisecond or more per
+    request/response round trip). Same CPU as the sleep: select() blocks for the same time."""
+    thread = threading.current_thread()
+    sock = getattr(getattr(thread, "socket", None), "socket", None) if isinstance(thread, _dul_module.DULServiceProvider) else None
+    if sock is not None:
+        try:
+            select.select([sock], [], [], seconds)
+            return
+        except (OSError, ValueError):  # closed meanwhile: the reactor finds out itself
+            pass
     _real_sleep(seconds)
 
 
