@@ -50,6 +50,7 @@ from pynetdicom.sop_class import (
 )
 
 from . import dimse_wire, reactor_tuning
+from .dimse import error_comment
 from .process_folders import process_folder, remove_folders_of_gone_processes
 from .query import QUERY_TRANSFER_SYNTAXES
 from .retrieve_fetch import Fetched, Prefetcher, fetch_instance
@@ -141,16 +142,13 @@ class Responses:
             failed.FailedSOPInstanceUIDList = self.failed_uids
             ts = self.transfer_syntax
             identifier = encode(failed, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
-        if comment:
-            comment = " ".join(comment.split())
-            comment = comment if len(comment) <= 64 else comment[:63] + "~"
         command = dimse_wire.command_set(
             AffectedSOPClassUID=request.AffectedSOPClassUID,
             CommandField=self.command_field,
             MessageIDBeingRespondedTo=request.MessageID,
             CommandDataSetType=dimse_wire.NO_DATA_SET if identifier is None else dimse_wire.DATA_SET,
             Status=code,
-            ErrorComment=comment or None,
+            ErrorComment=error_comment(comment) if comment else None,
             NumberOfRemainingSuboperations=self.remaining if counts and code in (PENDING, CANCEL) else None,
             NumberOfCompletedSuboperations=self.completed if counts else None,
             NumberOfFailedSuboperations=self.failed if counts else None,

@@ -42,7 +42,7 @@ def finder(settings: QueryRetrieveSettings, client: DicomWebClient) -> Finder:
     if settings.qido_url:
         from dicom_adapter.qido_client import QidoFunctionClient
 
-        return QidoFunctionClient(settings.qido_url, fuzzy=settings.fuzzy_matching).find
+        return QidoFunctionClient(settings.qido_url, fuzzy=settings.fuzzy_matching).find_json
     return functools.partial(_find_in_process, client, settings)
 
 
@@ -60,7 +60,7 @@ def _resolve_in_process(client: DicomWebClient, settings: QueryRetrieveSettings,
 
 
 def _find_in_process(client: DicomWebClient, settings: QueryRetrieveSettings, identifier, model):  # type: ignore[no-untyped-def]
-    return qido.find(client, identifier, model, fuzzy=settings.fuzzy_matching, page_size=settings.qido_page_size)
+    return qido.find_json(client, identifier, model, fuzzy=settings.fuzzy_matching, page_size=settings.qido_page_size)
 
 
 def build_services(settings: QueryRetrieveSettings | None) -> list[DimseService]:

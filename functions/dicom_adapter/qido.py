@@ -94,12 +94,28 @@ def find(
 ) -> Iterator[Dataset]:
     """Answer a C-FIND identifier from the store: one Dataset per match, as the pages arrive."""
     level = query_level(identifier, model)
-    searches = translate(identifier, level, fuzzy=fuzzy)
-    answers = _merged(client, searches, page_size, unique=_unique_key(level))
-    if level == "PATIENT":
-        answers = _patients(answers, identifier)
-    for answer in answers:
+    for answer in _answers(client, identifier, level, fuzzy, page_size):
         yield to_identifier(answer, identifier, level)
+
+
+def find_json(
+    client: DicomWebClient,
+    identifier: Dataset,
+    model: str,
+    *,
+    fuzzy: bool = False,
+    page_size: int = 500,
+) -> Iterator[dict[str, Any]]:
+    """`find`, each match as DICOM JSON (identifier_json): no pydicom per match."""
+    level = query_level(identifier, model)
+    for answer in _answers(client, identifier, level, fuzzy, page_size):
+        yield identifier_json(answer, identifier, level)
+
+
+def _answers(client: DicomWebClient, identifier: Dataset, level: str, fuzzy: bool, page_size: int) -> Iterator[dict[str, Any]]:
+    """The store's answers to the identifier's searches, merged (and per patient at PATIENT level)."""
+    answers = _merged(client, translate(identifier, level, fuzzy=fuzzy), page_size, unique=_unique_key(level))
+    return _patients(answers, identifier) if level == "PATIENT" else answers
 
 
 def query_level(identifier: Dataset, model: str) -> str:
@@ -165,6 +181,31 @@ def to_identifier(answer: dict[str, Any], request: Dataset, level: str) -> Datas
             response[tag] = DataElement(tag, "SQ", [])
         else:
             response[tag] = DataElement(tag, element.VR, None)
+    return response
+
+
+def identifier_json(answer: dict[str, Any], request: Dataset, level: str) -> dict[str, Any]:
+    """to_identifier in DICOM JSON, straight from the store's answer: the requested keys, valued
+    from the answer (its elements as they are), else empty."""
+    response: dict[str, Any] = {}
+    for element in request:
+        tag = element.tag
+        if tag == SPECIFIC_CHARACTER_SET or tag.group in (0x0000, 0x0002):
+            continue
+        if " or " in element.VR:  # an ambiguous VR (pixel module keys): pydicom resolves those
+            return to_identifier(answer, request, level).to_json_dict()
+        key = _json_key(tag)
+        found = answer.get(key)
+        if tag == QUERY_RETRIEVE_LEVEL:
+            response[key] = {"vr": "CS", "Value": [level]}
+        elif isinstance(found, dict) and "BulkDataURI" not in found:
+            response[key] = found
+        elif element.VR == "UI" and element.VM == 1:  # a single UID the search had in its path
+            response[key] = {"vr": "UI", "Value": [str(element.value)]}
+        elif element.VR == "SQ":
+            response[key] = {"vr": "SQ", "Value": []}
+        else:
+            response[key] = {"vr": element.VR}
     return response
 
 
