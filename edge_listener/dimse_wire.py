@@ -74,11 +74,11 @@ def command_set(**values: Any) -> bytes:
 def send(assoc: Any, context_id: int, command: bytes, data_set: bytes | BinaryIO | None = None) -> None:
     """Send one DIMSE message on `assoc`: the command set, then the data set (bytes, or a file
     read from its current position to its end) in P-DATA fragments the peer's PDU size allows."""
-    reactor_tuning.mark_assoc_busy(assoc)
     fragment = _fragment_size(assoc)
     pdvs = _pdvs(command, data_set, fragment)
     sock = _plain_socket(assoc)
     if sock is None:
+        reactor_tuning.mark_assoc_busy(assoc)  # the DUL reactor sends these: have it poll its queue fast
         for header, data in pdvs:
             pdata = P_DATA()
             pdata.presentation_data_value_list.append((context_id, bytes((header,)) + data))

@@ -7,6 +7,7 @@ the instance look-ups of retrieval go to the `qido` Cloud Function instead.
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,11 @@ from .commitment import CommitmentService
 from .query import Finder, QueryService
 from .retrieve import Resolver, RetrieveService
 from .server import DimseService
+
+
+# C-FIND asks the store for its next page while one is answered: a large result comes faster,
+# a small one costs the store one request more (see dicomweb._search_pages).
+FIND_PAGES_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,9 @@ def finder(settings: QueryRetrieveSettings, client: DicomWebClient) -> Finder:
         from dicom_adapter.qido_client import QidoFunctionClient
 
         return QidoFunctionClient(settings.qido_url, fuzzy=settings.fuzzy_matching).find_json
-    return functools.partial(_find_in_process, client, settings)
+    paging = copy.copy(client)  # the same store and session, two QIDO-RS pages at once
+    paging.pages_in_flight = FIND_PAGES_IN_FLIGHT
+    return functools.partial(_find_in_process, paging, settings)
 
 
 def resolver(settings: QueryRetrieveSettings, client: DicomWebClient) -> Resolver:
