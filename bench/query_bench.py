@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -605,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.exists(tool):
             log(f"missing {tool} (apt-get install dcmtk orthanc orthanc-dicomweb)")
             return 2
-    adapter = find_adapter(args.adapter_cmd)
+    adapter = find_adapter(args.adapter_cmd or this_checkout_adapter())
     if adapter is None:
         log("`dicom-adapter` not found (pip install -e . in the repo root)")
         return 2
@@ -708,6 +709,16 @@ def main(argv: list[str] | None = None) -> int:
         }, indent=2))
         log(f"wrote {args.json}")
     return 0 if rows and all(r.ok for r in rows.values()) and not notes else 1
+
+
+def this_checkout_adapter() -> str:
+    """`python -m edge_listener` from the checkout this bench is in (put first on PYTHONPATH,
+    which the adapter's processes inherit), so the bench measures the code beside it rather
+    than whichever checkout an installed `dicom-adapter` points to."""
+    root = Path(__file__).resolve().parents[1]
+    paths = [str(root), str(root / "functions"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return f"{shlex.quote(sys.executable)} -m edge_listener"
 
 
 def corpus_uids(corpus: Corpus) -> list[tuple[str, str, str]]:
