@@ -196,6 +196,8 @@ def _find_scp(self: QueryRetrieveServiceClass, req: Any, context: Any) -> None:
                 return
         if self.assoc.is_established:
             respond(SUCCESS)
+    except OSError:  # the connection broke: nothing left to answer on (the DUL knows, see dimse_wire)
+        log.warning("C-FIND responses not sent: connection lost", extra=fields(calling_aet=self.assoc.requestor.ae_title))
     except Exception as exc:  # a failure response rather than a silent association
         log.error("C-FIND handler failed", extra=fields(calling_aet=self.assoc.requestor.ae_title, error=type(exc).__name__))
         if self.assoc.is_established:
