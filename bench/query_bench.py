@@ -394,34 +394,40 @@ class QueryBench:
         return ok
 
     def wado_once(self, row: Row, refs: list[tuple[str, str, str]]) -> bool:
-        """The store's own WADO-RS, as the adapter asks it: each instance as stored, one after
-        the other on one connection, streamed to a file."""
+        """The store's own WADO-RS, as the adapter asks it: each series of the study in one
+        response (as stored), one series after the other on one connection, streamed to a file;
+        the parts (instances) are counted."""
         assert self.orthanc is not None
         rd = self._rundir("wado")
         accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-        sizes: list[int] = []
+        series = list(dict.fromkeys((study, series) for study, series, _ in refs))
+        parts: list[int] = []
 
         def work() -> list[str]:
             conn = http.client.HTTPConnection(LOOPBACK, self.orthanc.http_port, timeout=self.args.timeout)
             try:
-                for study, series, sop in refs:
-                    conn.request("GET", f"/dicom-web/studies/{study}/series/{series}/instances/{sop}",
-                                 headers={"Accept": accept})
+                for study, uid in series:
+                    conn.request("GET", f"/dicom-web/studies/{study}/series/{uid}", headers={"Accept": accept})
                     resp = conn.getresponse()
                     if resp.status != 200:
                         resp.read()
                         return [f"WADO-RS HTTP {resp.status}"]
-                    with open(rd / "instance", "wb") as out:
-                        n = 0
+                    boundary = re.search(r'boundary="?([^";]+)', resp.getheader("Content-Type", ""))
+                    delimiter = b"\r\n--" + (boundary.group(1).encode() if boundary else b"")
+                    found, tail = 0, b""
+                    with open(rd / "series", "wb") as out:
                         while block := resp.read(1 << 16):
-                            n += out.write(block)
-                    sizes.append(n)
+                            out.write(block)
+                            found += (tail + block).count(delimiter)
+                            tail = block[-(len(delimiter) - 1):]
+                    parts.append(found)  # the closing delimiter counts for the first part's missing CRLF
             finally:
                 conn.close()
             return []
 
         def check() -> list[str]:
-            return [] if len(sizes) == len(refs) else [f"WADO-RS gave {len(sizes)} of {len(refs)} instances"]
+            got = sum(parts)
+            return [] if got == len(refs) else [f"WADO-RS gave {got} of {len(refs)} instances"]
 
         ok = self.measure(row, work, check)
         shutil.rmtree(rd, ignore_errors=True)
