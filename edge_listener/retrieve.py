@@ -219,6 +219,7 @@ def handle_get(event: Event, service: RetrieveService) -> None:
 
 def _resolve(event: Event, service: RetrieveService, models: dict, responses: Responses, context: dict) -> list[InstanceRef] | None:
     """The instances to send, or None after answering a failure."""
+    started = time.monotonic()
     try:
         identifier = event.identifier
         context["level"] = str(identifier.get("QueryRetrieveLevel", ""))[:16]
@@ -235,6 +236,7 @@ def _resolve(event: Event, service: RetrieveService, models: dict, responses: Re
         responses.send(TOO_MANY_MATCHES, f"{len(refs)} instances match; at most {MAX_SUBOPERATIONS} per request", counts=False)
         return None
     context["instances"] = len(refs)
+    context["resolve_ms"] = int((time.monotonic() - started) * 1000)
     return refs
 
 

@@ -9,10 +9,11 @@ in a `StowOutcome`; nothing here retries or decides, `upload.py` does.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 from urllib.parse import quote, urlencode
 
 import requests
@@ -393,31 +394,39 @@ def _search_pages(
     (Orthanc: 1000 studies in 0.3 s with two at once, 0.5 s one after the other); a search
     that ends early has then asked for up to pages_in_flight - 1 pages too many.
     """
-    in_flight = max(1, client.pages_in_flight)
-    pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="qido-page") if in_flight > 1 else None
-    pages: deque[Any] = deque()
-    next_offset = 0
-
-    def ask() -> None:
-        nonlocal next_offset
-        offset, next_offset = next_offset, next_offset + page_size
-        pages.append(pool.submit(_search_page, client, url, params, page_size, offset) if pool else offset)
-
+    pages = in_order(lambda offset: _search_page(client, url, params, page_size, offset), itertools.count(0, page_size), client.pages_in_flight)
     try:
-        for _ in range(in_flight):
-            ask()
-        while pages:
-            head = pages.popleft()
-            page = head.result() if pool else _search_page(client, url, params, page_size, head)
+        for page in pages:
             if page is None:
                 return
             yield from (item for item in page if isinstance(item, dict))
             if len(page) < page_size:
                 return
-            ask()
     finally:
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        pages.close()
+
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+def in_order(fn: Callable[[A], R], args: Iterable[A], in_flight: int) -> Iterator[R]:
+    """fn(arg) for each arg, up to `in_flight` calls running at once in threads, the results in
+    the order of `args`; the next call starts when the consumer takes a result. A consumer that
+    stops leaves at most in_flight - 1 calls running, and does not wait for them."""
+    pending = iter(args)
+    if in_flight <= 1:
+        for arg in pending:
+            yield fn(arg)
+        return
+    pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="dicomweb")
+    futures = deque(pool.submit(fn, arg) for arg in itertools.islice(pending, in_flight))
+    try:
+        while futures:
+            yield futures.popleft().result()
+            futures.extend(pool.submit(fn, arg) for arg in itertools.islice(pending, 1))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _search_page(client: "DicomWebClient", url: str, params: dict[str, Any], page_size: int, offset: int) -> list[Any] | None:
