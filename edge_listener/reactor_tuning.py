@@ -60,7 +60,7 @@ def _wait_for_input(seconds: float) -> None:
     request/response round trip). Same CPU as the sleep: select() blocks for the same time."""
     thread = threading.current_thread()
     sock = getattr(getattr(thread, "socket", None), "socket", None) if isinstance(thread, _dul_module.DULServiceProvider) else None
-    if sock is not None:
+    if sock is not None and not getattr(thread, "reading_suspended", False):  # (dimse_wire may read it instead)
         try:
             select.select([sock], [], [], seconds)
             return
