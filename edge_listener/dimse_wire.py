@@ -149,6 +149,7 @@ def _read_response(assoc: Any) -> Response | None:
         if pdu is None or pdu[0] != 0x04:
             _give_up(assoc, pdu)
             return None
+        assoc.dul._idle_timer.restart()  # as the DUL does for what it reads (network timeout)
         offset = 6
         while offset < len(pdu):
             (length,) = struct.unpack_from(">I", pdu, offset)
