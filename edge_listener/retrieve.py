@@ -381,11 +381,10 @@ MAX_QUEUED_PDUS = 32  # P-DATA waiting for the socket, per association (x the pe
 
 
 def _throttle(assoc: Any) -> None:
-    """Make pynetdicom wait for the socket while it sends a data set from a file.
-
-    Its DIMSE layer turns the whole file into P-DATA PDUs and queues them for the network
-    thread without waiting; a fast disk and a slow peer would put the whole instance in that
-    queue. Only P-DATA waits: association control PDUs (release, abort) never do.
+    """Make P-DATA that goes through pynetdicom's DUL (TLS associations; see dimse_wire) wait
+    for the socket: the PDUs of a data set are queued for the network thread without waiting,
+    so a fast disk and a slow peer would put the whole instance in that queue. Only P-DATA
+    waits: association control PDUs (release, abort) never do.
     """
     dul = assoc.dul
     if getattr(dul, "_throttled", False):
