@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -393,34 +394,40 @@ class QueryBench:
         return ok
 
     def wado_once(self, row: Row, refs: list[tuple[str, str, str]]) -> bool:
-        """The store's own WADO-RS, as the adapter asks it: each instance as stored, one after
-        the other on one connection, streamed to a file."""
+        """The store's own WADO-RS, as the adapter asks it: each series of the study in one
+        response (as stored), one series after the other on one connection, streamed to a file;
+        the parts (instances) are counted."""
         assert self.orthanc is not None
         rd = self._rundir("wado")
         accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-        sizes: list[int] = []
+        series = list(dict.fromkeys((study, series) for study, series, _ in refs))
+        parts: list[int] = []
 
         def work() -> list[str]:
             conn = http.client.HTTPConnection(LOOPBACK, self.orthanc.http_port, timeout=self.args.timeout)
             try:
-                for study, series, sop in refs:
-                    conn.request("GET", f"/dicom-web/studies/{study}/series/{series}/instances/{sop}",
-                                 headers={"Accept": accept})
+                for study, uid in series:
+                    conn.request("GET", f"/dicom-web/studies/{study}/series/{uid}", headers={"Accept": accept})
                     resp = conn.getresponse()
                     if resp.status != 200:
                         resp.read()
                         return [f"WADO-RS HTTP {resp.status}"]
-                    with open(rd / "instance", "wb") as out:
-                        n = 0
+                    boundary = re.search(r'boundary="?([^";]+)', resp.getheader("Content-Type", ""))
+                    delimiter = b"\r\n--" + (boundary.group(1).encode() if boundary else b"")
+                    found, tail = 0, b""
+                    with open(rd / "series", "wb") as out:
                         while block := resp.read(1 << 16):
-                            n += out.write(block)
-                    sizes.append(n)
+                            out.write(block)
+                            found += (tail + block).count(delimiter)
+                            tail = block[-(len(delimiter) - 1):]
+                    parts.append(found)  # the closing delimiter counts for the first part's missing CRLF
             finally:
                 conn.close()
             return []
 
         def check() -> list[str]:
-            return [] if len(sizes) == len(refs) else [f"WADO-RS gave {len(sizes)} of {len(refs)} instances"]
+            got = sum(parts)
+            return [] if got == len(refs) else [f"WADO-RS gave {got} of {len(refs)} instances"]
 
         ok = self.measure(row, work, check)
         shutil.rmtree(rd, ignore_errors=True)
@@ -605,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         if not os.path.exists(tool):
             log(f"missing {tool} (apt-get install dcmtk orthanc orthanc-dicomweb)")
             return 2
-    adapter = find_adapter(args.adapter_cmd)
+    adapter = find_adapter(args.adapter_cmd or this_checkout_adapter())
     if adapter is None:
         log("`dicom-adapter` not found (pip install -e . in the repo root)")
         return 2
@@ -708,6 +715,16 @@ def main(argv: list[str] | None = None) -> int:
         }, indent=2))
         log(f"wrote {args.json}")
     return 0 if rows and all(r.ok for r in rows.values()) and not notes else 1
+
+
+def this_checkout_adapter() -> str:
+    """`python -m edge_listener` from the checkout this bench is in (put first on PYTHONPATH,
+    which the adapter's processes inherit), so the bench measures the code beside it rather
+    than whichever checkout an installed `dicom-adapter` points to."""
+    root = Path(__file__).resolve().parents[1]
+    paths = [str(root), str(root / "functions"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return f"{shlex.quote(sys.executable)} -m edge_listener"
 
 
 def corpus_uids(corpus: Corpus) -> list[tuple[str, str, str]]:

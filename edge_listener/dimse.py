@@ -20,6 +20,11 @@ def status(code: int, comment: str = "") -> Dataset:
     response = Dataset()
     response.Status = code
     if comment:
-        comment = " ".join(comment.split())
-        response.ErrorComment = comment if len(comment) <= 64 else comment[:63] + "~"
+        response.ErrorComment = error_comment(comment)
     return response
+
+
+def error_comment(text: str) -> str:
+    """An Error Comment (LO): one line of at most 64 characters, cut with '~'."""
+    text = " ".join(text.split())
+    return text if len(text) <= 64 else text[:63] + "~"

@@ -2,36 +2,48 @@
 
 The identifier is translated into QIDO-RS searches by the shared `dicom_adapter.qido` (in
 process in local mode; the `qido` Cloud Function in cloud mode, through qido_client.py), and
-each match is sent as a Pending response as soon as its page arrives. A C-CANCEL stops the
-paging. Responses are encoded in the requester's Specific Character Set when it can hold every
-value, in UTF-8 (ISO_IR 192) otherwise. Identifier values are never logged (they are PHI).
+each match is sent as a Pending response as soon as its page arrives; the paging runs in a
+thread of its own (read_ahead), so the store searches the next page while this one is sent. A
+C-CANCEL stops the paging. Responses are encoded in the requester's Specific Character Set
+when it can hold every value, in UTF-8 (ISO_IR 192) otherwise (identifier_encoding.py, straight
+from the DICOM JSON). Identifier values are never logged (they are PHI).
+
+pynetdicom's C-FIND service would want each match as a Dataset and encode it and its command
+set with pydicom (most of the CPU per match), so for requests bound to handle_find `install()`
+lets the exchange send the responses itself (dimse_wire.py).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from dicom_adapter.logs import fields
 from dicom_adapter.qido import PATIENT_ROOT, STUDY_ROOT, QueryError
-from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.events import Event
+from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from .dimse import CANNOT_UNDERSTAND, status
+from . import dimse_wire
+from .dimse import CANNOT_UNDERSTAND, error_comment
+from .identifier_encoding import encode_identifier
 
 log = logging.getLogger(__name__)
 
+SUCCESS = 0x0000
 PENDING = 0xFF00
 CANCEL = 0xFE00
 UNABLE_TO_PROCESS = 0xC001  # C-FIND "unable to process" (0xC000-0xCFFF), 0xC000 is kept for bad identifiers
+HANDLER_FAILED = 0xC311  # what pynetdicom answers when a handler raises
 
 FIND_MODELS = {
     PatientRootQueryRetrieveInformationModelFind: PATIENT_ROOT,
@@ -39,10 +51,13 @@ FIND_MODELS = {
 }
 # Query identifiers are small: the uncompressed syntaxes cover every SCU.
 QUERY_TRANSFER_SYNTAXES = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"]
-_TEXT_VRS = {"PN", "LO", "SH", "ST", "LT", "UT", "UC"}
+READ_AHEAD = 1000  # matches the paging thread may be ahead of the responses (two default pages)
 
-# (identifier, model) -> matches; raises QueryError. qido.find bound to a client, or qido_client.
-Finder = Callable[[Dataset, str], Iterator[Dataset]]
+# (identifier, model) -> matches as DICOM JSON; raises QueryError. qido.find_json bound to a
+# client, or qido_client's find_json.
+Finder = Callable[[Dataset, str], Iterator[dict[str, Any]]]
+# What handle_find yields: (status, error comment, encoded identifier of a Pending response).
+Response = tuple[int, str, "bytes | None"]
 
 
 @dataclass
@@ -54,12 +69,16 @@ class QueryService:
         default_factory=lambda: [(sop_class, QUERY_TRANSFER_SYNTAXES) for sop_class in FIND_MODELS]
     )
 
+    def __post_init__(self) -> None:
+        install()
+
     def handlers(self) -> list[tuple[Any, ...]]:
         return [(evt.EVT_C_FIND, handle_find, [self])]
 
 
-def handle_find(event: Event, service: QueryService) -> Iterator[tuple[Any, Dataset | None]]:
-    """EVT_C_FIND handler: Pending per match, then Success, Cancel or a failure with a comment."""
+def handle_find(event: Event, service: QueryService) -> Iterator[Response]:
+    """EVT_C_FIND handler: Pending per match, then Cancel or a failure with a comment (the
+    exchange adds Success after the last match)."""
     started = time.monotonic()
     context = {"calling_aet": event.assoc.requestor.ae_title, "sop_class_uid": str(event.request.AffectedSOPClassUID)}
     model = FIND_MODELS.get(event.request.AffectedSOPClassUID)
@@ -69,64 +88,124 @@ def handle_find(event: Event, service: QueryService) -> Iterator[tuple[Any, Data
         context["level"] = str(identifier.get("QueryRetrieveLevel", ""))[:16]
     except Exception as exc:
         log.error("C-FIND identifier cannot be decoded", extra=fields(**context, error=type(exc).__name__))
-        yield status(CANNOT_UNDERSTAND, "identifier cannot be decoded"), None
+        yield CANNOT_UNDERSTAND, "identifier cannot be decoded", None
         return
-    matches = service.find(identifier, model or STUDY_ROOT)
+    transfer_syntax = str(event.context.transfer_syntax)
+    matches = read_ahead(service.find(identifier, model or STUDY_ROOT), READ_AHEAD)
     count = 0
     try:
         for match in matches:
             if event.is_cancelled:
                 log.info("C-FIND cancelled", extra=fields(**context, matches=count))
-                yield CANCEL, None
+                yield CANCEL, "", None
                 return
-            yield PENDING, with_character_set(match, requested_charset)
+            yield PENDING, "", encode_identifier(match, requested_charset, transfer_syntax)
             count += 1
     except QueryError as exc:
         log.error("C-FIND failed", extra=fields(**context, status=f"0x{exc.code:04X}", reason=exc.comment))
-        yield status(exc.code, exc.comment), None
+        yield exc.code, exc.comment, None
         return
-    except Exception as exc:  # never let a handler error become pynetdicom's bare 0xC311
+    except Exception as exc:  # never let a handler error become a bare failure
         log.error("C-FIND failed unexpectedly", extra=fields(**context, error=type(exc).__name__))
-        yield status(UNABLE_TO_PROCESS, f"adapter error: {type(exc).__name__}"), None
+        yield UNABLE_TO_PROCESS, f"adapter error: {type(exc).__name__}", None
         return
     finally:
-        close = getattr(matches, "close", None)
-        if close is not None:
-            close()  # stops the paging
+        matches.close()  # stops the paging
     log.info("C-FIND done", extra=fields(**context, matches=count, duration_ms=int((time.monotonic() - started) * 1000)))
 
 
-def with_character_set(match: Dataset, requested: Any) -> Dataset:
-    """Give the match the requester's character set if it holds every text value, else UTF-8."""
-    requested_terms = _terms(requested)
-    texts = [str(element.value) for element in match if element.VR in _TEXT_VRS and not element.is_empty]
-    if _encodable(texts, requested_terms):
-        if requested_terms:
-            match.SpecificCharacterSet = requested
-        return match
-    match.SpecificCharacterSet = "ISO_IR 192"
-    return match
+T = TypeVar("T")
 
 
-def _terms(value: Any) -> list[str]:
-    """Specific Character Set terms (one string or a multi-value), empty ones dropped."""
-    if not value:
-        return []
-    values = [value] if isinstance(value, str) else list(value)
-    return [str(term).strip() for term in values if str(term).strip()]
+def read_ahead(source: Iterator[T], depth: int) -> Iterator[T]:
+    """`source` (the paged QIDO search) run in a thread of its own, at most `depth` items ahead
+    of the consumer, its exceptions raised in the consumer. Closing the result stops the
+    source after the item (page request) under way and closes it in its thread, without
+    waiting for that request."""
+    items: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
 
-
-def _encodable(texts: list[str], terms: list[str]) -> bool:
-    if not terms:  # the default repertoire
-        return all(text.isascii() for text in texts)
-    if len(terms) > 1 or terms[0].startswith("ISO 2022"):
-        return True  # code extensions: pydicom switches sets as it encodes
-    codec = python_encoding.get(terms[0].strip())
-    if codec is None:
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                items.put((kind, value), timeout=0.05)
+                return True
+            except queue.Full:
+                continue
         return False
+
+    def run() -> None:
+        try:
+            for item in source:
+                if not put("item", item):
+                    return
+            put("end", None)
+        except BaseException as exc:  # handed to the consumer
+            put("error", exc)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=run, name="qido-read-ahead", daemon=True)
+    thread.start()
     try:
-        for text in texts:
-            text.encode(codec)
-    except UnicodeEncodeError:
-        return False
-    return True
+        while True:
+            kind, value = items.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+
+
+# -- letting the handler send the responses -----------------------------------------------------
+
+_ORIGINAL_FIND = QueryRetrieveServiceClass._c_find_scp
+
+
+def _find_scp(self: QueryRetrieveServiceClass, req: Any, context: Any) -> None:
+    """C-FIND requests bound to handle_find: its responses written by dimse_wire; any other
+    AE's: pynetdicom's own service."""
+    bound = self.assoc.get_handlers(evt.EVT_C_FIND)
+    if not bound or bound[0] is not handle_find:
+        _ORIGINAL_FIND(self, req, context)
+        return
+
+    def respond(code: int, comment: str = "", identifier: bytes | None = None) -> None:
+        command = dimse_wire.command_set(
+            AffectedSOPClassUID=req.AffectedSOPClassUID,
+            CommandField=dimse_wire.C_FIND_RSP,
+            MessageIDBeingRespondedTo=req.MessageID,
+            CommandDataSetType=dimse_wire.NO_DATA_SET if identifier is None else dimse_wire.DATA_SET,
+            Status=code,
+            ErrorComment=error_comment(comment) if comment else None,
+        )
+        dimse_wire.send(self.assoc, context.context_id, command, identifier)
+
+    responses: Iterator[Response] = iter(())
+    try:
+        responses = evt.trigger(self.assoc, evt.EVT_C_FIND, {"request": req, "context": context.as_tuple, "_is_cancelled": self.is_cancelled})
+        for code, comment, identifier in responses:
+            if not self.assoc.is_established:
+                return
+            respond(code, comment, identifier)
+            if code != PENDING:
+                return
+        if self.assoc.is_established:
+            respond(SUCCESS)
+    except OSError:  # the connection broke: nothing left to answer on (the DUL knows, see dimse_wire)
+        log.warning("C-FIND responses not sent: connection lost", extra=fields(calling_aet=self.assoc.requestor.ae_title))
+    except Exception as exc:  # a failure response rather than a silent association
+        log.error("C-FIND handler failed", extra=fields(calling_aet=self.assoc.requestor.ae_title, error=type(exc).__name__))
+        if self.assoc.is_established:
+            respond(HANDLER_FAILED, f"adapter error: {type(exc).__name__}")
+    finally:
+        getattr(responses, "close", lambda: None)()  # the handler's own finally (stops the paging) now
+
+
+def install() -> None:
+    """Route C-FIND requests bound to handle_find to _find_scp (idempotent)."""
+    QueryRetrieveServiceClass._c_find_scp = _find_scp  # type: ignore[method-assign]

@@ -1,13 +1,14 @@
 """C-MOVE and C-GET SCP: send the instances a request names, fetched from the DICOMweb store.
 
-For each request: resolve the instances by QIDO-RS at the requested level (qido.py), then for
-each one fetch it by WADO-RS streamed to a file in the staging folder (`transfer-syntax=*`:
-the bytes as stored) and C-STORE that file as it lies on disk (pynetdicom's chunked send: never
-the whole instance in memory). C-MOVE sends on ONE association to the Move Destination, looked
-up in the AET dictionary, calling as `--dimse_cmove_aet`; C-GET sends on the requester's own
-association (it proposed the storage contexts with the SCP role). Pending responses carry the
-remaining/completed/failed/warning counts; the last one is Success, 0xB000 or 0xA702 with the
-Failed SOP Instance UID List, or Cancel after a C-CANCEL.
+For each request: resolve the instances by QIDO-RS at the requested level (qido.py); a thread
+fetches them by WADO-RS (`transfer-syntax=*`: the bytes as stored; a whole series per request
+above IMAGE level) ahead of the C-STOREs, small ones into memory, large ones into the staging
+folder (retrieve_fetch.py); each is C-STOREd byte for byte as fetched, the data set read from
+memory or the file one PDU at a time (dimse_wire.py). C-MOVE sends on ONE association to the
+Move Destination, looked up in the AET dictionary, calling as `--dimse_cmove_aet`; C-GET sends
+on the requester's own association (it proposed the storage contexts with the SCP role).
+Pending responses carry the remaining/completed/failed/warning counts; the last one is
+Success, 0xB000 or 0xA702 with the Failed SOP Instance UID List, or Cancel after a C-CANCEL.
 
 Transfer syntax: the destination is offered each SOP class in every common transfer syntax,
 one context per syntax. The instance goes in its stored syntax when that was accepted;
@@ -16,28 +17,26 @@ first); if it cannot, the instance fails with a reason instead of going out in w
 
 pynetdicom's own C-MOVE/C-GET service wants every instance as an in-memory Dataset and opens
 the destination association as the listener's AE, so for requests bound to the handlers below
-`install()` lets the handler run the exchange itself (see _exchange_scp).
+`install()` lets the handler run the exchange itself (see _exchange_scp). The messages of the
+exchange are written by dimse_wire.py rather than pynetdicom's send_msg (half the CPU).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from dicom_adapter.aets import Peer
-from dicom_adapter.dicomweb import DicomWebClient, DicomWebError
+from dicom_adapter.dicomweb import DicomWebClient
 from dicom_adapter.dimse_tls import TlsConfigError, TlsFiles, associate
 from dicom_adapter.logs import fields
-from dicom_adapter.part10 import MalformedDataset, read_file_meta
 from dicom_adapter.qido import PATIENT_ROOT, STUDY_ROOT, InstanceRef, QueryError
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import AE, _config, build_context, evt
+from pynetdicom import AE, build_context, evt
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
@@ -50,9 +49,11 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from . import reactor_tuning
+from . import dimse_wire, reactor_tuning
+from .dimse import error_comment
 from .process_folders import process_folder, remove_folders_of_gone_processes
 from .query import QUERY_TRANSFER_SYNTAXES
+from .retrieve_fetch import Fetched, Prefetcher, fetch_instance
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,9 @@ def _own_staging_dir(root: Path) -> Path:
 class Responses:
     """The C-MOVE/C-GET responses of one request, with the sub-operation counts."""
 
-    def __init__(self, event: Event, primitive: type) -> None:
+    def __init__(self, event: Event, command_field: int) -> None:
         self.event = event
-        self.primitive = primitive
+        self.command_field = command_field
         self.context_id = event.context.context_id
         self.transfer_syntax = UID(event.context.transfer_syntax)
         self.remaining = self.completed = self.failed = self.warning = 0
@@ -135,25 +136,25 @@ class Responses:
 
     def send(self, code: int, comment: str = "", *, counts: bool = True, failed_list: bool = False) -> None:
         request = self.event.request
-        rsp = self.primitive()
-        rsp.MessageIDBeingRespondedTo = request.MessageID
-        rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
-        rsp.Status = code
-        if comment:
-            comment = " ".join(comment.split())
-            rsp.ErrorComment = comment if len(comment) <= 64 else comment[:63] + "~"
-        if counts:
-            if code in (PENDING, CANCEL):
-                rsp.NumberOfRemainingSuboperations = self.remaining
-            rsp.NumberOfCompletedSuboperations = self.completed
-            rsp.NumberOfFailedSuboperations = self.failed
-            rsp.NumberOfWarningSuboperations = self.warning
+        identifier = None
         if failed_list:
-            identifier = Dataset()
-            identifier.FailedSOPInstanceUIDList = self.failed_uids
+            failed = Dataset()
+            failed.FailedSOPInstanceUIDList = self.failed_uids
             ts = self.transfer_syntax
-            rsp.Identifier = BytesIO(encode(identifier, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated))
-        self.event.assoc.dimse.send_msg(rsp, self.context_id)
+            identifier = encode(failed, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+        command = dimse_wire.command_set(
+            AffectedSOPClassUID=request.AffectedSOPClassUID,
+            CommandField=self.command_field,
+            MessageIDBeingRespondedTo=request.MessageID,
+            CommandDataSetType=dimse_wire.NO_DATA_SET if identifier is None else dimse_wire.DATA_SET,
+            Status=code,
+            ErrorComment=error_comment(comment) if comment else None,
+            NumberOfRemainingSuboperations=self.remaining if counts and code in (PENDING, CANCEL) else None,
+            NumberOfCompletedSuboperations=self.completed if counts else None,
+            NumberOfFailedSuboperations=self.failed if counts else None,
+            NumberOfWarningSuboperations=self.warning if counts else None,
+        )
+        dimse_wire.send(self.event.assoc, self.context_id, command, identifier)
 
     def finish(self) -> int:
         """The final response after the sub-operations; returns its status."""
@@ -167,7 +168,7 @@ class Responses:
 
 def handle_move(event: Event, service: RetrieveService) -> None:
     """EVT_C_MOVE handler: the whole exchange, on ONE association to the Move Destination."""
-    responses = Responses(event, C_MOVE)
+    responses = Responses(event, dimse_wire.C_MOVE_RSP)
     destination = str(event.request.MoveDestination or "").strip()
     context = _log_context(event, move_destination=destination)
     refs = _resolve(event, service, MOVE_MODELS, responses, context)
@@ -195,18 +196,9 @@ def handle_move(event: Event, service: RetrieveService) -> None:
         log.error("C-MOVE destination refused or unreachable", extra=fields(**context, peer=f"{peer.host}:{peer.port}"))
         responses.send(MOVE_DESTINATION_UNKNOWN, f"cannot associate with {destination} at {peer.host}:{peer.port}", counts=False)
         return
-    originator = event.assoc.requestor.ae_title
-    message_id = event.request.MessageID
+    originator = (event.assoc.requestor.ae_title, event.request.MessageID)
     try:
-        _suboperations(
-            event,
-            service,
-            refs,
-            responses,
-            store_assoc,
-            lambda path, msg_id: store_assoc.send_c_store(path, msg_id=msg_id, originator_aet=originator, originator_id=message_id),
-            context,
-        )
+        _suboperations(event, service, refs, responses, store_assoc, originator, context)
     finally:
         if store_assoc.is_established:
             store_assoc.release()
@@ -214,7 +206,7 @@ def handle_move(event: Event, service: RetrieveService) -> None:
 
 def handle_get(event: Event, service: RetrieveService) -> None:
     """EVT_C_GET handler: the C-STOREs go back on the requester's association."""
-    responses = Responses(event, C_GET)
+    responses = Responses(event, dimse_wire.C_GET_RSP)
     context = _log_context(event)
     refs = _resolve(event, service, GET_MODELS, responses, context)
     if refs is None:
@@ -222,11 +214,12 @@ def handle_get(event: Event, service: RetrieveService) -> None:
     if not refs:
         responses.send(SUCCESS)
         return
-    _suboperations(event, service, refs, responses, event.assoc, lambda path, msg_id: event.assoc.send_c_store(path, msg_id=msg_id), context)
+    _suboperations(event, service, refs, responses, event.assoc, None, context)
 
 
 def _resolve(event: Event, service: RetrieveService, models: dict, responses: Responses, context: dict) -> list[InstanceRef] | None:
     """The instances to send, or None after answering a failure."""
+    started = time.monotonic()
     try:
         identifier = event.identifier
         context["level"] = str(identifier.get("QueryRetrieveLevel", ""))[:16]
@@ -243,6 +236,7 @@ def _resolve(event: Event, service: RetrieveService, models: dict, responses: Re
         responses.send(TOO_MANY_MATCHES, f"{len(refs)} instances match; at most {MAX_SUBOPERATIONS} per request", counts=False)
         return None
     context["instances"] = len(refs)
+    context["resolve_ms"] = int((time.monotonic() - started) * 1000)
     return refs
 
 
@@ -252,38 +246,49 @@ def _suboperations(
     refs: list[InstanceRef],
     responses: Responses,
     store_assoc: Any,
-    send: Callable[[str, int], Dataset],
+    originator: tuple[str, int] | None,
     context: dict,
 ) -> None:
+    """Fetch (ahead, in a thread) and C-STORE every instance, with a Pending response after
+    each; then the final response. `originator`: C-MOVE's (AE title, message ID)."""
     started = time.monotonic()
     responses.remaining = len(refs)
     _throttle(store_assoc)
-    for number, ref in enumerate(refs):
-        if event.is_cancelled:
-            log.info("retrieve cancelled", extra=fields(**context, completed=responses.completed))
-            responses.send(CANCEL, failed_list=True)
-            return
-        msg_id = (event.request.MessageID + 1 + number) % 65536  # sub-operations get their own IDs
-        outcome, reason = _send_one(service, ref, store_assoc, lambda path: send(path, msg_id))
-        responses.remaining -= 1
-        if outcome == "completed":
-            responses.completed += 1
-        elif outcome == "warning":
-            responses.warning += 1
-        else:
-            responses.failed += 1
-            responses.failed_uids.append(ref.sop_instance_uid)
-            log.warning("sub-operation failed", extra=fields(**context, sop_instance_uid=ref.sop_instance_uid, reason=reason))
-        if not store_assoc.is_established:
-            break
-        if responses.remaining:
-            responses.send(PENDING)
+    done: set[str] = set()
+    fetcher = Prefetcher(service.client, refs, service.staging_dir, whole_series=context.get("level") != "IMAGE")
+    try:
+        with dimse_wire.paused(store_assoc):
+            for fetched in fetcher:
+                if event.is_cancelled:
+                    fetched.discard()
+                    log.info("retrieve cancelled", extra=fields(**context, completed=responses.completed))
+                    responses.send(CANCEL, failed_list=True)
+                    return
+                msg_id = (event.request.MessageID + 1 + len(done)) % 65536  # sub-operations get their own IDs
+                outcome, reason = _send_one(service, fetched, store_assoc, msg_id, originator)
+                done.add(fetched.ref.sop_instance_uid)
+                responses.remaining -= 1
+                if outcome == "completed":
+                    responses.completed += 1
+                elif outcome == "warning":
+                    responses.warning += 1
+                else:
+                    responses.failed += 1
+                    responses.failed_uids.append(fetched.ref.sop_instance_uid)
+                    log.warning("sub-operation failed", extra=fields(**context, sop_instance_uid=fetched.ref.sop_instance_uid, reason=reason))
+                if not store_assoc.is_established:
+                    break
+                if responses.remaining:
+                    responses.send(PENDING)
+    finally:
+        fetcher.close()
     if not event.assoc.is_established:
         return
     # An association that broke leaves the rest unsent: they count as failed.
-    for ref in refs[len(refs) - responses.remaining :]:
-        responses.failed += 1
-        responses.failed_uids.append(ref.sop_instance_uid)
+    for ref in refs:
+        if ref.sop_instance_uid not in done:
+            responses.failed += 1
+            responses.failed_uids.append(ref.sop_instance_uid)
     responses.remaining = 0
     code = responses.finish()
     log.info(
@@ -299,50 +304,55 @@ def _suboperations(
     )
 
 
-def _send_one(service: RetrieveService, ref: InstanceRef, store_assoc: Any, send: Callable[[str], Dataset]) -> tuple[str, str]:
-    """Fetch one instance into the staging folder and C-STORE it; (outcome, reason)."""
-    accepted = _accepted_syntaxes(store_assoc, ref.sop_class_uid)
-    if not accepted:
-        return "failed", f"destination accepted no context for SOP class {ref.sop_class_uid}"
-    staged = service.staging_dir / f"{uuid.uuid4().hex}.dcm"
+def _send_one(service: RetrieveService, fetched: Fetched, assoc: Any, msg_id: int, originator: tuple[str, int] | None) -> tuple[str, str]:
+    """C-STORE one fetched instance (converted by the store first if the destination does not
+    take its transfer syntax); (outcome, reason)."""
     try:
-        stored_syntax = _fetch(service.client, ref, staged, "*")
-        if stored_syntax is None:
-            return "failed", "not in the store"
+        if fetched.meta is None:
+            return "failed", fetched.reason
+        accepted = _accepted_syntaxes(assoc, fetched.meta.sop_class_uid)
+        if not accepted:
+            return "failed", f"destination accepted no context for SOP class {fetched.meta.sop_class_uid}"
+        stored_syntax = fetched.meta.transfer_syntax_uid
         if stored_syntax not in accepted:
             wanted = next((ts for ts in (EXPLICIT_VR_LE, IMPLICIT_VR_LE) if ts in accepted), accepted[0])
-            try:
-                converted = _fetch(service.client, ref, staged, wanted)
-            except DicomWebError as exc:
-                return "failed", f"destination does not accept {stored_syntax} and the store cannot convert it ({exc.reason})"
-            if converted != wanted:
-                return "failed", f"destination does not accept {stored_syntax}; the store sent {converted}"
+            fetched.discard()
+            fetched = fetch_instance(service.client, fetched.ref, service.staging_dir, wanted)
+            if fetched.meta is None:
+                return "failed", f"destination does not accept {stored_syntax} and the store cannot convert it ({fetched.reason})"
+            if fetched.meta.transfer_syntax_uid != wanted:
+                return "failed", f"destination does not accept {stored_syntax}; the store sent {fetched.meta.transfer_syntax_uid}"
         try:
-            status = send(str(staged))
+            response = _store(assoc, fetched, msg_id, originator)
         except Exception as exc:  # no context after all, or the association broke
             return "failed", f"C-STORE not sent: {type(exc).__name__}"
-        code = int(status.Status) if "Status" in status else None
-        if code == SUCCESS:
-            return "completed", ""
-        if code is not None and code in (0xB000, 0xB006, 0xB007):
-            return "warning", f"C-STORE status 0x{code:04X}"
-        return "failed", "no C-STORE response" if code is None else f"C-STORE status 0x{code:04X}"
-    except (DicomWebError, MalformedDataset, OSError) as exc:
-        return "failed", f"fetch failed: {getattr(exc, 'reason', None) or type(exc).__name__}"
     finally:
-        staged.unlink(missing_ok=True)
+        fetched.discard()
+    code = getattr(response, "Status", None) if response is not None else None
+    if code == SUCCESS:
+        return "completed", ""
+    if code is not None and code in (0xB000, 0xB006, 0xB007):
+        return "warning", f"C-STORE status 0x{code:04X}"
+    return "failed", "no C-STORE response" if code is None else f"C-STORE status 0x{code:04X}"
 
 
-def _fetch(client: DicomWebClient, ref: InstanceRef, path: Path, transfer_syntax: str) -> str | None:
-    """WADO-RS the instance into `path`; its transfer syntax, or None if the store lacks it."""
-    retrieved = client.retrieve_instance(ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid, transfer_syntax=transfer_syntax)
-    if retrieved is None:
-        return None
-    with retrieved, open(path, "wb") as out:
-        retrieved.copy_to(out)
-        out.flush()
-    with open(path, "rb") as staged:
-        return read_file_meta(staged).transfer_syntax_uid
+def _store(assoc: Any, fetched: Fetched, msg_id: int, originator: tuple[str, int] | None) -> Any:
+    """The C-STORE request of a fetched instance, its data set sent exactly as fetched; the
+    response primitive (None on a DIMSE timeout)."""
+    meta = fetched.meta
+    assert meta is not None
+    context = assoc._get_valid_context(meta.sop_class_uid, meta.transfer_syntax_uid, "scu")
+    command = dimse_wire.command_set(
+        AffectedSOPClassUID=meta.sop_class_uid,
+        CommandField=dimse_wire.C_STORE_RQ,
+        MessageID=msg_id,
+        Priority=dimse_wire.PRIORITY_LOW,
+        CommandDataSetType=dimse_wire.DATA_SET,
+        AffectedSOPInstanceUID=meta.sop_instance_uid,
+        MoveOriginatorApplicationEntityTitle=originator[0] if originator else None,
+        MoveOriginatorMessageID=originator[1] if originator else None,
+    )
+    return dimse_wire.send_and_wait(assoc, context.context_id, command, fetched.data_set())
 
 
 def _accepted_syntaxes(assoc: Any, sop_class_uid: str) -> list[str]:
@@ -371,11 +381,10 @@ MAX_QUEUED_PDUS = 32  # P-DATA waiting for the socket, per association (x the pe
 
 
 def _throttle(assoc: Any) -> None:
-    """Make pynetdicom wait for the socket while it sends a data set from a file.
-
-    Its DIMSE layer turns the whole file into P-DATA PDUs and queues them for the network
-    thread without waiting; a fast disk and a slow peer would put the whole instance in that
-    queue. Only P-DATA waits: association control PDUs (release, abort) never do.
+    """Make P-DATA that goes through pynetdicom's DUL (TLS associations; see dimse_wire) wait
+    for the socket: the PDUs of a data set are queued for the network thread without waiting,
+    so a fast disk and a slow peer would put the whole instance in that queue. Only P-DATA
+    waits: association control PDUs (release, abort) never do.
     """
     dul = assoc.dul
     if getattr(dul, "_throttled", False):
@@ -428,7 +437,5 @@ def _exchange_scp(event_type: Any) -> Callable[..., None]:
 
 def install() -> None:
     """Route C-MOVE/C-GET requests bound to our handlers to them (idempotent)."""
-    # send_c_store(path) sends the file's data set as it lies on disk, in pieces.
-    _config.STORE_SEND_CHUNKED_DATASET = True
     QueryRetrieveServiceClass._move_scp = _exchange_scp(evt.EVT_C_MOVE)  # type: ignore[method-assign]
     QueryRetrieveServiceClass._get_scp = _exchange_scp(evt.EVT_C_GET)  # type: ignore[method-assign]

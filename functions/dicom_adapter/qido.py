@@ -23,7 +23,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from .dicomweb import DicomWebClient, DicomWebError
+from .dicomweb import DicomWebClient, DicomWebError, in_order
 
 PATIENT_ROOT = "PATIENT"
 STUDY_ROOT = "STUDY"
@@ -51,6 +51,7 @@ PATIENT_COUNTS = {
     Tag(0x0020, 0x1202): Tag(0x0020, 0x1206),  # ...RelatedSeries: sum of NumberOfStudyRelatedSeries
     Tag(0x0020, 0x1204): Tag(0x0020, 0x1208),  # ...RelatedInstances: sum of NumberOfStudyRelatedInstances
 }
+RESOLVE_SERIES_IN_FLIGHT = 2  # series of a study searched at once when resolving its instances
 # Keys the translation sets itself rather than matching on.
 _NOT_MATCHED = {QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET}
 
@@ -94,12 +95,28 @@ def find(
 ) -> Iterator[Dataset]:
     """Answer a C-FIND identifier from the store: one Dataset per match, as the pages arrive."""
     level = query_level(identifier, model)
-    searches = translate(identifier, level, fuzzy=fuzzy)
-    answers = _merged(client, searches, page_size, unique=_unique_key(level))
-    if level == "PATIENT":
-        answers = _patients(answers, identifier)
-    for answer in answers:
+    for answer in _answers(client, identifier, level, fuzzy, page_size):
         yield to_identifier(answer, identifier, level)
+
+
+def find_json(
+    client: DicomWebClient,
+    identifier: Dataset,
+    model: str,
+    *,
+    fuzzy: bool = False,
+    page_size: int = 500,
+) -> Iterator[dict[str, Any]]:
+    """`find`, each match as DICOM JSON (identifier_json): no pydicom per match."""
+    level = query_level(identifier, model)
+    for answer in _answers(client, identifier, level, fuzzy, page_size):
+        yield identifier_json(answer, identifier, level)
+
+
+def _answers(client: DicomWebClient, identifier: Dataset, level: str, fuzzy: bool, page_size: int) -> Iterator[dict[str, Any]]:
+    """The store's answers to the identifier's searches, merged (and per patient at PATIENT level)."""
+    answers = _merged(client, translate(identifier, level, fuzzy=fuzzy), page_size, unique=_unique_key(level))
+    return _patients(answers, identifier) if level == "PATIENT" else answers
 
 
 def query_level(identifier: Dataset, model: str) -> str:
@@ -168,6 +185,31 @@ def to_identifier(answer: dict[str, Any], request: Dataset, level: str) -> Datas
     return response
 
 
+def identifier_json(answer: dict[str, Any], request: Dataset, level: str) -> dict[str, Any]:
+    """to_identifier in DICOM JSON, straight from the store's answer: the requested keys, valued
+    from the answer (its elements as they are), else empty."""
+    response: dict[str, Any] = {}
+    for element in request:
+        tag = element.tag
+        if tag == SPECIFIC_CHARACTER_SET or tag.group in (0x0000, 0x0002):
+            continue
+        if " or " in element.VR:  # an ambiguous VR (pixel module keys): pydicom resolves those
+            return to_identifier(answer, request, level).to_json_dict()
+        key = _json_key(tag)
+        found = answer.get(key)
+        if tag == QUERY_RETRIEVE_LEVEL:
+            response[key] = {"vr": "CS", "Value": [level]}
+        elif isinstance(found, dict) and "BulkDataURI" not in found:
+            response[key] = found
+        elif element.VR == "UI" and element.VM == 1:  # a single UID the search had in its path
+            response[key] = {"vr": "UI", "Value": [str(element.value)]}
+        elif element.VR == "SQ":
+            response[key] = {"vr": "SQ", "Value": []}
+        else:
+            response[key] = {"vr": element.VR}
+    return response
+
+
 def resolve_instances(
     client: DicomWebClient, identifier: Dataset, model: str, *, page_size: int = 500
 ) -> Iterator[InstanceRef]:
@@ -190,10 +232,28 @@ def resolve_instances(
             query[tag] = value
         else:
             query[tag] = DataElement(tag, "LO" if tag == PATIENT_ID else "UI", None)
-    for match in find(client, query, STUDY_ROOT, page_size=page_size):
-        uids = [str(match.get(tag).value or "") for tag in (STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID, SOP_CLASS_UID)]
-        if all(uids):
-            yield InstanceRef(*uids)
+    # The UIDs straight from the DICOM JSON: pydicom's JSON model cost ~1 ms per instance here.
+    tags = (STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID, SOP_CLASS_UID)
+
+    def refs(search: QidoSearch) -> list[InstanceRef]:
+        in_path = {STUDY_INSTANCE_UID: search.study or "", SERIES_INSTANCE_UID: search.series or ""}  # the answer may omit them
+        found = ([str(_first(answer, _json_key(tag)) or in_path.get(tag, "")) for tag in tags] for answer in _search(client, search, page_size))
+        return [InstanceRef(*uids) for uids in found if all(uids)]
+
+    for found in in_order(refs, _per_series(client, translate(query, "IMAGE"), page_size), RESOLVE_SERIES_IN_FLIGHT):
+        yield from found
+
+
+def _per_series(client: DicomWebClient, searches: list[QidoSearch], page_size: int) -> list[QidoSearch]:
+    """A search for a whole study's instances as one search per series, which the store can
+    answer in parallel (Orthanc: 500 instances in two series, 0.17 s instead of 0.3 s)."""
+    if len(searches) != 1 or not searches[0].study or searches[0].series:
+        return searches
+    whole = searches[0]
+    series = [str(_first(answer, _json_key(SERIES_INSTANCE_UID))) for answer in _search(client, QidoSearch("series", whole.study, None, {}), page_size)]
+    if len(series) < 2 or not all(series):
+        return searches
+    return [QidoSearch("instances", whole.study, uid, whole.params) for uid in dict.fromkeys(series)]
 
 
 def _merged(client: DicomWebClient, searches: list[QidoSearch], page_size: int, unique: Tag) -> Iterator[dict[str, Any]]:

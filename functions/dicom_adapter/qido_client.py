@@ -36,8 +36,13 @@ class QidoFunctionClient:
         self.timeout = timeout
 
     def find(self, identifier: Dataset, model: str) -> Iterator[Dataset]:
+        for match in self.find_json(identifier, model):
+            yield Dataset.from_json(match)
+
+    def find_json(self, identifier: Dataset, model: str) -> Iterator[dict[str, Any]]:
+        """The matches as the function sends them: DICOM JSON of the response identifiers."""
         for line in self._lines("find", identifier, model):
-            yield Dataset.from_json(line["match"])
+            yield line["match"]
 
     def resolve_instances(self, identifier: Dataset, model: str) -> Iterator[InstanceRef]:
         for line in self._lines("resolve", identifier, model):

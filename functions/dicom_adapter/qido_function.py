@@ -56,9 +56,9 @@ def _lines(client: DicomWebClient, purpose: str, identifier: Dataset, model: str
     count = 0
     try:
         if purpose == "find":
-            for match in qido.find(client, identifier, model, fuzzy=fuzzy, page_size=page_size):
+            for match in qido.find_json(client, identifier, model, fuzzy=fuzzy, page_size=page_size):
                 count += 1
-                yield _line({"match": match.to_json_dict()})
+                yield _line({"match": match})
         else:
             for ref in qido.resolve_instances(client, identifier, model, page_size=page_size):
                 count += 1

@@ -1,0 +1,84 @@
+"""QIDO-RS requests made in parallel: in_order keeps the order and stops early; a whole study
+is resolved one series per search (two at once), with every instance once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pydicom.dataset import Dataset
+
+from dicom_adapter import qido
+from dicom_adapter.dicomweb import in_order
+from dicom_adapter.qido import InstanceRef
+
+
+def test_in_order_keeps_the_order_and_runs_calls_at_once():
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def slow(n: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.02 if n % 2 == 0 else 0.005)
+        with lock:
+            running -= 1
+        return n * n
+
+    assert list(in_order(slow, range(8), 2)) == [n * n for n in range(8)]
+    assert most == 2
+
+
+def test_in_order_stops_asking_when_the_consumer_stops():
+    asked: list[int] = []
+    results = in_order(lambda n: asked.append(n) or n, iter(range(100)), 3)
+    assert [next(results), next(results)] == [0, 1]
+    results.close()
+    time.sleep(0.05)
+    assert len(asked) <= 5
+
+
+class FakeStore:
+    def __init__(self, series: dict[str, list[str]]) -> None:
+        self.series = series
+        self.searches: list[tuple[str, str | None, str | None]] = []
+
+    def search_for_series(self, study, params=None, *, page_size=500):  # noqa: ANN001
+        self.searches.append(("series", study, None))
+        return iter([{"0020000E": {"vr": "UI", "Value": [uid]}} for uid in self.series])
+
+    def search_for_instances(self, study=None, series=None, params=None, *, page_size=500):  # noqa: ANN001
+        self.searches.append(("instances", study, series))
+        chosen = [series] if series else list(self.series)
+        return iter(
+            [{"00080018": {"vr": "UI", "Value": [sop]}, "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.2"]},
+              **({} if series else {"0020000E": {"vr": "UI", "Value": [uid]}})}
+             for uid in chosen for sop in self.series[uid]]
+        )
+
+
+def _move(**keys: str) -> Dataset:
+    ds = Dataset()
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_a_study_is_resolved_series_by_series():
+    store = FakeStore({"1.1": ["1.1.1", "1.1.2"], "1.2": ["1.2.1"], "1.3": ["1.3.1", "1.3.2"]})
+    refs = list(qido.resolve_instances(store, _move(QueryRetrieveLevel="STUDY", StudyInstanceUID="9.9"), qido.STUDY_ROOT))  # type: ignore[arg-type]
+    assert refs == [InstanceRef("9.9", series, sop, "1.2.840.10008.5.1.4.1.1.2") for series, sops in store.series.items() for sop in sops]
+    assert store.searches[0] == ("series", "9.9", None)
+    assert sorted(store.searches[1:]) == [("instances", "9.9", "1.1"), ("instances", "9.9", "1.2"), ("instances", "9.9", "1.3")]
+
+
+def test_a_one_series_study_and_a_series_take_one_instance_search():
+    store = FakeStore({"1.1": ["1.1.1", "1.1.2"]})
+    assert len(list(qido.resolve_instances(store, _move(QueryRetrieveLevel="STUDY", StudyInstanceUID="9.9"), qido.STUDY_ROOT))) == 2  # type: ignore[arg-type]
+    assert store.searches == [("series", "9.9", None), ("instances", "9.9", None)]
+    store.searches.clear()
+    move = _move(QueryRetrieveLevel="SERIES", StudyInstanceUID="9.9", SeriesInstanceUID="1.1")
+    assert len(list(qido.resolve_instances(store, move, qido.STUDY_ROOT))) == 2  # type: ignore[arg-type]
+    assert store.searches == [("instances", "9.9", "1.1")]
