@@ -22,11 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator
 
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 from . import reactor_tuning
 
 C_STORE_RQ = 0x0001
+C_STORE_RSP = 0x8001
 C_GET_RSP = 0x8010
 C_FIND_RSP = 0x8020
 C_MOVE_RSP = 0x8021
@@ -87,6 +90,46 @@ def send(assoc: Any, context_id: int, command: bytes, data_set: bytes | BinaryIO
             assoc.dul.send_pdu(pdata)
         return
     _write_pdus(assoc, sock, context_id, pdvs)
+
+
+def store_response(primitive: C_STORE) -> bytes | None:
+    """The command set of a C-STORE response primitive, or None if it has a field written
+    only by pynetdicom (OffendingElement) or an Error Comment that is not plain ASCII."""
+    if primitive.OffendingElement is not None:
+        return None
+    try:
+        return command_set(
+            AffectedSOPClassUID=primitive.AffectedSOPClassUID,
+            CommandField=C_STORE_RSP,
+            MessageIDBeingRespondedTo=primitive.MessageIDBeingRespondedTo,
+            CommandDataSetType=NO_DATA_SET,
+            Status=primitive.Status,
+            ErrorComment=primitive.ErrorComment or None,
+            AffectedSOPInstanceUID=primitive.AffectedSOPInstanceUID,
+        )
+    except UnicodeEncodeError:
+        return None
+
+
+_pynetdicom_send_msg = DIMSEServiceProvider.send_msg
+
+
+def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+    """pynetdicom's send_msg, but a C-STORE response (the one message the import path sends per
+    instance) is encoded by hand and written at once. (Skipped for it: EVT_DIMSE_SENT, which
+    only pynetdicom's DEBUG logging listens to here.)"""
+    if type(primitive) is C_STORE and primitive.MessageIDBeingRespondedTo is not None:
+        command = store_response(primitive)
+        if command is not None:
+            send(self.assoc, context_id, command)
+            return
+    _pynetdicom_send_msg(self, primitive, context_id)
+
+
+def install_fast_store_responses() -> None:
+    """Answer C-STOREs through `_send_msg` (idempotent): measured, a tenth of the edge's CPU per
+    instance went into pynetdicom encoding each response with pydicom."""
+    DIMSEServiceProvider.send_msg = _send_msg  # type: ignore[method-assign]
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from . import reactor_tuning
+from . import dimse_wire, reactor_tuning
 from .admission import (
     SERVICES,
     AdmissionSettings,
@@ -269,6 +269,7 @@ class Listener:
         self.settings = settings
         receive_into(store.buffer.incoming, settings.high_water_mark)
         reactor_tuning.install()
+        dimse_wire.install_fast_store_responses()
         # Storage SOP classes are accepted without a list (module docstring) only while C-STORE is on.
         _config.UNRESTRICTED_STORAGE_SERVICE = "c-store" in settings.services
         self.ae = build_ae(settings)

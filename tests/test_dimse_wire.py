@@ -6,7 +6,7 @@ from __future__ import annotations
 from io import BytesIO
 
 import pytest
-from pynetdicom.dimse_messages import C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RQ
+from pynetdicom.dimse_messages import C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 
@@ -40,6 +40,33 @@ def test_store_request(originator, instance):
         MoveOriginatorApplicationEntityTitle=originator, MoveOriginatorMessageID=3 if originator else None,
     )
     assert ours == pynetdicom_bytes(C_STORE_RQ, primitive)
+
+
+@pytest.mark.parametrize("instance", ["1.2.3.4", "1.2.3.45"])
+@pytest.mark.parametrize(("status", "comment"), [(0x0000, None), (0xA700, "spool disk full"), (0xC000, "malformed data set: odd")])
+def test_store_response(instance, status, comment):
+    """What the edge answers each C-STORE with (install_fast_store_responses)."""
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = 9
+    primitive.AffectedSOPClassUID = CT
+    primitive.AffectedSOPInstanceUID = instance
+    primitive.Status = status
+    if comment:
+        primitive.ErrorComment = comment
+    assert dimse_wire.store_response(primitive) == pynetdicom_bytes(C_STORE_RSP, primitive)
+
+
+def test_store_response_with_fields_only_pynetdicom_writes_is_left_to_it():
+    primitive = C_STORE()
+    primitive.MessageIDBeingRespondedTo = 9
+    primitive.AffectedSOPClassUID = CT
+    primitive.AffectedSOPInstanceUID = "1.2.3"
+    primitive.Status = 0xC000
+    primitive.OffendingElement = [0x00100010]
+    assert dimse_wire.store_response(primitive) is None
+    primitive.OffendingElement = None
+    primitive.ErrorComment = "Jürgen"  # not ASCII: pynetdicom's encoder decides
+    assert dimse_wire.store_response(primitive) is None
 
 
 @pytest.mark.parametrize(("primitive_class", "message_class", "field"), [
