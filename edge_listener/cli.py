@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -568,5 +567,8 @@ def cloud_status(gcs_buffer: str) -> tuple[dict[str, Any], list[tuple[str, dict[
 
 def default_listener_processes() -> int:
     """One listener process per core the adapter may run on (each has its own interpreter
-    lock), at most 4: beyond that the upload process and the store need the cores."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
+    lock; a container's CPU limit counts), at most 4: beyond that the upload process and the
+    store need the cores."""
+    from .cpus import available_cpus
+
+    return max(1, min(4, available_cpus()))
