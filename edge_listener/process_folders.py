@@ -22,11 +22,11 @@ def remove_folders_of_gone_processes(root: Path) -> None:
     if not root.exists():
         return
     for folder in root.iterdir():
-        if folder.is_dir() and folder.name.isdigit() and int(folder.name) != os.getpid() and not _alive(int(folder.name)):
+        if folder.is_dir() and folder.name.isdigit() and int(folder.name) != os.getpid() and not process_alive(int(folder.name)):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

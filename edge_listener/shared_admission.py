@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+from .process_folders import process_alive
+
 
 class SharedAssociationCounts:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
@@ -51,7 +53,7 @@ class SharedAssociationCounts:
         for path in self.folder.glob("*.json"):
             if path == self._own:
                 continue
-            if not _alive(int(path.stem)):
+            if not process_alive(int(path.stem)):
                 path.unlink(missing_ok=True)
                 continue
             try:
@@ -66,12 +68,3 @@ class SharedAssociationCounts:
         temporary.write_text(json.dumps(aets))
         os.replace(temporary, self._own)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
