@@ -76,6 +76,29 @@ def command_set(**values: Any) -> bytes:
     return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + bytes(body)
 
 
+def response_command(
+    command_field: int,
+    sop_class_uid: str,
+    message_id: int,
+    status: int,
+    error_comment: str | None = None,
+    *,
+    data_set: bool = False,
+    **fields: Any,
+) -> bytes:
+    """The command set of a response to request `message_id` (C-STORE, C-FIND, C-MOVE, C-GET),
+    with any further fields (the sub-operation counts)."""
+    return command_set(
+        AffectedSOPClassUID=sop_class_uid,
+        CommandField=command_field,
+        MessageIDBeingRespondedTo=message_id,
+        CommandDataSetType=DATA_SET if data_set else NO_DATA_SET,
+        Status=status,
+        ErrorComment=error_comment or None,
+        **fields,
+    )
+
+
 def send(assoc: Any, context_id: int, command: bytes, data_set: bytes | BinaryIO | None = None) -> None:
     """Send one DIMSE message on `assoc`: the command set, then the data set (bytes, or a file
     read from its current position to its end) in P-DATA fragments the peer's PDU size allows."""
@@ -98,13 +121,12 @@ def store_response(primitive: C_STORE) -> bytes | None:
     if primitive.OffendingElement is not None:
         return None
     try:
-        return command_set(
-            AffectedSOPClassUID=primitive.AffectedSOPClassUID,
-            CommandField=C_STORE_RSP,
-            MessageIDBeingRespondedTo=primitive.MessageIDBeingRespondedTo,
-            CommandDataSetType=NO_DATA_SET,
-            Status=primitive.Status,
-            ErrorComment=primitive.ErrorComment or None,
+        return response_command(
+            C_STORE_RSP,
+            primitive.AffectedSOPClassUID,
+            primitive.MessageIDBeingRespondedTo,
+            primitive.Status,
+            primitive.ErrorComment,
             AffectedSOPInstanceUID=primitive.AffectedSOPInstanceUID,
         )
     except UnicodeEncodeError:

@@ -175,13 +175,9 @@ def _find_scp(self: QueryRetrieveServiceClass, req: Any, context: Any) -> None:
         return
 
     def respond(code: int, comment: str = "", identifier: bytes | None = None) -> None:
-        command = dimse_wire.command_set(
-            AffectedSOPClassUID=req.AffectedSOPClassUID,
-            CommandField=dimse_wire.C_FIND_RSP,
-            MessageIDBeingRespondedTo=req.MessageID,
-            CommandDataSetType=dimse_wire.NO_DATA_SET if identifier is None else dimse_wire.DATA_SET,
-            Status=code,
-            ErrorComment=error_comment(comment) if comment else None,
+        command = dimse_wire.response_command(
+            dimse_wire.C_FIND_RSP, req.AffectedSOPClassUID, req.MessageID, code,
+            error_comment(comment) if comment else None, data_set=identifier is not None,
         )
         dimse_wire.send(self.assoc, context.context_id, command, identifier)
 

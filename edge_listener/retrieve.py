@@ -142,13 +142,9 @@ class Responses:
             failed.FailedSOPInstanceUIDList = self.failed_uids
             ts = self.transfer_syntax
             identifier = encode(failed, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
-        command = dimse_wire.command_set(
-            AffectedSOPClassUID=request.AffectedSOPClassUID,
-            CommandField=self.command_field,
-            MessageIDBeingRespondedTo=request.MessageID,
-            CommandDataSetType=dimse_wire.NO_DATA_SET if identifier is None else dimse_wire.DATA_SET,
-            Status=code,
-            ErrorComment=error_comment(comment) if comment else None,
+        command = dimse_wire.response_command(
+            self.command_field, request.AffectedSOPClassUID, request.MessageID, code,
+            error_comment(comment) if comment else None, data_set=identifier is not None,
             NumberOfRemainingSuboperations=self.remaining if counts and code in (PENDING, CANCEL) else None,
             NumberOfCompletedSuboperations=self.completed if counts else None,
             NumberOfFailedSuboperations=self.failed if counts else None,
