@@ -230,23 +230,12 @@ class DicomWebClient:
 
     def retrieve_instance_metadata(self, study: str, series: str, sop_instance: str) -> dict[str, Any] | None:
         """WADO-RS .../metadata: the instance's DICOM JSON (bulk data by URI); None if not found."""
-        try:
-            response = self.session.get(
-                self.address.instance_url(study, series, sop_instance) + "/metadata",
-                headers={"Accept": "application/dicom+json"},
-                timeout=self.timeout,
-            )
-        except requests.RequestException as exc:
-            raise DicomWebError(f"{type(exc).__name__}: {_short(str(exc))}") from None
-        with response:
-            if response.status_code == 404:
-                return None
-            if not 200 <= response.status_code < 300:
-                raise DicomWebError(_summary(response, _json_body(response), None), response.status_code)
-            body = _json_body(response)
+        status, body = _get_dicom_json(self, self.address.instance_url(study, series, sop_instance) + "/metadata", absent=404)
+        if status == 404:
+            return None
         if isinstance(body, list) and body and isinstance(body[0], dict):
             return body[0]
-        raise DicomWebError("WADO-RS metadata is not a DICOM JSON list", response.status_code)
+        raise DicomWebError("WADO-RS metadata is not a DICOM JSON list", status)
 
 
 def _json_body(response: requests.Response) -> Any:
@@ -449,20 +438,24 @@ def in_order(fn: Callable[[A], R], args: Iterable[A], in_flight: int) -> Iterato
 
 def _search_page(client: "DicomWebClient", url: str, params: dict[str, Any], page_size: int, offset: int) -> list[Any] | None:
     """One QIDO-RS page (a JSON list); None when the store answers 204 (no matches)."""
+    status, page = _get_dicom_json(client, f"{url}?{_query_string({**params, 'limit': page_size, 'offset': offset})}", absent=204)
+    if status == 204:
+        return None
+    if not isinstance(page, list):
+        raise DicomWebError("QIDO-RS answer is not a JSON list", status)
+    return page
+
+
+def _get_dicom_json(client: "DicomWebClient", url: str, *, absent: int) -> tuple[int, Any]:
+    """GET a DICOM JSON resource: (status, body). `absent` (404 for a resource, 204 for a search
+    without matches) comes back as such with no body; other errors raise DicomWebError."""
     try:
-        response = client.session.get(
-            f"{url}?{_query_string({**params, 'limit': page_size, 'offset': offset})}",
-            headers={"Accept": "application/dicom+json"},
-            timeout=client.timeout,
-        )
+        response = client.session.get(url, headers={"Accept": "application/dicom+json"}, timeout=client.timeout)
     except requests.RequestException as exc:
         raise DicomWebError(f"{type(exc).__name__}: {_short(str(exc))}") from None
     with response:
-        if response.status_code == 204:
-            return None
+        if response.status_code == absent:
+            return absent, None
         if not 200 <= response.status_code < 300:
             raise DicomWebError(_summary(response, _json_body(response), None), response.status_code)
-        page = _json_body(response)
-    if not isinstance(page, list):
-        raise DicomWebError("QIDO-RS answer is not a JSON list", response.status_code)
-    return page
+        return response.status_code, _json_body(response)
