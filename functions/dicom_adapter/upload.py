@@ -182,19 +182,16 @@ class Uploader:
         does not plainly store (a conflict, a rejection, a store that lists nothing) go the
         single-instance way, which knows how to resolve each case."""
         settled: list[tuple[int, UploadResult | Exception]] = []
-        groups: dict[str, list[tuple[int, BufferedInstance, int, BufferedObject]]] = {}
+        groups: dict[Destination, list[tuple[int, BufferedInstance, int, BufferedObject]]] = {}
         for index, instance, attempt in batch:
             destination = self._destination(instance)
             buffered = open_buffered_object(instance.buffer_uri)
             if destination is None or destination.kind != "dicomweb" or not buffered.exists():
                 settled.append((index, result_or_exception(self.upload, instance, attempt)))
                 continue
-            key = f"{destination.address} {destination.auth}"
-            groups.setdefault(key, []).append((index, instance, attempt, buffered))
-        for members in groups.values():
+            groups.setdefault(destination, []).append((index, instance, attempt, buffered))
+        for destination, members in groups.items():
             started = time.monotonic()
-            destination = self._destination(members[0][1])
-            assert destination is not None
             parts = [(BodyPart(buffered.size(), buffered.open_chunks), instance.sop_instance_uid) for _, instance, _, buffered in members]
             outcomes = self.client_for(destination).store_instances(parts) if len(members) > 1 else [None]
             for (index, instance, attempt, buffered), outcome in zip(members, outcomes):
