@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from dicom_adapter.part10 import encode_file_meta
 from pydicom.filewriter import write_file_meta_info
@@ -91,8 +91,8 @@ class ReceptionFile:
         if self.error is None and self._file is not None:
             try:
                 self._file.write(data)
-            except OSError as exc:
-                self.error = exc
+            except (OSError, ValueError) as exc:  # ValueError: closed by a connection close meanwhile
+                self.error = exc if isinstance(exc, OSError) else OSError(errno.EBADF, "reception closed")
 
     def flush(self) -> None:
         if self.error is None and self._file is not None:
@@ -149,13 +149,18 @@ def discard_orphans() -> int:
     return removed
 
 
+_new_reception: Callable[[], ReceptionFile] | None = None
+
+
 def receive_into(folder: Path, high_water: HighWaterMark | None = None) -> None:
     """Make pynetdicom write incoming data sets into `folder`, as ReceptionFiles (none while
     the folder's disk is at the high-water mark)."""
     guard = HighWaterGuard(high_water, str(folder)) if high_water is not None else None
     # Unique per listener process and run (processes share the folder; PIDs are reused).
     name_prefix = f"{os.getpid()}-{os.urandom(4).hex()}"
-    dimse_messages.NamedTemporaryFile = partial(ReceptionFile, str(folder), name_prefix, guard)  # type: ignore[attr-defined]
+    global _new_reception
+    _new_reception = partial(ReceptionFile, str(folder), name_prefix, guard)
+    dimse_messages.NamedTemporaryFile = _new_reception  # type: ignore[attr-defined]
     # pynetdicom builds a pydicom file meta and encodes it for every C-STORE; the adapter
     # writes its own instead (a fixed layout, a twentieth of the CPU), so those two calls in
     # pynetdicom's receive path only pass the UIDs on.
@@ -187,9 +192,15 @@ def _write_file_meta(fp: Any, file_meta: Any, *args: Any, **kwargs: Any) -> None
     write_file_meta_info(fp, file_meta, *args, **kwargs)
 
 
-def reception_of(request: Any) -> ReceptionFile:
-    """The ReceptionFile pynetdicom wrote the request's data set into."""
+def reception_of(request: Any) -> ReceptionFile | None:
+    """The ReceptionFile pynetdicom wrote the request's data set into (None: it wrote none)."""
     reception = getattr(request, "_dataset_file", None)
-    if not isinstance(reception, ReceptionFile):
-        raise TypeError("the C-STORE data set was not received into a ReceptionFile")
-    return reception
+    return reception if isinstance(reception, ReceptionFile) else None
+
+
+def new_reception() -> ReceptionFile:
+    """A ReceptionFile in the folder `receive_into` named (for direct_store.py, which receives
+    C-STOREs without pynetdicom's DIMSE layer)."""
+    if _new_reception is None:
+        raise RuntimeError("receive_into() was not called")
+    return _new_reception()

@@ -22,7 +22,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from . import dimse_wire, reactor_tuning
+from . import dimse_wire, direct_store, reactor_tuning
 from .admission import (
     SERVICES,
     AdmissionSettings,
@@ -248,6 +248,9 @@ def _discard_partial_reception(event: evt.Event) -> None:
     dropped connection; nobody was acknowledged for it, so it goes now. (Anything that slips
     past this is removed by Spool.clear_incoming at the next start.)
     """
+    if direct_store.discard_partial(event.assoc):
+        log.warning("discarded a data set cut off mid-transfer", extra=fields(calling_aet=event.assoc.requestor.ae_title))
+        return
     message = getattr(getattr(event.assoc, "dimse", None), "message", None)
     partial_file = getattr(message, "_data_set_file", None)
     if partial_file is None or not partial_file.name:
@@ -270,6 +273,7 @@ class Listener:
         receive_into(store.buffer.incoming, settings.high_water_mark)
         reactor_tuning.install()
         dimse_wire.install_fast_store_responses()
+        direct_store.install()
         # Storage SOP classes are accepted without a list (module docstring) only while C-STORE is on.
         _config.UNRESTRICTED_STORAGE_SERVICE = "c-store" in settings.services
         self.ae = build_ae(settings)

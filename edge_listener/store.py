@@ -59,36 +59,61 @@ class StoreService:
 
 
 def handle_store(event: Event, service: StoreService) -> Dataset | int:
-    """EVT_C_STORE handler."""
-    started = time.monotonic()
+    """EVT_C_STORE handler (for the C-STOREs that direct_store.py leaves to pynetdicom)."""
     request = event.request
-    calling_aet = event.assoc.requestor.ae_title
+    code, comment = store_received(
+        reception_of(request),
+        service,
+        sop_class_uid=str(request.AffectedSOPClassUID or ""),
+        sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        calling_aet=event.assoc.requestor.ae_title,
+        called_aet=event.assoc.acceptor.ae_title,
+    )
+    return SUCCESS if code == SUCCESS else status(code, comment)  # a bare status on the path of every ack
+
+
+def store_received(
+    reception: ReceptionFile | None,
+    service: StoreService,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    calling_aet: str,
+    called_aet: str,
+) -> tuple[int, str]:
+    """Buffer a received C-STORE data set; the DIMSE status to answer and its Error Comment.
+    Logs the outcome (no PHI: UIDs, AE titles, sizes, statuses)."""
+    started = time.monotonic()
     context = {
-        "sop_instance_uid": str(request.AffectedSOPInstanceUID or ""),
-        "sop_class_uid": str(request.AffectedSOPClassUID or ""),
+        "sop_instance_uid": sop_instance_uid,
+        "sop_class_uid": sop_class_uid,
         "calling_aet": calling_aet,
-        "transfer_syntax_uid": str(event.context.transfer_syntax),
+        "transfer_syntax_uid": transfer_syntax_uid,
     }
     try:
+        if reception is None:
+            raise Refused(OUT_OF_RESOURCES, "adapter error: the data set was not received into the buffer")
         events = buffer_instance(
-            reception_of(request),
+            reception,
             service,
-            transfer_syntax_uid=str(event.context.transfer_syntax),
-            command_sop_class_uid=context["sop_class_uid"],
-            command_sop_instance_uid=context["sop_instance_uid"],
+            transfer_syntax_uid=transfer_syntax_uid,
+            command_sop_class_uid=sop_class_uid,
+            command_sop_instance_uid=sop_instance_uid,
             calling_aet=calling_aet,
-            called_aet=event.assoc.acceptor.ae_title,
+            called_aet=called_aet,
         )
     except Refused as refusal:
         log.error("C-STORE refused", extra=fields(**context, status=f"0x{refusal.code:04X}", reason=refusal.comment))
-        return status(refusal.code, refusal.comment)
+        return refusal.code, refusal.comment
     except Exception as exc:  # never let a handler error become pynetdicom's bare 0xC211
         log.exception("C-STORE failed unexpectedly", extra=fields(**context))
-        return status(OUT_OF_RESOURCES, f"adapter error: {type(exc).__name__}")
+        return OUT_OF_RESOURCES, f"adapter error: {type(exc).__name__}"
     duration_ms = int((time.monotonic() - started) * 1000)
     for event in events:
         log.info("buffered", extra=fields(**event.log_fields(), duration_ms=duration_ms))
-    return SUCCESS  # a bare status: no Dataset to build on the path of every ack
+    return SUCCESS, ""
 
 
 def buffer_instance(
