@@ -26,8 +26,6 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from . import reactor_tuning
-
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_GET_RSP = 0x8010
@@ -106,7 +104,6 @@ def send(assoc: Any, context_id: int, command: bytes, data_set: bytes | BinaryIO
     pdvs = _pdvs(command, data_set, fragment)
     sock = _plain_socket(assoc)
     if sock is None:
-        reactor_tuning.mark_assoc_busy(assoc)  # the DUL reactor sends these: have it poll its queue fast
         for header, data in pdvs:
             pdata = P_DATA()
             pdata.presentation_data_value_list.append((context_id, bytes((header,)) + data))
@@ -172,7 +169,7 @@ def paused(assoc: Any) -> Iterator[None]:
             time.sleep(0.001)
         if reading:
             assoc.dul._is_transport_event = lambda: False  # the DUL reactor leaves the socket to us
-            assoc.dul.reading_suspended = True  # (reactor_tuning then sleeps instead of waiting for input)
+            assoc.dul.reading_suspended = True  # (reactor_tuning then waits on its wake-up pipe only)
         yield
     finally:
         if reading:

@@ -1,98 +1,164 @@
-"""Make pynetdicom's reactors poll fast while an association is busy, and slowly when idle.
+"""Make pynetdicom's two reactor threads per association wait for work instead of polling.
 
-pynetdicom runs two polling loops per association (the DUL reactor reading PDUs and the
-association reactor serving messages); each sleeps 1 ms whenever it finds nothing to do. On a
-request/response protocol those sleeps sit in the critical path of every C-STORE: measured on
-the bare receiver (bench/bare_receiver.py, 1000 x 70 KB, one association), 0.1 ms sleeps take
-it from ~235 to ~320 instances/s at the same CPU per instance. Always polling at 0.1 ms would
-cost ~22 % of a core per *idle* association (measured: 4 idle associations, 90 % of a core),
-so the short sleep applies only within BUSY_WINDOW_S after the association last received a
-DIMSE message, and pynetdicom's own 1 ms sleep applies otherwise. With several busy
-associations the slow sleeps no longer cost throughput (the associations overlap each other's
-waits) while the fast ones would fight over the interpreter lock (measured: 4 associations
-fell from 1.0 to 0.95 x one), so fast polling is kept for at most FAST_POLL_MAX_BUSY of them.
+pynetdicom runs two polling loops per association: the DUL reactor (reading PDUs, sending
+what the association queues) and the association reactor (serving DIMSE messages, release,
+abort, timeouts), each sleeping 1 ms whenever it finds nothing to do. Measured on the edge:
+an open association with nothing to do cost 5.8 % of a core (four idle associations almost a
+quarter of one), and on a request/response exchange every sleep is latency. Here each loop
+waits until there is something for it, with IDLE_WAIT_S as a backstop for what nobody
+announces (a kill from another thread, the network idle timer):
 
-pynetdicom has no setting for the association reactor's sleep, so both modules are given a
-`time` namespace whose `sleep` consults the association of the calling thread. Everything else
-in those modules' `time` is the real one.
+- the DUL reactor waits in select() on its socket and on a wake-up pipe, written to when a
+  PDU is queued for it to send (send_pdu) or it is told to stop. While its ARTIM timer runs
+  (association setup and release) it keeps pynetdicom's 1 ms steps, so the timer fires on time.
+- the association reactor waits on an Event that the DUL reactor sets after every state
+  machine action that gives it something (a DIMSE message, a release or abort indication),
+  that is, after every action except a C-STORE fragment taken by direct_store.py.
+
+pynetdicom has no setting for either wait, so both modules are given a `time` namespace whose
+`sleep` does this for the two reactor loops (found by the calling function's name) and is
+the real sleep for every other caller.
 """
 
 from __future__ import annotations
 
+import os
 import select
+import sys
 import threading
 import time
 import types
+from typing import Any
 
 from pynetdicom import association as _association_module
 from pynetdicom import dul as _dul_module
-from pynetdicom import evt
+from pynetdicom.fsm import StateMachine
 
-BUSY_WINDOW_S = 0.05
-FAST_SLEEP_S = 0.0001
-FAST_POLL_MAX_BUSY = 2
+IDLE_WAIT_S = 0.05
 _real_sleep = time.sleep
-_monotonic = time.monotonic
-_busy_until: dict[int, float] = {}  # id(association) -> end of its busy window
+_pipe_lock = threading.Lock()  # a wake-up pipe is never written after it is closed (its fd may be reused)
 
 
-def _association_of_current_thread():
+def _reactor_sleep(seconds: float) -> None:
+    caller = sys._getframe(1).f_code.co_name
     thread = threading.current_thread()
-    if isinstance(thread, _association_module.Association):
-        return thread
-    return getattr(thread, "assoc", None)  # the DUL reactor thread
+    if caller == "run_reactor" and isinstance(thread, _dul_module.DULServiceProvider):
+        _dul_wait(thread, seconds)
+    elif caller == "_run_reactor" and isinstance(thread, _association_module.Association):
+        _association_wait(thread)
+    else:
+        _real_sleep(seconds)
 
 
-def _adaptive_sleep(seconds: float) -> None:
-    if seconds > FAST_SLEEP_S:
-        assoc = _association_of_current_thread()
-        now = _monotonic()
-        if assoc is not None and _busy_until.get(id(assoc), 0.0) > now:
-            busy = sum(1 for until in list(_busy_until.values()) if until > now)
-            if busy <= FAST_POLL_MAX_BUSY:
-                seconds = FAST_SLEEP_S
-    _wait_for_input(seconds)
-
-
-def _wait_for_input(seconds: float) -> None:
-    """Sleep, but in a DUL reactor wake as soon as its socket has data: the peer's answer is
-    then read at once instead of after the sleep (a tenth of a millisecond or more per
-    request/response round trip). Same CPU as the sleep: select() blocks for the same time."""
-    thread = threading.current_thread()
-    sock = getattr(getattr(thread, "socket", None), "socket", None) if isinstance(thread, _dul_module.DULServiceProvider) else None
-    if sock is not None and not getattr(thread, "reading_suspended", False):  # (dimse_wire may read it instead)
+def _dul_wait(dul: Any, seconds: float) -> None:
+    """Until a PDU arrives, one is queued to be sent, or the DUL is told to stop."""
+    if dul.__dict__.get("_wake_read") is None:
+        with _pipe_lock:
+            dul._wake_read, dul._wake_write = os.pipe()
+        os.set_blocking(dul._wake_write, False)
+        if not dul.to_provider_queue.empty() or dul._kill_thread:
+            return  # queued before the pipe existed: nobody wrote to it
+    timer = dul.artim_timer
+    timeout = seconds if timer._start_time is not None and timer._end_time is None else IDLE_WAIT_S
+    sources = [dul._wake_read]
+    sock = getattr(dul.socket, "socket", None)
+    if sock is not None and not getattr(dul, "reading_suspended", False):  # (dimse_wire may read it instead)
+        sources.append(sock)
+    try:
+        ready, _, _ = select.select(sources, [], [], timeout)
+    except (OSError, ValueError):  # the socket was closed meanwhile: the reactor finds out itself
+        _real_sleep(seconds)
+        return
+    if dul._wake_read in ready:
         try:
-            select.select([sock], [], [], seconds)
-            return
-        except (OSError, ValueError):  # closed meanwhile: the reactor finds out itself
+            os.read(dul._wake_read, 4096)
+        except BlockingIOError:
             pass
-    _real_sleep(seconds)
 
 
-def mark_busy(event: evt.Event) -> None:
-    """EVT_DIMSE_RECV (and EVT_DIMSE_SENT) handler: this association is in an exchange."""
-    mark_assoc_busy(event.assoc)
+def _wake_dul(dul: Any) -> None:
+    with _pipe_lock:
+        fd = dul.__dict__.get("_wake_write")
+        if fd is not None:
+            try:
+                os.write(fd, b"w")
+            except (BlockingIOError, OSError):  # full: it is awake already
+                pass
 
 
-def mark_assoc_busy(assoc: object) -> None:
-    """The same for messages sent past pynetdicom's send_msg (dimse_wire.py): no event there."""
-    _busy_until[id(assoc)] = _monotonic() + BUSY_WINDOW_S
+def _close_pipe(dul: Any) -> None:
+    with _pipe_lock:
+        for name in ("_wake_read", "_wake_write"):
+            fd = dul.__dict__.pop(name, None)
+            if fd is not None:
+                os.close(fd)
 
 
-def forget(event: evt.Event) -> None:
-    """EVT_CONN_CLOSE handler."""
-    _busy_until.pop(id(event.assoc), None)
+def _association_wait(assoc: Any) -> None:
+    """Until the DUL reactor has done something for this association (or IDLE_WAIT_S)."""
+    wake = assoc.__dict__.get("_reactor_wake")
+    if wake is None:
+        assoc._reactor_wake = threading.Event()
+        return  # whatever came before the Event existed is looked at now
+    wake.wait(IDLE_WAIT_S)
+    wake.clear()
 
 
-# For associations we open ourselves (C-MOVE destinations): busy from our first request on.
-BUSY_HANDLERS = [(evt.EVT_DIMSE_SENT, mark_busy), (evt.EVT_DIMSE_RECV, mark_busy), (evt.EVT_CONN_CLOSE, forget)]
+def _wake_association(assoc: Any) -> None:
+    wake = assoc.__dict__.get("_reactor_wake")
+    if wake is not None:
+        wake.set()
+
+
+_pynetdicom_send_pdu = _dul_module.DULServiceProvider.send_pdu
+_pynetdicom_kill_dul = _dul_module.DULServiceProvider.kill_dul
+_pynetdicom_stop_dul = _dul_module.DULServiceProvider.stop_dul
+_pynetdicom_run_reactor = _dul_module.DULServiceProvider.run_reactor
+_pynetdicom_do_action = StateMachine.do_action
+
+
+def _send_pdu(self: Any, primitive: Any) -> None:
+    _pynetdicom_send_pdu(self, primitive)
+    _wake_dul(self)
+
+
+def _kill_dul(self: Any) -> None:
+    _pynetdicom_kill_dul(self)
+    _wake_dul(self)
+
+
+def _stop_dul(self: Any) -> bool:
+    if self.state_machine.current_state == "Sta1":
+        _wake_dul(self)  # (pynetdicom then sets _kill_thread and waits for the thread to end)
+    return _pynetdicom_stop_dul(self)
+
+
+def _run_reactor(self: Any) -> None:
+    try:
+        _pynetdicom_run_reactor(self)
+    finally:
+        _close_pipe(self)
+        _wake_association(self.assoc)  # the association reactor notices the DUL has ended
+
+
+def _do_action(self: Any, event: str) -> None:
+    _pynetdicom_do_action(self, event)
+    assoc = self.dul.assoc
+    if event != "Evt10" or not assoc.dimse.msg_queue.empty():
+        _wake_association(assoc)
 
 
 def install() -> None:
-    """Give pynetdicom's reactor modules the adaptive sleep (idempotent)."""
+    """Give pynetdicom's reactors these waits (idempotent)."""
     for module in (_association_module, _dul_module):
         if isinstance(module.time, types.SimpleNamespace):
             continue
         shim = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("__")})
-        shim.sleep = _adaptive_sleep
+        shim.sleep = _reactor_sleep
         module.time = shim  # type: ignore[assignment]
+    dul_class = _dul_module.DULServiceProvider
+    dul_class.send_pdu = _send_pdu  # type: ignore[method-assign]
+    dul_class.kill_dul = _kill_dul  # type: ignore[method-assign]
+    dul_class.stop_dul = _stop_dul  # type: ignore[method-assign]
+    dul_class.run_reactor = _run_reactor  # type: ignore[method-assign]
+    StateMachine.do_action = _do_action  # type: ignore[method-assign]

@@ -49,7 +49,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from . import dimse_wire, reactor_tuning
+from . import dimse_wire
 from .dimse import error_comment
 from .process_folders import process_folder, remove_folders_of_gone_processes
 from .query import QUERY_TRANSFER_SYNTAXES
@@ -182,7 +182,7 @@ def handle_move(event: Event, service: RetrieveService) -> None:
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     try:
         store_assoc = associate(
-            ae, peer, service.tls, contexts=_offered_contexts({ref.sop_class_uid for ref in refs}), evt_handlers=reactor_tuning.BUSY_HANDLERS
+            ae, peer, service.tls, contexts=_offered_contexts({ref.sop_class_uid for ref in refs})
         )
     except TlsConfigError as exc:
         log.error("C-MOVE destination needs TLS", extra=fields(**context, reason=str(exc)))

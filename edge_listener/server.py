@@ -288,13 +288,11 @@ class Listener:
             (evt.EVT_CONN_CLOSE, on_closed, [self.gatekeeper]),
             (evt.EVT_C_STORE, handle_store, [store]),
             *([(evt.EVT_REQUESTED, answer_as_called_aet, [settings.also_called_aets])] if settings.also_called_aets else []),
-            (evt.EVT_DIMSE_RECV, reactor_tuning.mark_busy),
             (evt.EVT_ACCEPTED, _log_association, ["association accepted"]),
             (evt.EVT_RELEASED, _log_association, ["association released"]),
             (evt.EVT_ABORTED, _log_association, ["association aborted"]),
             (evt.EVT_REJECTED, _log_rejection),
             (evt.EVT_CONN_CLOSE, _discard_partial_reception),
-            (evt.EVT_CONN_CLOSE, reactor_tuning.forget),
         ]
         for service in services:
             handlers += service.handlers()
