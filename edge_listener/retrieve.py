@@ -141,17 +141,47 @@ def _own_staging_dir(root: Path) -> Path:
 
 
 class Responses:
-    """The C-MOVE/C-GET responses of one request, with the sub-operation counts."""
+    """The C-MOVE/C-GET responses of one request, with the sub-operation counts.
 
-    def __init__(self, event: Event, command_field: int) -> None:
+    With `defer_pending` (C-MOVE, whose C-STOREs go on another association) the Pending
+    response after a sub-operation is only marked due (`pending`), and goes out while the next
+    C-STORE is with the destination (`send_due`, called as that request's `meanwhile`) or
+    before any other response: the same responses with the same counts, but written while we
+    wait anyway instead of between one C-STORE and the next (measured: 0.06 ms of the sender's
+    0.2 ms per instance). C-GET keeps them in order with its C-STOREs, on the one association.
+    """
+
+    def __init__(self, event: Event, command_field: int, *, defer_pending: bool = False) -> None:
         self.event = event
         self.command_field = command_field
         self.context_id = event.context.context_id
         self.transfer_syntax = UID(event.context.transfer_syntax)
         self.remaining = self.completed = self.failed = self.warning = 0
         self.failed_uids: list[str] = []
+        self.defer_pending = defer_pending
+        self._due = False
+        self.lost = False  # a due Pending response found the requester's connection gone
+
+    def pending(self) -> None:
+        """A Pending response with the counts as they are now: sent, or due (defer_pending)."""
+        if self.defer_pending:
+            self._due = True
+        else:
+            self.send(PENDING)
+
+    def send_due(self) -> None:
+        """Send the Pending response that is due, if one is (the counts have not moved since).
+        A lost connection only sets `lost`: this runs in the middle of a C-STORE exchange."""
+        if self._due:
+            self._due = False
+            try:
+                self.send(PENDING)
+            except OSError:
+                self.lost = True
 
     def send(self, code: int, comment: str = "", *, counts: bool = True, failed_list: bool = False) -> None:
+        if code != PENDING:
+            self.send_due()
         request = self.event.request
         identifier = None
         if failed_list:
@@ -182,7 +212,7 @@ class Responses:
 def handle_move(event: Event, service: RetrieveService) -> None:
     """EVT_C_MOVE handler: the whole exchange, on ONE association to the Move Destination
     where the SOP classes allow (retrieve_outbound.py)."""
-    responses = Responses(event, dimse_wire.C_MOVE_RSP)
+    responses = Responses(event, dimse_wire.C_MOVE_RSP, defer_pending=True)
     destination = str(event.request.MoveDestination or "").strip()
     context = _log_context(event, move_destination=destination)
     plan = _plan(event, service, MOVE_MODELS, responses, context)
@@ -292,25 +322,27 @@ def _suboperations(
                 return
             msg_id = (event.request.MessageID + 1 + len(sent)) % 65536  # sub-operations get their own IDs
             try:
-                outcome, reason = _send_one(service, fetched, outbound, msg_id, originator)
+                outcome, reason = _send_one(service, fetched, outbound, msg_id, originator, responses.send_due)
             except DestinationUnavailable as exc:
                 if not sent:  # nothing counted yet: the whole request is refused
                     responses.send(MOVE_DESTINATION_UNKNOWN, exc.comment, counts=False)
                     return
                 outcome, reason = "failed", exc.comment
+            responses.send_due()  # if this one never went out
             sent.add(fetched.ref)
             _count(responses, fetched.ref, outcome, reason, context)
-            if not outbound.is_established:
+            if not outbound.is_established or responses.lost:
                 break
             responses.remaining = max(0, expected - len(sent))
             if responses.remaining:
-                responses.send(PENDING)
+                responses.pending()
         else:
             complete = not fetcher.broken
     finally:
         fetcher.close()
         outbound.end_sending()
-    if not event.assoc.is_established:
+    if not event.assoc.is_established or responses.lost:
+        log.warning("retrieve responses not sent: connection lost", extra=fields(**context, completed=responses.completed))
         return
     if not complete:  # an association that broke (or the fetcher) leaves the rest unsent: failed
         for ref in fetcher.unsent(sent):
@@ -346,9 +378,17 @@ def _count(responses: Responses, ref: InstanceRef, outcome: str, reason: str, co
             log.warning("sub-operation failed", extra=fields(**context, sop_instance_uid=ref.sop_instance_uid, reason=reason))
 
 
-def _send_one(service: RetrieveService, fetched: Fetched, outbound: Outbound, msg_id: int, originator: tuple[str, int] | None) -> tuple[str, str]:
+def _send_one(
+    service: RetrieveService,
+    fetched: Fetched,
+    outbound: Outbound,
+    msg_id: int,
+    originator: tuple[str, int] | None,
+    meanwhile: Callable[[], None] | None = None,
+) -> tuple[str, str]:
     """C-STORE one fetched instance (converted by the store first if the destination does not
-    take its transfer syntax); (outcome, reason). DestinationUnavailable: no association for it."""
+    take its transfer syntax); (outcome, reason). `meanwhile` runs while the destination has
+    the request. DestinationUnavailable: no association for it."""
     try:
         if fetched.meta is None:
             return "failed", fetched.reason
@@ -366,7 +406,7 @@ def _send_one(service: RetrieveService, fetched: Fetched, outbound: Outbound, ms
             if fetched.meta.transfer_syntax_uid != wanted:
                 return "failed", f"destination does not accept {stored_syntax}; the store sent {fetched.meta.transfer_syntax_uid}"
         try:
-            response = _store(assoc, accepted[fetched.meta.transfer_syntax_uid], fetched, msg_id, originator)
+            response = _store(assoc, accepted[fetched.meta.transfer_syntax_uid], fetched, msg_id, originator, meanwhile)
         except Exception as exc:  # the association broke
             return "failed", f"C-STORE not sent: {type(exc).__name__}"
     finally:
@@ -379,7 +419,9 @@ def _send_one(service: RetrieveService, fetched: Fetched, outbound: Outbound, ms
     return "failed", "no C-STORE response" if code is None else f"C-STORE status 0x{code:04X}"
 
 
-def _store(assoc: Any, context_id: int, fetched: Fetched, msg_id: int, originator: tuple[str, int] | None) -> Any:
+def _store(
+    assoc: Any, context_id: int, fetched: Fetched, msg_id: int, originator: tuple[str, int] | None, meanwhile: Callable[[], None] | None
+) -> Any:
     """The C-STORE request of a fetched instance, its data set sent exactly as fetched; the
     response primitive (None on a DIMSE timeout)."""
     meta = fetched.meta
@@ -394,7 +436,7 @@ def _store(assoc: Any, context_id: int, fetched: Fetched, msg_id: int, originato
         MoveOriginatorApplicationEntityTitle=originator[0] if originator else None,
         MoveOriginatorMessageID=originator[1] if originator else None,
     )
-    return dimse_wire.send_and_wait(assoc, context_id, command, fetched.data_set())
+    return dimse_wire.send_and_wait(assoc, context_id, command, fetched.data_set(), meanwhile)
 
 
 def _offered_contexts(sop_classes: set[str]) -> list[Any]:
