@@ -20,7 +20,7 @@ import struct
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
@@ -178,11 +178,17 @@ def paused(assoc: Any) -> Iterator[None]:
         assoc._reactor_checkpoint.set()
 
 
-def send_and_wait(assoc: Any, context_id: int, command: bytes, data_set: bytes | BinaryIO) -> Any:
+def send_and_wait(
+    assoc: Any, context_id: int, command: bytes, data_set: bytes | BinaryIO, meanwhile: Callable[[], None] | None = None
+) -> Any:
     """Send a request and wait for its response, the reactor held `paused`; the response (its
     Status and ErrorComment), or None on a DIMSE timeout (the association is then aborted) or
-    when the peer answered with something else (an abort, a release: handed to the DUL)."""
+    when the peer answered with something else (an abort, a release: handed to the DUL).
+    `meanwhile` runs once the request is written, before the response is read: work that the
+    peer's time to answer hides."""
     send(assoc, context_id, command, data_set)
+    if meanwhile is not None:
+        meanwhile()
     if getattr(assoc.dul, "reading_suspended", False):
         return _read_response(assoc)
     _, response = assoc.dimse.get_msg(block=True)

@@ -8,9 +8,15 @@ request each. Whatever a series response did not deliver (an instance added or r
 the QIDO search, a part that is not a valid Part-10 file, a response cut off or refused) is
 then asked for one instance at a time, so that each instance gets its own verdict.
 
+A series planned by its count alone (qido.SeriesRef: its instances not searched for) takes
+every instance its answer holds, each named by its own file meta; only when the answer brings
+fewer than the count (cut off, damaged, an instance deleted since) is the series searched
+instance by instance, and what is missing fetched one by one as above. So every instance still
+gets its own verdict, and a failure its SOP Instance UID, without a search per instance first.
+
 Bounded memory: at most DEPTH fetched instances wait for their C-STORE; an instance is held in
 memory up to MEMORY_MAX bytes and staged on disk beyond that. Instances come in the store's
-order, not the QIDO order; each ref is delivered exactly once.
+order, not the QIDO order; each instance is delivered exactly once.
 """
 
 from __future__ import annotations
@@ -19,21 +25,32 @@ import logging
 import queue
 import threading
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 from dicom_adapter.dicomweb import ANY_TRANSFER_SYNTAX, DicomWebClient, DicomWebError
 from dicom_adapter.logs import fields
 from dicom_adapter.part10 import FileMeta, MalformedDataset, read_file_meta
-from dicom_adapter.qido import InstanceRef
+from dicom_adapter.qido import InstanceRef, QueryError, SeriesRef
 
 log = logging.getLogger(__name__)
 
 MEMORY_MAX = 1 << 20  # an instance up to this size is kept in memory, a larger one on disk
 DEPTH = 16  # fetched instances waiting for their C-STORE, at most
+
+# The instances of a planned series, by an instance-level search (qido.resolve_instances).
+SeriesResolver = Callable[[SeriesRef], list[InstanceRef]]
+
+
+@dataclass
+class _Group:
+    """What one request to the store may deliver: the instances of one series (`refs`, or
+    those the store counts in `series` when only that is known), or one instance."""
+
+    refs: list[InstanceRef]
+    series: SeriesRef | None = None
 
 
 class _Stopped(Exception):
@@ -122,30 +139,34 @@ def fetch_instance(
 
 
 class Prefetcher:
-    """The instances of `refs`, fetched by a thread ahead of the consumer; iterate once, then
-    `close()` (also early: it stops the fetching and removes what was fetched and not taken)."""
+    """The instances of a retrieval plan (InstanceRefs, and SeriesRefs whose instances are
+    named as they arrive), fetched by a thread ahead of the consumer; iterate once, then
+    `close()` (also early: it stops the fetching and removes what was fetched and not taken).
+    `unnamed` then counts instances a series was counted with that could not even be named;
+    `broken` says the fetching stopped on an unexpected error (see `unsent`)."""
 
-    def __init__(self, client: DicomWebClient, refs: list[InstanceRef], staging_dir: Path, *, whole_series: bool) -> None:
+    def __init__(
+        self,
+        client: DicomWebClient,
+        plan: Sequence[InstanceRef | SeriesRef],
+        staging_dir: Path,
+        *,
+        whole_series: bool,
+        series_instances: SeriesResolver | None = None,
+    ) -> None:
         self._client = client
-        self._refs = refs
+        self._groups = _groups(plan, whole_series)
         self._staging_dir = staging_dir
-        self._whole_series = whole_series
+        self._series_instances = series_instances
+        self.unnamed = 0
+        self.broken = False
         self._queue: queue.Queue[Fetched | None] = queue.Queue(maxsize=DEPTH)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="retrieve-fetch", daemon=True)
         self._thread.start()
 
     def __iter__(self) -> Iterator[Fetched]:
-        given: set[str] = set()
-        while len(given) < len(self._refs):
-            fetched = self._queue.get()
-            if fetched is None:  # the fetcher ended early (it should not): the rest failed
-                for ref in self._refs:
-                    if ref.sop_instance_uid not in given:
-                        given.add(ref.sop_instance_uid)
-                        yield Fetched(ref, reason="fetch stopped")
-                return
-            given.add(fetched.ref.sop_instance_uid)
+        while (fetched := self._queue.get()) is not None:
             yield fetched
 
     def close(self) -> None:
@@ -159,34 +180,68 @@ class Prefetcher:
                 fetched.discard()
         self._thread.join()
 
+    def unsent(self, sent: set[InstanceRef]) -> list[InstanceRef]:
+        """After `close()`, when the fetching did not run to its end (`broken`, or the consumer
+        stopped): the plan's instances not in `sent`, planned series searched instance by
+        instance; what a series was counted with and could not be named adds to `unnamed`."""
+        missing: list[InstanceRef] = []
+        sent_uids = {ref.sop_instance_uid for ref in sent}
+        for group in self._groups:
+            refs: list[InstanceRef] | None = group.refs
+            if group.series is not None:
+                refs = self._named(group.series)
+                if refs is None:
+                    uid = group.series.series_instance_uid
+                    self.unnamed += max(0, group.series.instances - sum(1 for ref in sent if ref.series_instance_uid == uid))
+                    continue
+            missing.extend(ref for ref in refs if ref.sop_instance_uid not in sent_uids)
+        return missing
+
     # -- the fetching thread -----------------------------------------------------------------
 
     def _run(self) -> None:
         try:
-            for group in self._groups():
-                delivered = self._series(group) if len(group) > 1 else set()
-                for ref in group:
-                    if ref.sop_instance_uid not in delivered:
-                        self._put(fetch_instance(self._client, ref, self._staging_dir, stop=self._stop))
+            for group in self._groups:
+                self._fetch_group(group)
         except _Stopped:
             pass
-        except Exception as exc:  # a bug must not leave the sender waiting
+        except Exception as exc:  # a bug must not leave the sender waiting; the caller counts the rest
+            self.broken = True
             log.error("retrieve fetcher failed", extra=fields(error=type(exc).__name__))
         finally:
             self._put_end()
 
-    def _groups(self) -> list[list[InstanceRef]]:
-        """Per series when whole series are wanted, else one instance each."""
-        if not self._whole_series:
-            return [[ref] for ref in self._refs]
-        series: dict[tuple[str, str], list[InstanceRef]] = defaultdict(list)
-        for ref in self._refs:
-            series[(ref.study_instance_uid, ref.series_instance_uid)].append(ref)
-        return list(series.values())
+    def _fetch_group(self, group: _Group) -> None:
+        if group.series is None:
+            delivered = self._series(group.refs[0], {ref.sop_instance_uid: ref for ref in group.refs}) if len(group.refs) > 1 else set()
+            rest: list[InstanceRef] | None = group.refs
+        else:
+            delivered = self._series(group.series, None)
+            if len(delivered) >= group.series.instances:
+                return
+            rest = self._named(group.series)
+            if self._stop.is_set():
+                raise _Stopped()
+            if rest is None:  # the store cannot say which: counted as failed without a UID
+                self.unnamed += group.series.instances - len(delivered)
+                return
+        for ref in rest:
+            if ref.sop_instance_uid not in delivered:
+                self._put(fetch_instance(self._client, ref, self._staging_dir, stop=self._stop))
 
-    def _series(self, group: list[InstanceRef]) -> set[str]:
-        """Fetch a series in one response; the SOP Instance UIDs delivered from it."""
-        wanted = {ref.sop_instance_uid: ref for ref in group}
+    def _named(self, series: SeriesRef) -> list[InstanceRef] | None:
+        """A planned series' instances by an instance-level search; None if the store fails."""
+        if self._series_instances is None:
+            return None
+        try:
+            return self._series_instances(series)
+        except QueryError as exc:
+            log.warning("series search failed", extra=fields(series_instance_uid=series.series_instance_uid, reason=exc.comment))
+            return None
+
+    def _series(self, series: InstanceRef | SeriesRef, wanted: dict[str, InstanceRef] | None) -> set[str]:
+        """Fetch a series in one response; the SOP Instance UIDs delivered from it. `wanted`:
+        the instances to take (others are ignored); None: every one, named by its file meta."""
         delivered: set[str] = set()
         sink: _Sink | None = None
 
@@ -195,8 +250,13 @@ class Prefetcher:
             if sink is None:
                 return
             fetched, sink = sink.finish(None), None
-            uid = fetched.meta.sop_instance_uid if fetched.meta is not None else None
-            if uid in wanted and uid not in delivered:
+            meta = fetched.meta
+            uid = meta.sop_instance_uid if meta is not None else None
+            if wanted is None and meta is not None and uid and uid not in delivered:
+                fetched.ref = InstanceRef(series.study_instance_uid, series.series_instance_uid, uid, meta.sop_class_uid)
+                delivered.add(uid)
+                self._put(fetched)
+            elif wanted is not None and uid in wanted and uid not in delivered:
                 fetched.ref = wanted[uid]
                 delivered.add(uid)
                 self._put(fetched)
@@ -209,7 +269,7 @@ class Prefetcher:
             sink = _Sink(self._staging_dir, self._stop)
             return sink.write
 
-        first = group[0]
+        first = series
         try:
             retrieved = self._client.retrieve_series(first.study_instance_uid, first.series_instance_uid)
             if retrieved is None:
@@ -247,3 +307,22 @@ class Prefetcher:
             self._put(None)
         except _Stopped:
             pass
+
+
+def _groups(plan: Sequence[InstanceRef | SeriesRef], whole_series: bool) -> list[_Group]:
+    """A group per planned series; the named instances per series when whole series are
+    wanted, else one each."""
+    groups: list[_Group] = []
+    series: dict[tuple[str, str], _Group] = {}
+    for item in plan:
+        if isinstance(item, SeriesRef):
+            groups.append(_Group([], item))
+        elif not whole_series:
+            groups.append(_Group([item]))
+        else:
+            key = (item.study_instance_uid, item.series_instance_uid)
+            if key not in series:
+                series[key] = _Group([])
+                groups.append(series[key])
+            series[key].refs.append(item)
+    return groups

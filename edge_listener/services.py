@@ -21,7 +21,7 @@ from dicom_adapter.upload import store_client
 
 from .commitment import CommitmentService
 from .query import Finder, QueryService
-from .retrieve import Resolver, RetrieveService
+from .retrieve import Planner, Resolver, RetrieveService
 from .server import DimseService
 
 
@@ -54,17 +54,22 @@ def finder(settings: QueryRetrieveSettings, client: DicomWebClient) -> Finder:
     return functools.partial(_find_in_process, paging, settings)
 
 
-def resolver(settings: QueryRetrieveSettings, client: DicomWebClient) -> Resolver:
-    """How C-MOVE/C-GET identifiers become instances: the qido function, or in process."""
+def resolvers(settings: QueryRetrieveSettings, client: DicomWebClient) -> tuple[Planner, Resolver]:
+    """How C-MOVE/C-GET identifiers become series and instances (qido.plan_retrieval,
+    qido.resolve_instances): the qido function, or in process."""
     if settings.qido_url:
         from dicom_adapter.qido_client import QidoFunctionClient
 
-        return QidoFunctionClient(settings.qido_url).resolve_instances
-    return functools.partial(_resolve_in_process, client, settings)
+        function = QidoFunctionClient(settings.qido_url)
+        return function.plan_retrieval, function.resolve_instances
+    return (
+        functools.partial(_in_process, qido.plan_retrieval, client, settings),
+        functools.partial(_in_process, qido.resolve_instances, client, settings),
+    )
 
 
-def _resolve_in_process(client: DicomWebClient, settings: QueryRetrieveSettings, identifier, model):  # type: ignore[no-untyped-def]
-    return qido.resolve_instances(client, identifier, model, page_size=settings.qido_page_size)
+def _in_process(search, client: DicomWebClient, settings: QueryRetrieveSettings, identifier, model):  # type: ignore[no-untyped-def]
+    return search(client, identifier, model, page_size=settings.qido_page_size)
 
 
 def _find_in_process(client: DicomWebClient, settings: QueryRetrieveSettings, identifier, model):  # type: ignore[no-untyped-def]
@@ -79,7 +84,7 @@ def build_services(settings: QueryRetrieveSettings | None) -> list[DimseService]
     if settings.staging_dir is not None:
         services.append(
             RetrieveService(
-                resolver(settings, client), client, settings.peers, settings.staging_dir, settings.cmove_aet, tls=settings.store.dimse_tls
+                *resolvers(settings, client), client, settings.peers, settings.staging_dir, settings.cmove_aet, tls=settings.store.dimse_tls
             )
         )
     spool = Spool(settings.spool_dir) if settings.spool_dir is not None else None

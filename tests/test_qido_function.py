@@ -78,6 +78,27 @@ def test_the_function_answers_as_the_translation_in_process(qido_url: str, store
     assert len(refs) == 2 and all(ref.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2" for ref in refs)
 
 
+def test_a_retrieval_plan_names_series_with_their_counts(qido_url: str, store: Orthanc):
+    """Above IMAGE level: the series and how many instances each holds, from the function as
+    in process; at IMAGE level the instances themselves."""
+    client = store_client(UploadSettings(store.dicomweb_url))
+    remote = QidoFunctionClient(qido_url)
+    patient = _identifier(QueryRetrieveLevel="PATIENT", PatientID="PID002")  # two studies: MR, then CT+MR
+    plan = list(qido.plan_retrieval(client, patient, qido.PATIENT_ROOT))
+    assert list(remote.plan_retrieval(patient, qido.PATIENT_ROOT)) == plan
+    assert all(isinstance(item, qido.SeriesRef) for item in plan)
+    assert len(plan) == 3 and sorted(item.instances for item in plan) == [1, 2, 2]
+    assert len({item.study_instance_uid for item in plan}) == 2
+    instances = list(qido.resolve_instances(client, patient, qido.PATIENT_ROOT))
+    for item in plan:
+        assert item.instances == sum(1 for ref in instances if ref.series_instance_uid == item.series_instance_uid)
+    series = plan[0]
+    one = _identifier(QueryRetrieveLevel="SERIES", StudyInstanceUID=series.study_instance_uid, SeriesInstanceUID=series.series_instance_uid)
+    assert list(qido.plan_retrieval(client, one, qido.STUDY_ROOT)) == [series]
+    image = _identifier(QueryRetrieveLevel="IMAGE", StudyInstanceUID="", SeriesInstanceUID="", SOPInstanceUID=instances[0].sop_instance_uid)
+    assert list(remote.plan_retrieval(image, qido.STUDY_ROOT)) == [instances[0]]
+
+
 def test_a_bad_identifier_comes_back_as_its_dimse_status(qido_url: str):
     with pytest.raises(qido.QueryError) as refused:
         list(QidoFunctionClient(qido_url).find(_identifier(PatientName=""), qido.STUDY_ROOT))
@@ -105,4 +126,4 @@ def test_the_edge_answers_c_find_and_c_get_through_the_function(tmp_path: Path, 
     assert len(our_files) == len(their_files) == 15
     assert fetched.returncode == 0 and len(list((tmp_path / "got").iterdir())) == 5
     function_logs = qido_function.output()
-    assert '"purpose": "find"' in function_logs and '"purpose": "resolve"' in function_logs
+    assert '"purpose": "find"' in function_logs and '"purpose": "plan"' in function_logs

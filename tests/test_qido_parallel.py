@@ -82,3 +82,12 @@ def test_a_one_series_study_and_a_series_take_one_instance_search():
     move = _move(QueryRetrieveLevel="SERIES", StudyInstanceUID="9.9", SeriesInstanceUID="1.1")
     assert len(list(qido.resolve_instances(store, move, qido.STUDY_ROOT))) == 2  # type: ignore[arg-type]
     assert store.searches == [("instances", "9.9", "1.1")]
+
+
+def test_a_plan_without_counts_from_the_store_names_the_instances():
+    """A store whose series answers lack NumberOfSeriesRelatedInstances: the plan falls back to
+    naming every instance, so the remaining counts are still known before the first C-STORE."""
+    store = FakeStore({"1.1": ["1.1.1", "1.1.2"], "1.2": ["1.2.1"]})
+    plan = list(qido.plan_retrieval(store, _move(QueryRetrieveLevel="STUDY", StudyInstanceUID="9.9"), qido.STUDY_ROOT))  # type: ignore[arg-type]
+    assert plan == list(qido.resolve_instances(store, _move(QueryRetrieveLevel="STUDY", StudyInstanceUID="9.9"), qido.STUDY_ROOT))  # type: ignore[arg-type]
+    assert len(plan) == 3 and all(isinstance(item, InstanceRef) for item in plan)

@@ -1,6 +1,8 @@
 """C-MOVE and C-GET against the oracle: DCMTK movescu/getscu asking Orthanc's own DIMSE port and
 the adapter backed by that Orthanc must deliver the same files, data sets byte for byte, to a
-DCMTK storescp; counts, failures and cancel are checked with pynetdicom as the SCU."""
+DCMTK storescp; counts, failures and cancel are checked with pynetdicom as the SCU. A study
+whose later series brings another SOP class gets a second association for it, with the counts
+of the Pending responses unbroken."""
 
 from __future__ import annotations
 
@@ -16,16 +18,20 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
-
 from support.adapter import LocalAdapter
 from support.dcmtk import StoreSCP, run_dcmtk
-from support.dicom_files import dataset_bytes_after_meta, pydicom_corpus
+from support.dicom_files import (
+    dataset_bytes_after_meta,
+    make_ct_instance,
+    pydicom_corpus,
+)
 from support.orthanc import Orthanc, orthanc_available
 from support.processes import free_port
 from support.query_corpus import CorpusStudy, make_query_corpus
 
 DESTINATION = "DEST"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +65,31 @@ def loaded_orthanc(tmp_path_factory, corpus, jpeg_file, destination_port) -> Ite
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def mixed_study(tmp_path_factory, loaded_orthanc) -> list[Path]:
+    """A study of 12 CT images in one series and 4 Secondary Capture images in another (as a
+    screenshot series would come), stored in Orthanc; its files."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    directory = tmp_path_factory.mktemp("mixed-study")
+    study_uid, ct_series, sc_series = generate_uid(), generate_uid(), generate_uid()
+    paths = []
+    for n in range(16):
+        path = directory / f"{n:02d}.dcm"
+        make_ct_instance(
+            path, patient_id="PIDMIX", study_instance_uid=study_uid, series_instance_uid=ct_series if n < 12 else sc_series,
+            instance_number=n + 1, modality="CT" if n < 12 else "OT", size_kb=2, seed=n,
+        )
+        if n >= 12:
+            ds = pydicom.dcmread(path)
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
+            ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    assert loaded_orthanc.stow(*paths).status_code == 200
+    return paths
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +329,48 @@ def test_get_of_nothing_but_unsendable_instances_fails_with_a702(jpeg_file, adap
     final, answer = responses[-1]
     assert final.Status == 0xA702 and final.NumberOfFailedSuboperations == 1
     assert _uids(answer.FailedSOPInstanceUIDList) == [jpeg_file.sop_instance_uid]
+
+
+def test_a_later_series_of_another_sop_class_gets_a_second_association(tmp_path, mixed_study, loaded_orthanc, adapter, destination_port):
+    import pydicom
+
+    study_uid = pydicom.dcmread(mixed_study[0], stop_before_pixels=True).StudyInstanceUID
+    keys = ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study_uid}"]
+    scp = _destination(tmp_path / "orthanc", destination_port)
+    try:
+        result = run_dcmtk("movescu", ["-S", "-aet", "MOVESCU", "-aec", loaded_orthanc.aet, "-aem", DESTINATION, *_dcmtk_args(keys), "127.0.0.1", str(loaded_orthanc.dimse_port)])
+        assert result.returncode == 0, result.stderr[-2000:]
+    finally:
+        scp.stop()
+    theirs = _received(scp)
+    scp = _destination(tmp_path / "adapter", destination_port, extra_args=["-d"])
+    try:
+        responses = _move(adapter.port, adapter.aet, _identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID=study_uid))
+    finally:
+        scp.stop()
+    assert _received(scp) == theirs and len(theirs) == 16
+    pending = [status for status, _ in responses if status.Status == 0xFF00]
+    assert [s.NumberOfRemainingSuboperations for s in pending] == list(range(15, 0, -1))
+    assert [s.NumberOfCompletedSuboperations for s in pending] == list(range(1, 16))
+    final, _ = responses[-1]
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 16 and final.NumberOfFailedSuboperations == 0
+    assert scp.output().count("Association Acknowledged") == 2, "a second association for the SOP class the first was not offered"
+    assert scp.output().count("Association Release") == 2, "one after the other: the first released before the second"
+    adapter.process.wait_for_output(r"retrieve done .*instances=16 .*associations=2", timeout=10)
+
+
+def test_cancel_stops_a_move_of_a_study(tmp_path, mixed_study, adapter, destination_port):
+    """Above IMAGE level too (the series planned by their counts): Cancel, with the remaining
+    count, after what was under way."""
+    import pydicom
+
+    study_uid = pydicom.dcmread(mixed_study[0], stop_before_pixels=True).StudyInstanceUID
+    scp = _destination(tmp_path / "dest", destination_port, extra_args=["--sleep-after", "1"])  # a slow destination
+    try:
+        responses = _move(adapter.port, adapter.aet, _identifier(QueryRetrieveLevel="STUDY", StudyInstanceUID=study_uid), cancel_after=1)
+    finally:
+        scp.stop()
+    final, _ = responses[-1]
+    assert final.Status == 0xFE00
+    assert final.NumberOfRemainingSuboperations == 16 - final.NumberOfCompletedSuboperations - final.NumberOfFailedSuboperations > 0
+    assert len(scp.received_files()) == final.NumberOfCompletedSuboperations <= 3

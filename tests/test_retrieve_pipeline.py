@@ -1,7 +1,9 @@
 """The retrieve pipeline (edge_listener/retrieve_fetch.py) against a fake store: every instance
 asked for comes out exactly once whatever order, extras or damage the store's series answer
 has; what a series answer does not deliver is fetched one by one; a failure becomes a reason;
-closing early stops the fetching and leaves no staged file; large instances are staged on disk."""
+closing early stops the fetching and leaves no staged file; large instances are staged on disk.
+A series planned by its count alone is named by its answer, searched instance by instance only
+when the answer comes up short. (A fake store: these are the answers a real one rarely gives.)"""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 
 from dicom_adapter.dicomweb import DicomWebError
 from dicom_adapter.part10 import encode_file_meta
-from dicom_adapter.qido import InstanceRef
+from dicom_adapter.qido import InstanceRef, QueryError, SeriesRef
 from edge_listener import retrieve_fetch
 from edge_listener.retrieve_fetch import Prefetcher
 
@@ -94,9 +96,13 @@ def a_store(series: int = 2, per_series: int = 20, size: int = 100) -> FakeStore
     return FakeStore({f"1.2.3.{s}": {f"1.2.3.{s}.{i}": part10(f"1.2.3.{s}.{i}", size) for i in range(per_series)} for s in range(series)})
 
 
-def run(store: FakeStore, refs: list[InstanceRef], staging: Path, whole_series: bool = True) -> dict[str, tuple[bytes | None, str]]:
+def plan_of(store: FakeStore) -> list[SeriesRef]:
+    return [SeriesRef(STUDY, series, len(instances)) for series, instances in store.series.items()]
+
+
+def run(store: FakeStore, refs: list, staging: Path, whole_series: bool = True, series_instances=None) -> dict[str, tuple[bytes | None, str]]:  # noqa: ANN001
     got: dict[str, tuple[bytes | None, str]] = {}
-    fetcher = Prefetcher(store, refs, staging, whole_series=whole_series)  # type: ignore[arg-type]
+    fetcher = Prefetcher(store, refs, staging, whole_series=whole_series, series_instances=series_instances)  # type: ignore[arg-type]
     try:
         for fetched in fetcher:
             uid = fetched.ref.sop_instance_uid
@@ -186,3 +192,80 @@ def test_closing_early_stops_the_fetching(tmp_path: Path, monkeypatch, whole_ser
     assert len(store.requests) == requests, "still fetching after close"
     assert requests <= (2 if whole_series else 3 + 2 + 2)
     assert list(tmp_path.iterdir()) == []
+
+
+class Searches:
+    """The instance-level search of a planned series (qido.resolve_instances), recorded; the
+    store's current instances, or a QueryError when `fails`."""
+
+    def __init__(self, store: FakeStore, fails: bool = False) -> None:
+        self.store, self.fails, self.asked = store, fails, []
+
+    def __call__(self, series: SeriesRef) -> list[InstanceRef]:
+        self.asked.append(series.series_instance_uid)
+        if self.fails:
+            raise QueryError(0xA700, "store unavailable: HTTP 503")
+        return [InstanceRef(STUDY, series.series_instance_uid, sop, CT) for sop in self.store.series[series.series_instance_uid]]
+
+
+def test_a_planned_series_is_named_by_its_answer_without_a_search(tmp_path: Path):
+    store = a_store()
+    store.series_answer_extra = [b"not a DICOM file at all" * 10]
+    searches = Searches(store)
+    fetcher = Prefetcher(store, plan_of(store), tmp_path, whole_series=True, series_instances=searches)  # type: ignore[arg-type]
+    try:
+        refs = []
+        for fetched in fetcher:
+            refs.append(fetched.ref)
+            assert fetched.meta is not None and fetched.meta.sop_instance_uid == fetched.ref.sop_instance_uid
+            fetched.discard()
+    finally:
+        fetcher.close()
+    assert sorted(refs, key=str) == sorted(refs_of(store), key=str), "every instance once, with its series and SOP class"
+    assert searches.asked == [] and sorted(store.requests) == ["series 1.2.3.0", "series 1.2.3.1"]
+    assert fetcher.unnamed == 0 and list(tmp_path.iterdir()) == []
+
+
+def test_a_planned_series_that_comes_up_short_is_searched_and_the_rest_fetched_one_by_one(tmp_path: Path):
+    store = a_store()
+    store.series_fail_after = 5  # cut off: the second series too
+    store.series_answer_drop = store.broken = {"1.2.3.1.11"}
+    searches = Searches(store)
+    got = run(store, plan_of(store), tmp_path, series_instances=searches)
+    assert len(got) == 40
+    assert sorted(searches.asked) == ["1.2.3.0", "1.2.3.1"]
+    failed = {uid: reason for uid, (data, reason) in got.items() if data is None}
+    assert list(failed) == ["1.2.3.1.11"] and "503" in failed["1.2.3.1.11"]
+    expected = {sop: data for instances in store.series.values() for sop, data in instances.items()}
+    assert {uid: data for uid, (data, _) in got.items() if data is not None} == {uid: data for uid, data in expected.items() if uid != "1.2.3.1.11"}
+
+
+def test_a_planned_series_the_store_cannot_name_is_counted_unnamed(tmp_path: Path):
+    store = a_store(series=1)
+    store.series_fail_after = 6
+    searches = Searches(store, fails=True)
+    fetcher = Prefetcher(store, plan_of(store), tmp_path, whole_series=True, series_instances=searches)  # type: ignore[arg-type]
+    try:
+        delivered = [fetched for fetched in fetcher]
+        for fetched in delivered:
+            fetched.discard()
+    finally:
+        fetcher.close()
+    assert len(delivered) == 5 and fetcher.unnamed == 15  # the part under way when the answer broke is not taken
+
+
+def test_what_a_consumer_stopped_before_is_named_for_the_failed_list(tmp_path: Path):
+    store = a_store()
+    searches = Searches(store)
+    fetcher = Prefetcher(store, plan_of(store), tmp_path, whole_series=True, series_instances=searches)  # type: ignore[arg-type]
+    sent = set()
+    for fetched in fetcher:
+        sent.add(fetched.ref)
+        fetched.discard()
+        if len(sent) == 7:
+            break
+    fetcher.close()
+    unsent = fetcher.unsent(sent)
+    assert len(unsent) == 33 and not sent & set(unsent)
+    assert {ref.sop_instance_uid for ref in unsent} | {ref.sop_instance_uid for ref in sent} == {ref.sop_instance_uid for ref in refs_of(store)}
+    assert fetcher.unnamed == 0 and list(tmp_path.iterdir()) == []

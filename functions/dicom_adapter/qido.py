@@ -11,6 +11,11 @@ the `qido` Cloud Function in cloud mode (functions/main.py):
     value), from the store's DICOM JSON by pydicom's `Dataset.from_json`.
 Results are generators: the store is paged as they are consumed, and a consumer that stops
 (C-CANCEL) stops the paging. Bad identifiers raise QueryError with the DIMSE status to answer.
+
+For C-MOVE/C-GET/commitment: `resolve_instances` names every instance by an instance-level
+search; `plan_retrieval` above IMAGE level names only the series, with the store's count of
+their instances, by one series-level search (the instances then name themselves in the
+WADO-RS answer; retrieve_fetch.py), which spares the store a search result per instance.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ STUDY_INSTANCE_UID = Tag(0x0020, 0x000D)
 SERIES_INSTANCE_UID = Tag(0x0020, 0x000E)
 SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
 SOP_CLASS_UID = Tag(0x0008, 0x0016)
+NUMBER_OF_SERIES_RELATED_INSTANCES = Tag(0x0020, 0x1209)
 # Patient-level counts: sums of the study-level counts the store gives.
 PATIENT_COUNTS = {
     Tag(0x0020, 0x1200): None,  # NumberOfPatientRelatedStudies: one per study
@@ -73,6 +79,16 @@ class InstanceRef:
     series_instance_uid: str
     sop_instance_uid: str
     sop_class_uid: str
+
+
+@dataclass(frozen=True)
+class SeriesRef:
+    """A whole series a C-MOVE/C-GET needs, with the store's count of its instances (the
+    remaining count of the Pending responses before its instances are known)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    instances: int
 
 
 @dataclass(frozen=True)
@@ -214,24 +230,7 @@ def resolve_instances(
     client: DicomWebClient, identifier: Dataset, model: str, *, page_size: int = 500
 ) -> Iterator[InstanceRef]:
     """The instances a C-MOVE/C-GET identifier names, by its unique keys down to its level."""
-    level = query_level(identifier, model)
-    required = {
-        "PATIENT": [PATIENT_ID],
-        "STUDY": ([PATIENT_ID] if model == PATIENT_ROOT else []) + [STUDY_INSTANCE_UID],
-        "SERIES": [STUDY_INSTANCE_UID, SERIES_INSTANCE_UID],
-        "IMAGE": [STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID],
-    }[level]
-    query = Dataset()
-    query.QueryRetrieveLevel = "IMAGE"
-    for tag in (PATIENT_ID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID, SOP_CLASS_UID):
-        value = identifier.get(tag)
-        given = value is not None and value.value not in (None, "", [])
-        if tag == required[-1] and not given:
-            raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{level} level needs {_tag_text(tag)}")
-        if given and tag in required:
-            query[tag] = value
-        else:
-            query[tag] = DataElement(tag, "LO" if tag == PATIENT_ID else "UI", None)
+    query = _retrieve_query(identifier, model, "IMAGE")
     # The UIDs straight from the DICOM JSON: pydicom's JSON model cost ~1 ms per instance here.
     tags = (STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID, SOP_CLASS_UID)
 
@@ -242,6 +241,68 @@ def resolve_instances(
 
     for found in in_order(refs, _per_series(client, translate(query, "IMAGE"), page_size), RESOLVE_SERIES_IN_FLIGHT):
         yield from found
+
+
+def plan_retrieval(
+    client: DicomWebClient, identifier: Dataset, model: str, *, page_size: int = 500
+) -> Iterator[InstanceRef | SeriesRef]:
+    """What a C-MOVE/C-GET identifier names: above IMAGE level its series, each with the
+    store's instance count, from one series-level search (Orthanc: 10 ms for a study of 500
+    instances, against 180-270 ms to name them all); at IMAGE level, or when the store gives
+    no count for a series, its instances (resolve_instances)."""
+    level = query_level(identifier, model)
+    if level == "IMAGE":
+        yield from resolve_instances(client, identifier, model, page_size=page_size)
+        return
+    query = _retrieve_query(identifier, model, "SERIES")
+    query[NUMBER_OF_SERIES_RELATED_INSTANCES] = DataElement(NUMBER_OF_SERIES_RELATED_INSTANCES, "IS", None)
+    search = translate(query, "SERIES")[0]  # unique keys only: no ModalitiesInStudy, one search
+    series: dict[str, SeriesRef] = {}
+    for answer in _search(client, search, page_size):
+        study_uid = str(_first(answer, _json_key(STUDY_INSTANCE_UID)) or search.study or "")
+        series_uid = str(_first(answer, _json_key(SERIES_INSTANCE_UID)))
+        count = _first(answer, _json_key(NUMBER_OF_SERIES_RELATED_INSTANCES))
+        if not (study_uid and series_uid):
+            continue
+        if not isinstance(count, (int, str)) or not str(count).strip().isdigit():
+            yield from resolve_instances(client, identifier, model, page_size=page_size)
+            return
+        series.setdefault(series_uid, SeriesRef(study_uid, series_uid, int(count)))
+    yield from (ref for ref in series.values() if ref.instances > 0)
+
+
+def series_identifier(series: SeriesRef) -> Dataset:
+    """A Study Root SERIES-level retrieve identifier naming one series (resolve_instances)."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES"
+    identifier.StudyInstanceUID = series.study_instance_uid
+    identifier.SeriesInstanceUID = series.series_instance_uid
+    return identifier
+
+
+def _retrieve_query(identifier: Dataset, model: str, query_at: str) -> Dataset:
+    """The query at `query_at` (IMAGE or SERIES) for a retrieve identifier: its unique keys down
+    to its level (the last one required), the other UIDs as return keys."""
+    level = query_level(identifier, model)
+    required = {
+        "PATIENT": [PATIENT_ID],
+        "STUDY": ([PATIENT_ID] if model == PATIENT_ROOT else []) + [STUDY_INSTANCE_UID],
+        "SERIES": [STUDY_INSTANCE_UID, SERIES_INSTANCE_UID],
+        "IMAGE": [STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID],
+    }[level]
+    keys = (PATIENT_ID, STUDY_INSTANCE_UID, SERIES_INSTANCE_UID) + ((SOP_INSTANCE_UID, SOP_CLASS_UID) if query_at == "IMAGE" else ())
+    query = Dataset()
+    query.QueryRetrieveLevel = query_at
+    for tag in keys:
+        value = identifier.get(tag)
+        given = value is not None and value.value not in (None, "", [])
+        if tag == required[-1] and not given:
+            raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{level} level needs {_tag_text(tag)}")
+        if given and tag in required:
+            query[tag] = value
+        else:
+            query[tag] = DataElement(tag, "LO" if tag == PATIENT_ID else "UI", None)
+    return query
 
 
 def _per_series(client: DicomWebClient, searches: list[QidoSearch], page_size: int) -> list[QidoSearch]:

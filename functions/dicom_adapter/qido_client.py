@@ -1,6 +1,6 @@
 """The edge's client of the `qido` Cloud Function (cloud mode; `--qido_url`).
 
-Same interface as the in-process translation (qido.find / qido.resolve_instances), so the
+Same interface as the in-process translation (qido.find / resolve_instances / plan_retrieval), so the
 C-FIND and retrieve handlers do not know which one answers. The answer is read line by line
 as it arrives (see qido_function.py); stopping the iteration closes the connection.
 """
@@ -18,6 +18,7 @@ from .qido import (
     OUT_OF_RESOURCES,
     InstanceRef,
     QueryError,
+    SeriesRef,
 )
 
 
@@ -47,6 +48,10 @@ class QidoFunctionClient:
     def resolve_instances(self, identifier: Dataset, model: str) -> Iterator[InstanceRef]:
         for line in self._lines("resolve", identifier, model):
             yield InstanceRef(**line["instance"])
+
+    def plan_retrieval(self, identifier: Dataset, model: str) -> Iterator[InstanceRef | SeriesRef]:
+        for line in self._lines("plan", identifier, model):
+            yield SeriesRef(**line["series"]) if "series" in line else InstanceRef(**line["instance"])
 
     def _lines(self, purpose: str, identifier: Dataset, model: str) -> Iterator[dict[str, Any]]:
         body = {"purpose": purpose, "model": model, "identifier": identifier.to_json_dict(), "fuzzy": self.fuzzy}

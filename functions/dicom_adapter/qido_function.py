@@ -7,9 +7,10 @@ connection (C-CANCEL) stops the paging. The last line is {"done": true} or an er
 answer is never taken for a complete one. The translation is qido.py, the same code the edge
 runs in process in local mode.
 
-Request:  {"purpose": "find" | "resolve", "model": "PATIENT" | "STUDY", "identifier": {...},
-           "fuzzy": bool}
-Lines:    {"match": {...}} (find) | {"instance": {InstanceRef fields}} (resolve)
+Request:  {"purpose": "find" | "resolve" | "plan", "model": "PATIENT" | "STUDY",
+           "identifier": {...}, "fuzzy": bool}
+Lines:    {"match": {...}} (find) | {"instance": {InstanceRef fields}} (resolve, plan)
+          | {"series": {SeriesRef fields}} (plan)
           | {"error": {"status": 0xA900, "comment": "..."}} | {"done": true}
 """
 
@@ -31,7 +32,7 @@ from .logs import fields
 log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
-PURPOSES = ("find", "resolve")
+PURPOSES = ("find", "resolve", "plan")
 
 
 def respond(request: Request, client: DicomWebClient, *, fuzzy: bool = False, page_size: int = 500) -> Response:
@@ -59,10 +60,14 @@ def _lines(client: DicomWebClient, purpose: str, identifier: Dataset, model: str
             for match in qido.find_json(client, identifier, model, fuzzy=fuzzy, page_size=page_size):
                 count += 1
                 yield _line({"match": match})
-        else:
+        elif purpose == "resolve":
             for ref in qido.resolve_instances(client, identifier, model, page_size=page_size):
                 count += 1
                 yield _line({"instance": asdict(ref)})
+        else:
+            for item in qido.plan_retrieval(client, identifier, model, page_size=page_size):
+                count += 1
+                yield _line({"series" if isinstance(item, qido.SeriesRef) else "instance": asdict(item)})
     except qido.QueryError as exc:
         log.error("qido failed", extra=fields(purpose=purpose, status=f"0x{exc.code:04X}", reason=exc.comment))
         yield _line({"error": {"status": exc.code, "comment": exc.comment}})
