@@ -177,8 +177,7 @@ def _start(assoc: Any, context_id: int | None, command: bytes) -> _Request | Non
         or not sop_instance_uid
         or context is None
         or context.abstract_syntax != sop_class_uid
-        or not assoc.is_established
-        or assoc._sent_release
+        or not _open_for_data(assoc)
     ):
         return None
     transfer_syntax_uid = str(context.transfer_syntax[0])
@@ -205,7 +204,7 @@ def _answer(assoc: Any, request: _Request, service: StoreService) -> None:
     finally:
         _remove(request.reception)  # gone into the buffer, or refused: either way not ours any more
         idle_timer.restart()
-    if not assoc.is_established:  # aborted meanwhile: nobody to answer (as pynetdicom does)
+    if not _open_for_data(assoc):  # aborted meanwhile: nobody to answer (as pynetdicom does)
         return
     comment = error_comment(comment).encode("ascii", "replace").decode("ascii") if code != SUCCESS else None
     response = dimse_wire.response_command(
@@ -220,6 +219,13 @@ def _answer(assoc: Any, request: _Request, service: StoreService) -> None:
         dimse_wire.send(assoc, request.context_id, response)
     except OSError:  # the connection broke (handed to the DUL); the sender will send it again
         log.warning("C-STORE response not delivered: connection lost", extra=fields(sop_instance_uid=request.sop_instance_uid, calling_aet=assoc.requestor.ae_title))
+
+
+def _open_for_data(assoc: Any) -> bool:
+    """Whether the association carries DIMSE messages: its DUL is in Sta6 and nobody has
+    aborted or begun releasing it. (Not `is_established`: pynetdicom sets that only after its
+    EVT_ACCEPTED handlers have run, and a fast peer's first C-STORE can arrive before.)"""
+    return assoc.dul.state_machine.current_state == "Sta6" and not assoc.is_aborted and not assoc._sent_release
 
 
 def _remove(reception: ReceptionFile) -> None:
