@@ -21,7 +21,7 @@ WADO-RS answer; retrieve_fetch.py), which spares the store a search result per i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
@@ -110,9 +110,7 @@ def find(
     page_size: int = 500,
 ) -> Iterator[Dataset]:
     """Answer a C-FIND identifier from the store: one Dataset per match, as the pages arrive."""
-    level = query_level(identifier, model)
-    for answer in _answers(client, identifier, level, fuzzy, page_size):
-        yield to_identifier(answer, identifier, level)
+    yield from _matches(client, identifier, model, fuzzy, page_size, to_identifier)
 
 
 def find_json(
@@ -124,9 +122,13 @@ def find_json(
     page_size: int = 500,
 ) -> Iterator[dict[str, Any]]:
     """`find`, each match as DICOM JSON (identifier_json): no pydicom per match."""
+    yield from _matches(client, identifier, model, fuzzy, page_size, identifier_json)
+
+
+def _matches(client: DicomWebClient, identifier: Dataset, model: str, fuzzy: bool, page_size: int, convert: Callable[..., Any]) -> Iterator[Any]:
     level = query_level(identifier, model)
     for answer in _answers(client, identifier, level, fuzzy, page_size):
-        yield identifier_json(answer, identifier, level)
+        yield convert(answer, identifier, level)
 
 
 def _answers(client: DicomWebClient, identifier: Dataset, level: str, fuzzy: bool, page_size: int) -> Iterator[dict[str, Any]]:
