@@ -66,7 +66,14 @@ class Dispatcher:
         self.handle = handle
         self.handle_batch = handle_batch
         self.settings = settings
-        self._cond = threading.Condition()
+        # One lock, three kinds of waiter, each woken only when it has something to do: with
+        # one condition for all, every new entry woke every thread (measured: ~80 futex calls
+        # and most of the upload process's system time per instance).
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)  # idle workers
+        self._batch_grew = threading.Condition(self._lock)  # the worker gathering a batch
+        self._scanner_wake = threading.Condition(self._lock)  # the periodic scanner
+        self._gather_need = 0  # entries the gathering worker still wants before it sends
         self._due: list[tuple[float, int, BufferedInstance]] = []  # heap by due time
         self._sequence = itertools.count()
         self._known: set[str] = set()  # entry names waiting in _due or being uploaded
@@ -86,11 +93,14 @@ class Dispatcher:
             return
         self._known.add(name)
         heapq.heappush(self._due, (due, next(self._sequence), instance))
-        self._cond.notify_all()  # the scanner waits on this condition too: wake a worker for sure
+        if not self._gathering:
+            self._work_ready.notify()
+        elif len(self._due) >= self._gather_need:
+            self._batch_grew.notify()  # enough to fill the batch; otherwise it waits for its linger
 
     def announce(self, instance: BufferedInstance) -> None:
         """A new entry is in the queue folder (the edge's notice, sent after the fsync)."""
-        with self._cond:
+        with self._lock:
             if len(self._due) >= self.settings.max_pending:
                 self._overflowed = True  # it is safe on disk; a scan will find it
                 return
@@ -114,7 +124,7 @@ class Dispatcher:
         """Queue every entry on disk that is not already waiting or in flight."""
         found = 0
         for path in self.spool.queued():
-            with self._cond:
+            with self._lock:
                 if self._stopping or len(self._due) >= self.settings.max_pending:
                     self._overflowed = self._overflowed or not self._stopping
                     break
@@ -122,7 +132,7 @@ class Dispatcher:
                     continue
             instance = self._describe(path.name)
             if instance is not None:
-                with self._cond:
+                with self._lock:
                     self._push(instance, time.monotonic())
                 found += 1
         return found
@@ -143,9 +153,10 @@ class Dispatcher:
 
     def stop(self, timeout: float | None = None) -> None:
         """Let uploads in progress finish; leave everything not yet started in the spool."""
-        with self._cond:
+        with self._lock:
             self._stopping = True
-            self._cond.notify_all()
+            for condition in (self._work_ready, self._batch_grew, self._scanner_wake):
+                condition.notify_all()
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
@@ -153,16 +164,16 @@ class Dispatcher:
     def _scan_periodically(self) -> None:
         last = time.monotonic()
         while True:
-            with self._cond:
+            with self._lock:
                 if self._stopping:
                     return
-                self._cond.wait(timeout=1.0)
+                self._scanner_wake.wait(timeout=1.0)
                 if self._stopping:
                     return
                 overflow_drained = self._overflowed and len(self._due) < self.settings.max_pending // 2
             due = time.monotonic() - last >= self.settings.scan_interval_s
             if self.spool.take_rescan_request() or overflow_drained or due:
-                with self._cond:
+                with self._lock:
                     self._overflowed = False
                 self.scan()
                 last = time.monotonic()
@@ -170,7 +181,7 @@ class Dispatcher:
     def _next(self) -> list[BufferedInstance]:
         """The next due entry, with the due entries behind it that can share its request;
         empty when stopping."""
-        with self._cond:
+        with self._lock:
             while not self._stopping:
                 if self._due and not self._gathering:
                     wait = self._due[0][0] - time.monotonic()
@@ -178,9 +189,9 @@ class Dispatcher:
                         batch = self._gather([heapq.heappop(self._due)[2]])
                         self._in_flight += len(batch)
                         return batch
-                    self._cond.wait(timeout=wait)
+                    self._work_ready.wait(timeout=wait)
                 else:
-                    self._cond.wait()
+                    self._work_ready.wait()
             return []
 
     def _gather(self, batch: list[BufferedInstance]) -> list[BufferedInstance]:
@@ -197,13 +208,14 @@ class Dispatcher:
                 while self._joins_batch(batch):
                     batch.append(heapq.heappop(self._due)[2])
                 remaining = deadline - time.monotonic()
-                if len(batch) >= self.settings.batch_max or self._stopping or remaining <= 0:
+                if len(batch) >= self.settings.batch_max or self._stopping or remaining <= 0 or self._too_big_to_join(batch):
                     return batch
-                self._cond.wait(timeout=remaining)
+                self._gather_need = self.settings.batch_max - len(batch)
+                self._batch_grew.wait(timeout=remaining)
         finally:
             self._gathering = False
             if self._due:
-                self._cond.notify_all()
+                self._work_ready.notify()
 
     def _joins_batch(self, batch: list[BufferedInstance]) -> bool:
         """Whether the first waiting entry is due and may go in the same request as `batch`."""
@@ -215,6 +227,14 @@ class Dispatcher:
             and candidate.destination == batch[0].destination
             and sum(instance.size for instance in batch) + candidate.size <= self.settings.batch_max_bytes
         )
+
+    def _too_big_to_join(self, batch: list[BufferedInstance]) -> bool:
+        """Whether the next due entry of this destination would overflow the batch's bytes:
+        then the batch goes now rather than linger for entries it could not take."""
+        if not self._due:
+            return False
+        due, _, candidate = self._due[0]
+        return due <= time.monotonic() and candidate.destination == batch[0].destination
 
     def _work(self) -> None:
         while batch := self._next():
@@ -241,24 +261,23 @@ class Dispatcher:
             return
         delay = self._backoff(attempt)
         log.info("upload postponed", extra=fields(sop_instance_uid=instance.sop_instance_uid, delivery_attempt=attempt, retry_in_s=round(delay, 1)))
-        with self._cond:
+        with self._lock:
             self._attempts[name] = attempt
             self._in_flight -= 1
             self._known.discard(name)
             self._push(instance, time.monotonic() + delay)
 
     def _finish(self, name: str) -> None:
-        with self._cond:
+        with self._lock:
             self._attempts.pop(name, None)
             self._unexpected.pop(name, None)
             self._known.discard(name)
             self._in_flight -= 1
-            self._cond.notify_all()
 
     def _give_up(self, name: str, instance: BufferedInstance, exc: Exception) -> bool:
         """An error that is not a store outage (a bug, an answer we cannot read): retry a few
         times, then dead-letter the entry with the error rather than loop for ever."""
-        with self._cond:
+        with self._lock:
             failures = self._unexpected[name] = self._unexpected.get(name, 0) + 1
         log.error("upload failed unexpectedly", exc_info=exc, extra=fields(**instance.log_fields(), failures=failures))
         if failures < self.settings.max_unexpected_failures:
