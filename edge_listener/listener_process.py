@@ -1,9 +1,10 @@
 """Extra listener processes: more associations at once than one Python interpreter can serve.
 
 Every association of a listener shares its process's interpreter lock, so on a machine with
-several cores `--dimse_processes N` runs N-1 more listeners on the same port (SO_REUSEPORT:
-the kernel spreads new connections over them). Each writes into the same spool and sends its
-notices down the same pipe to the one upload process.
+several cores `--dimse_processes N` runs N-1 more listeners on the same port: they inherit the
+main listener's listening sockets and take turns accepting, the least busy first
+(server.EdgeAssociationServer). Each writes into the same spool and sends its notices down the
+same pipe to the one upload process.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ class ListenerProcess:
             self._ready.close()
         self._ready = ReadyPipe()
         fds = (self._writer_fd, self._ready.child_fd)
-        self._process = ChildProcess("edge_listener.listener_process:_child_main", (self.settings, *fds), self._name, fds)
+        self._process = ChildProcess(
+            "edge_listener.listener_process:_child_main", (self.settings, *fds), self._name, (*fds, *self.settings.listener.listen_fds)
+        )
         self._process.start()
         self._ready.close_child_end()
 
@@ -79,15 +82,15 @@ class ListenerProcess:
 
 
 def shared_port_settings(
-    settings: ListenerSettings, port: int, processes: int, admission_dir: str, plain_port: int | None = None
+    settings: ListenerSettings, processes: int, admission_dir: str, listen_fds: tuple[int, ...] = ()
 ) -> ListenerSettings:
-    """Settings for one of `processes` listeners sharing `port` (and the plain port beside a
-    TLS one); with several, they count their associations together in `admission_dir`."""
+    """Settings for one of `processes` listeners sharing the port (and the plain port beside a
+    TLS one): the first binds them, the others serve its sockets (`listen_fds`); with several,
+    they count their associations together in `admission_dir`."""
     return replace(
         settings,
-        port=port,
-        plain_port=settings.plain_port if plain_port is None else plain_port,
-        reuse_port=processes > 1,
+        shared_accept=processes > 1,
+        listen_fds=listen_fds,
         shared_admission_dir=admission_dir if processes > 1 else None,
     )
 

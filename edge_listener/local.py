@@ -55,10 +55,10 @@ class LocalRuntime:
         self.uploads = UploadProcess(upload_settings)
         admission_dir = str(self.spool.root / "associations")
         SharedAssociationCounts.reset(admission_dir)
-        first = shared_port_settings(listener_settings, listener_settings.port, processes, admission_dir)
+        first = shared_port_settings(listener_settings, processes, admission_dir)
         self.listener = Listener(first, StoreService(SpoolBuffer(self.spool, self.uploads.notices.notify), routing), build_services(query_retrieve))
-        # With port 0 the first listener picked one; the others share what it got.
-        shared = shared_port_settings(listener_settings, self.listener.port, processes, admission_dir, self.listener.plain_port)
+        # The others serve the first one's listening sockets (whatever port 0 picked).
+        shared = shared_port_settings(listener_settings, processes, admission_dir, self.listener.listen_fds)
         self.extra_listeners = [
             ListenerProcess(
                 ListenerProcessSettings(

@@ -7,11 +7,13 @@ in its own module (store.py, ...), bound to its pynetdicom event here.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import socketserver
 import ssl
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
@@ -48,6 +50,10 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 # and later Query/Retrieve) still negotiate against the supported contexts below.
 _config.UNRESTRICTED_STORAGE_SERVICE = True
 ORPHAN_SWEEP_S = 2.0
+# A listener process serving N associations waits N x this (at most the max) before it
+# accepts a connection on a shared socket, so that a less busy process takes it.
+SHARED_ACCEPT_DEFER_S = 0.01
+SHARED_ACCEPT_DEFER_MAX_S = 0.05
 
 
 class DimseService(Protocol):
@@ -75,9 +81,13 @@ class ListenerSettings:
     # writes the data to disk, so "no limit" (0) would let a sender put a 1 GB instance in one
     # PDU and in our RSS; 256 KiB keeps per-PDU overhead low and memory small.
     max_pdu_length: int = 262144
-    # Several listener processes share the port (the kernel spreads connections over them)
-    # and count their associations together in this folder (shared_admission.py).
-    reuse_port: bool = False
+    # Several listener processes serve one port: the first binds it (and the plain port), the
+    # others take connections from the same listening sockets, inherited as descriptors
+    # (listen_fds: the port's, then the plain port's); the least busy process accepts first
+    # (EdgeAssociationServer). They count their associations together in shared_admission_dir
+    # (shared_admission.py).
+    shared_accept: bool = False
+    listen_fds: tuple[int, ...] = ()
     shared_admission_dir: str | None = None
     # --- who may talk to us, and how many (admission.py) ---
     max_associations_per_aet: int = 0  # 0: only max_associations applies
@@ -108,16 +118,33 @@ class ListenerSettings:
 
 class EdgeAssociationServer(ThreadedAssociationServer):
     """Turns Nagle off on accepted sockets (DIMSE is request/response: delays cost throughput)
-    and can share its port with other listener processes (SO_REUSEPORT).
+    and can share its listening socket with other listener processes (`shared_accept`).
+
+    Sharing one socket rather than binding one each with SO_REUSEPORT: the kernel spreads
+    SO_REUSEPORT connections by a hash of their addresses, so 4 associations often landed 3:1
+    or 4:0 on 2 processes, one interpreter lock serving them all (measured: acks ~330/s
+    instead of ~500/s). With one shared socket every process is woken by a new connection,
+    and one that already serves associations waits a moment before it accepts, so an idle
+    process takes it; the loser's accept finds nothing and it goes back to waiting.
 
     The accept loop only accepts: the TLS handshake runs in the connection's own thread, with
     the ACSE timeout, so a slow or hostile client cannot hold up the next one. Connections
     beyond `max_connections` are closed at once; each reads through bounds.py's guard."""
 
     def __init__(
-        self, *args: Any, reuse_port: bool = False, max_connections: int = 1000, handshake_timeout_s: float = 30.0, **kwargs: Any
+        self,
+        *args: Any,
+        shared_accept: bool = False,
+        listen_fd: int | None = None,
+        max_connections: int = 1000,
+        handshake_timeout_s: float = 30.0,
+        **kwargs: Any,
     ) -> None:
-        self.reuse_port = reuse_port  # before the base class binds the socket
+        self.shared_accept = shared_accept  # before the base class binds the socket
+        self.listen_fd = listen_fd
+        # Accepted connections, counted from the accept on (an association thread appears
+        # only later, so a burst of connections would all look like room otherwise).
+        self._clients: weakref.WeakSet[socket.socket] = weakref.WeakSet()
         self.max_connections = max_connections
         self.handshake_timeout_s = handshake_timeout_s
         self._handshaking = 0
@@ -125,14 +152,30 @@ class EdgeAssociationServer(ThreadedAssociationServer):
         super().__init__(*args, request_handler=GuardedRequestHandler, **kwargs)
 
     def server_bind(self) -> None:
-        if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # type: ignore[union-attr]
-        super().server_bind()
+        if self.listen_fd is None:
+            super().server_bind()
+        else:  # another listener process of this runtime bound it: serve its socket
+            self.socket.close()  # type: ignore[union-attr]
+            self.socket = socket.socket(fileno=os.dup(self.listen_fd))
+            self.server_address = self.socket.getsockname()
+        if self.shared_accept:
+            # Another process may take a connection first; accept() must then not wait.
+            self.socket.setblocking(False)  # type: ignore[union-attr]
 
     def get_request(self):  # type: ignore[override]
+        if self.shared_accept:
+            busy = self.open_connections()
+            if busy:  # let a process with fewer connections take it first
+                time.sleep(min(SHARED_ACCEPT_DEFER_S * busy, SHARED_ACCEPT_DEFER_MAX_S))
+        # With shared_accept this raises BlockingIOError when another process took the
+        # connection; socketserver ignores an OSError from get_request and waits again.
         client, address = self.socket.accept()  # type: ignore[union-attr]
+        self._clients.add(client)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
+
+    def open_connections(self) -> int:
+        return sum(1 for client in list(self._clients) if client.fileno() != -1)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         discard_orphans()  # each new connection also clears what dead ones left behind
@@ -150,6 +193,7 @@ class EdgeAssociationServer(ThreadedAssociationServer):
             request = self._handshake(request, client_address)
             if request is None:
                 return
+            self._clients.add(request)  # wrapping took the descriptor from the plain socket
         super().process_request_thread(request, client_address)
 
     def _handshake(self, client: socket.socket, client_address: Any) -> ssl.SSLSocket | None:
@@ -297,10 +341,10 @@ class Listener:
         for service in services:
             handlers += service.handlers()
         handlers = [handler for handler in handlers if serves_event(handler[0], settings.services)]
-        self.server = self._make_server(settings.port, handlers, settings.tls.server_context() if settings.tls else None)
+        self.server = self._make_server(0, settings.port, handlers, settings.tls.server_context() if settings.tls else None)
         # The plain port beside a TLS one (same AE, same handlers, same limits).
         self.plain_server = (
-            self._make_server(settings.plain_port, handlers, None) if settings.tls and settings.plain_port is not None else None
+            self._make_server(1, settings.plain_port, handlers, None) if settings.tls and settings.plain_port is not None else None
         )
         self.servers = [self.server, *([self.plain_server] if self.plain_server else [])]
         self._threads = [
@@ -317,13 +361,15 @@ class Listener:
             if removed:
                 log.warning("removed data sets of associations that ended mid-transfer", extra=fields(count=removed))
 
-    def _make_server(self, port: int, handlers: list[Any], ssl_context: ssl.SSLContext | None) -> EdgeAssociationServer:
+    def _make_server(self, index: int, port: int, handlers: list[Any], ssl_context: ssl.SSLContext | None) -> EdgeAssociationServer:
+        listen_fds = self.settings.listen_fds
         return self.ae.make_server(
             (self.settings.host, port),
             evt_handlers=handlers,
             ssl_context=ssl_context,
             server_class=EdgeAssociationServer,
-            reuse_port=self.settings.reuse_port,
+            shared_accept=self.settings.shared_accept,
+            listen_fd=listen_fds[index] if index < len(listen_fds) else None,
             max_connections=self.settings.max_connections,
             handshake_timeout_s=self.settings.acse_timeout_s,
         )
@@ -331,6 +377,12 @@ class Listener:
     @property
     def port(self) -> int:
         return self.server.server_address[1]
+
+    @property
+    def listen_fds(self) -> tuple[int, ...]:
+        """The listening sockets' descriptors (the port's, then the plain port's), for the
+        listener processes that share them."""
+        return tuple(server.socket.fileno() for server in self.servers)
 
     @property
     def plain_port(self) -> int | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +48,43 @@ def fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class DirectorySync:
+    """fsync of one directory, shared by the threads that rename files into it (group commit).
+
+    A caller's rename is durable once an fsync of the directory that began after the rename
+    has succeeded. Callers that arrive while an fsync runs wait for it to end and then share
+    the next one, so N associations committing at once cost about two fsyncs, not N; alone,
+    a caller pays one fsync as before. A failed fsync fails only its own caller; the others
+    try again with their own.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._requested = 0  # tickets handed out, one per sync() call
+        self._synced = 0  # every ticket up to this one is durable
+        self._running = False
+
+    def sync(self) -> None:
+        with self._cond:
+            self._requested += 1
+            ticket = self._requested
+            while self._synced < ticket:
+                if self._running:
+                    self._cond.wait()
+                    continue
+                self._running = True
+                covers = self._requested  # every rename before this point
+                self._cond.release()
+                try:
+                    fsync_directory(self.path)
+                finally:
+                    self._cond.acquire()
+                    self._running = False
+                    self._cond.notify_all()
+                self._synced = max(self._synced, covers)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -92,6 +130,7 @@ class Spool:
         self.dead = self.root / DEAD
         for folder in (self.incoming, self.queue, self.dead):
             folder.mkdir(parents=True, exist_ok=True)
+        self._queue_sync = DirectorySync(self.queue)
 
     # --- the edge's side -------------------------------------------------------------------
 
@@ -114,7 +153,7 @@ class Spool:
         try:
             for extra in finals[1:]:
                 os.link(finals[0], extra)
-            fsync_directory(self.queue)
+            self._queue_sync.sync()
         except OSError:
             # Not durable, so the sender will hear a failure: no entry may be uploaded.
             for final in finals:
