@@ -16,9 +16,8 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 from cloudevents.http import CloudEvent
 from dicom_adapter.buffers import open_buffered_object
@@ -303,5 +302,5 @@ class Dispatcher:
 
 def _entry_name(instance: BufferedInstance) -> str:
     """The queue file's name: the same key whether the entry was announced or found by a scan."""
-    return Path(unquote(urlparse(instance.buffer_uri).path)).name
+    return unquote(instance.buffer_uri.rpartition("/")[2])  # file:// and gs:// alike; no query parts
 

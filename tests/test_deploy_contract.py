@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import json
 import re
-from pathlib import Path
 
 import hcl2
 import pytest

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import pytest
 
 from support.adapter import ADAPTER_AET, LocalAdapter, adapter_command
 from support.dcmtk import StoreSCP, storescp
