@@ -131,6 +131,11 @@ class EdgeAssociationServer(ThreadedAssociationServer):
     the ACSE timeout, so a slow or hostile client cannot hold up the next one. Connections
     beyond `max_connections` are closed at once; each reads through bounds.py's guard."""
 
+    # The kernel's queue of connections not yet accepted (socketserver's default is 5): a burst
+    # of modalities connecting at once waits there, not in SYN retries, while a busy process
+    # defers its accept.
+    request_queue_size = 128
+
     def __init__(
         self,
         *args: Any,
