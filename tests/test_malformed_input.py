@@ -211,5 +211,5 @@ def test_high_water_mark_refuses_before_the_disk_is_full_and_recovers(tmp_path: 
                 pending.pop(0)
         assert pending == []
         adapter.wait_until_drained()
-        assert "below its high-water mark again" in adapter.logs()
+        adapter.wait_for_log("below its high-water mark again")
     assert sorted(fresh_orthanc.list_sop_instance_uids()) == sorted(i.sop_instance_uid for i in instances)

@@ -64,7 +64,7 @@ def test_permanent_rejection_dead_letters_with_original_bytes_then_redrive(tmp_p
         assert record["failure_reason"] == 0xA900
         assert "0xA900" in record["reason"]
         assert record["redrive"] == f"dicom-adapter redrive --spool_dir {adapter.spool_dir.resolve()} --sop_instance_uid {bad.sop_instance_uid}"
-        assert "store rejected the instance; moved to dead letters" in adapter.logs()
+        adapter.wait_for_log("store rejected the instance; moved to dead letters")
         assert " ERROR " in adapter.logs()
 
         status = subprocess.run(
@@ -143,7 +143,7 @@ def test_stow_overwrite_replaces_the_stored_instance(tmp_path: Path, healthcare_
         _send(adapter, second.path)
         adapter.wait_until_drained()
         assert not adapter.dead_letters()
-        assert "replaced a different stored instance" in adapter.logs()
+        adapter.wait_for_log("replaced a different stored instance")
     kept = healthcare_fake.get_instance(first.sop_instance_uid)
     assert dataset_bytes_after_meta(kept.read_bytes()) == dataset_bytes_after_meta(second.path)
     methods = [r.method for r in healthcare_fake.request_log]

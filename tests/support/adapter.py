@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import shutil
 import sys
 import time
@@ -64,6 +66,11 @@ class AdapterProcess:
 
     def logs(self) -> str:
         return self.process.output()
+
+    def wait_for_log(self, text: str, timeout: float = 15.0) -> None:
+        """Wait until a log line of this run contains `text`: a line written just after the
+        change a test waited for (a dead letter, an emptied queue) may not be there yet."""
+        self.process.wait_for_output(re.escape(text), timeout)
 
     def __enter__(self) -> "AdapterProcess":
         return self.start()
