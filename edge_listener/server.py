@@ -52,8 +52,8 @@ _config.UNRESTRICTED_STORAGE_SERVICE = True
 ORPHAN_SWEEP_S = 2.0
 # A listener process serving N associations waits N x this (at most the max) before it
 # accepts a connection on a shared socket, so that a less busy process takes it.
-SHARED_ACCEPT_DEFER_S = 0.01
-SHARED_ACCEPT_DEFER_MAX_S = 0.05
+SHARED_ACCEPT_DEFER_S = 0.005
+SHARED_ACCEPT_DEFER_MAX_S = 0.02
 
 
 class DimseService(Protocol):
