@@ -72,7 +72,10 @@ class Dispatcher:
         self._work_ready = threading.Condition(self._lock)  # idle workers
         self._batch_grew = threading.Condition(self._lock)  # the worker gathering a batch
         self._scanner_wake = threading.Condition(self._lock)  # the periodic scanner
-        self._gather_need = 0  # entries the gathering worker still wants before it sends
+        # What the gathering worker still has room for: entries, and bytes (it is woken once
+        # new entries would fill either).
+        self._gather_need = 0
+        self._gather_room = 0
         self._due: list[tuple[float, int, BufferedInstance]] = []  # heap by due time
         self._sequence = itertools.count()
         self._known: set[str] = set()  # entry names waiting in _due or being uploaded
@@ -94,7 +97,9 @@ class Dispatcher:
         heapq.heappush(self._due, (due, next(self._sequence), instance))
         if not self._gathering:
             self._work_ready.notify()
-        elif len(self._due) >= self._gather_need:
+            return
+        self._gather_room -= instance.size
+        if len(self._due) >= self._gather_need or self._gather_room < 0:
             self._batch_grew.notify()  # enough to fill the batch; otherwise it waits for its linger
 
     def announce(self, instance: BufferedInstance) -> None:
@@ -204,36 +209,33 @@ class Dispatcher:
         self._gathering = True  # idle workers leave new entries to this batch meanwhile
         try:
             while True:
-                while self._joins_batch(batch):
+                while (candidate := self._due_for(batch)) is not None and self._fits(batch, candidate):
                     batch.append(heapq.heappop(self._due)[2])
                 remaining = deadline - time.monotonic()
-                if len(batch) >= self.settings.batch_max or self._stopping or remaining <= 0 or self._too_big_to_join(batch):
+                # A due entry of this destination that did not fit: the batch is as full as it gets.
+                if candidate is not None or len(batch) >= self.settings.batch_max or self._stopping or remaining <= 0:
                     return batch
                 self._gather_need = self.settings.batch_max - len(batch)
+                self._gather_room = self.settings.batch_max_bytes - sum(instance.size for instance in batch)
                 self._batch_grew.wait(timeout=remaining)
         finally:
             self._gathering = False
             if self._due:
                 self._work_ready.notify()
 
-    def _joins_batch(self, batch: list[BufferedInstance]) -> bool:
-        """Whether the first waiting entry is due and may go in the same request as `batch`."""
-        if len(batch) >= self.settings.batch_max or not self._due:
-            return False
+    def _due_for(self, batch: list[BufferedInstance]) -> BufferedInstance | None:
+        """The first waiting entry, if it is due and bound to the same destination as `batch`."""
+        if not self._due:
+            return None
         due, _, candidate = self._due[0]
+        return candidate if due <= time.monotonic() and candidate.destination == batch[0].destination else None
+
+    def _fits(self, batch: list[BufferedInstance], candidate: BufferedInstance) -> bool:
+        """Whether `candidate` may join `batch` within the batch's count and byte limits."""
         return (
-            due <= time.monotonic()
-            and candidate.destination == batch[0].destination
+            len(batch) < self.settings.batch_max
             and sum(instance.size for instance in batch) + candidate.size <= self.settings.batch_max_bytes
         )
-
-    def _too_big_to_join(self, batch: list[BufferedInstance]) -> bool:
-        """Whether the next due entry of this destination would overflow the batch's bytes:
-        then the batch goes now rather than linger for entries it could not take."""
-        if not self._due:
-            return False
-        due, _, candidate = self._due[0]
-        return due <= time.monotonic() and candidate.destination == batch[0].destination
 
     def _work(self) -> None:
         while batch := self._next():

@@ -140,3 +140,40 @@ def test_an_entry_whose_notice_was_lost_is_found_within_a_second(tmp_path: Path)
         assert time.monotonic() - started < 2.5
     finally:
         dispatcher.stop(5)
+
+
+def test_a_batch_the_next_entry_would_overflow_goes_at_once_instead_of_lingering(tmp_path: Path):
+    """While an upload is in flight a worker lingers to fill its batch, but not for entries
+    that cannot join it: when the next due entry would exceed batch_max_bytes, it sends now."""
+    spool = Spool(tmp_path / "spool")
+    first, second, third = _queue(spool, tmp_path, 3)
+    entry_size = second.stat().st_size
+    settings = DispatchSettings(workers=2, scan_interval_s=60, batch_max=16, batch_max_bytes=entry_size + entry_size // 2, batch_linger_s=10)
+    release = threading.Event()
+    sent: dict[str, float] = {}
+
+    def handle(event, attempt):
+        path = Path(buffered_instance_from_cloud_event(event).buffer_uri.removeprefix("file://"))
+        if path.name == first.name:
+            release.wait(20)  # in flight while the others are gathered
+        sent[path.name] = time.monotonic()
+        path.unlink()
+
+    def handle_batch(deliveries):
+        return [handle(event, attempt) for event, attempt in deliveries]
+
+    for entry in (second, third):  # not found by the start-up scan; announced below
+        entry.rename(tmp_path / entry.name)
+    dispatcher = Dispatcher(spool, handle, settings, handle_batch)
+    dispatcher.start()
+    try:
+        _wait(lambda: dispatcher._in_flight == 1, timeout=10)
+        started = time.monotonic()
+        for entry in (second, third):
+            (tmp_path / entry.name).rename(entry)
+            dispatcher.announce(spool.describe(entry))
+        _wait(lambda: second.name in sent, timeout=8)  # not the 10 s linger
+        assert third.name not in sent  # it did not fit; it lingers for company of its own
+    finally:
+        release.set()
+        dispatcher.stop(5)
