@@ -74,7 +74,3 @@ def test_a_failed_fsync_fails_its_caller_and_the_next_call_tries_again(tmp_path:
     sync.sync()
     assert len(fsyncs.calls) == 1
 
-
-def test_the_real_fsync_of_a_directory_works(tmp_path: Path):
-    (tmp_path / "entry.dcm").write_bytes(b"x")
-    DirectorySync(tmp_path).sync()
