@@ -579,45 +579,48 @@ def _stow_failed(body: bytes) -> bool:
         return True
 
 
-def stow_direct(corpus: Corpus, orthanc: Orthanc, workers: int) -> list[str]:
-    """STOW-RS each instance (one per request) with `workers` threads, keep-alive connections."""
-    files = corpus.files
+def stow_direct(corpus: Corpus, orthanc: Orthanc, workers: int, per_request: int = 1) -> list[str]:
+    """STOW-RS the corpus, `per_request` instances per request, with `workers` threads and
+    keep-alive connections: a client that does nothing else (the files streamed as they are)."""
+    batches = [corpus.files[i : i + per_request] for i in range(0, len(corpus.files), per_request)]
     lock = threading.Lock()
     nxt = [0]
     problems: list[str] = []
     boundary = "dicomadapterbenchboundary"
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
     head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-    tail = f"\r\n--{boundary}--\r\n".encode()
+    tail = f"--{boundary}--\r\n".encode()
 
     def worker() -> None:
         conn = http.client.HTTPConnection(LOOPBACK, orthanc.http_port, timeout=600)
         while True:
             with lock:
-                if nxt[0] >= len(files):
+                if nxt[0] >= len(batches):
                     break
-                path = files[nxt[0]]
+                batch = batches[nxt[0]]
                 nxt[0] += 1
-            size = path.stat().st_size
+            what = batch[0].name if len(batch) == 1 else f"{batch[0].name} (+{len(batch) - 1})"
             try:
                 conn.putrequest("POST", "/dicom-web/studies")
                 conn.putheader("Content-Type", ctype)
                 conn.putheader("Accept", "application/dicom+json")
-                conn.putheader("Content-Length", str(len(head) + size + len(tail)))
+                conn.putheader("Content-Length", str(sum(len(head) + path.stat().st_size + 2 for path in batch) + len(tail)))
                 conn.endheaders()
-                conn.send(head)
-                with open(path, "rb") as fh:
-                    while block := fh.read(1 << 20):
-                        conn.send(block)
+                for path in batch:
+                    conn.send(head)
+                    with open(path, "rb") as fh:
+                        while block := fh.read(1 << 20):
+                            conn.send(block)
+                    conn.send(b"\r\n")
                 conn.send(tail)
                 resp = conn.getresponse()
                 body = resp.read()
                 if resp.status != 200 or _stow_failed(body):
                     with lock:
-                        problems.append(f"STOW {path.name}: HTTP {resp.status} {body[:200]!r}")
+                        problems.append(f"STOW {what}: HTTP {resp.status} {body[:200]!r}")
             except (OSError, http.client.HTTPException) as exc:
                 with lock:
-                    problems.append(f"STOW {path.name}: {exc!r}")
+                    problems.append(f"STOW {what}: {exc!r}")
                 conn.close()
                 conn = http.client.HTTPConnection(LOOPBACK, orthanc.http_port, timeout=600)
         conn.close()

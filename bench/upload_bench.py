@@ -4,7 +4,8 @@ STOW-RS client sending the same files into the same kind of store.
 
 In one run, each side with a fresh Orthanc (+ DICOMweb), the same generated corpus (N CTs of
 ~70 KB), 4 concurrent requests of up to 16 instances each:
-  (a) bare STOW  http.client, the files streamed into multipart bodies, nothing else
+  (a) bare STOW  import_bench's http.client STOW client, the files streamed into multipart
+                 bodies, nothing else
   (b) upload     the adapter's own path in this process: the files are moved into a spool's
                  queue and announced at --rate per second as the edge does (0: all at once, a
                  backlog), and the Dispatcher hands them to the Uploader (`stow_upload`):
@@ -17,7 +18,6 @@ Prints inst/s, this process's CPU per instance (user/system) and Orthanc's, and 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import logging
 import os
@@ -25,7 +25,6 @@ import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "functions"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from import_bench import LOOPBACK, Orthanc, _stow_failed, make_small_corpus  # noqa: E402
+from import_bench import Corpus, Orthanc, make_small_corpus, stow_direct  # noqa: E402
 
 from dicom_adapter.buffers.spool import Spool  # noqa: E402
 from dicom_adapter.config import UploadSettings  # noqa: E402
@@ -47,45 +46,6 @@ from edge_listener.dispatcher import Dispatcher, DispatchSettings  # noqa: E402
 
 WORKERS = 4
 BATCH = 16
-
-
-def bare_stow(files: list[Path], orthanc: Orthanc) -> None:
-    """(a): batches of BATCH files per request from WORKERS threads, keep-alive connections."""
-    batches = [files[i : i + BATCH] for i in range(0, len(files), BATCH)]
-    lock = threading.Lock()
-    boundary = "bench-boundary"
-    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-    closing = f"--{boundary}--\r\n".encode()
-
-    def worker() -> None:
-        conn = http.client.HTTPConnection(LOOPBACK, orthanc.http_port, timeout=600)
-        while True:
-            with lock:
-                if not batches:
-                    break
-                batch = batches.pop()
-            length = sum(len(head) + path.stat().st_size + 2 for path in batch) + len(closing)
-            conn.putrequest("POST", "/dicom-web/studies")
-            conn.putheader("Content-Type", f'multipart/related; type="application/dicom"; boundary={boundary}')
-            conn.putheader("Accept", "application/dicom+json")
-            conn.putheader("Content-Length", str(length))
-            conn.endheaders()
-            for path in batch:
-                conn.send(head)
-                conn.send(path.read_bytes())
-                conn.send(b"\r\n")
-            conn.send(closing)
-            response = conn.getresponse()
-            body = response.read()
-            if response.status != 200 or _stow_failed(body):
-                raise RuntimeError(f"STOW failed: HTTP {response.status} {body[:200]!r}")
-        conn.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(WORKERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
 
 
 def adapter_upload(files: list[Path], orthanc: Orthanc, spool_dir: Path, rate: float) -> dict:
@@ -116,6 +76,13 @@ def _feed(dispatcher: Dispatcher, spool: Spool, staged: list[tuple[Path, Buffere
     dispatcher.stop()
 
 
+def _bare_stow(corpus: Corpus, orthanc: Orthanc) -> None:
+    """(a): import_bench's bare STOW client, BATCH instances per request, WORKERS threads."""
+    problems = stow_direct(corpus, orthanc, WORKERS, per_request=BATCH)
+    if problems:
+        raise RuntimeError(f"bare STOW failed: {problems[:3]}")
+
+
 def _measured(run, orthanc: Orthanc) -> dict:
     store = psutil.Process(orthanc.proc.p.pid)
     store_before = sum(store.cpu_times()[:2])
@@ -144,16 +111,15 @@ def main() -> None:
     rows = {}
     try:
         corpus = make_small_corpus(work / "corpus", args.count)
-        files = corpus.files
         for label in ("bare STOW", "adapter upload"):
             orthanc = Orthanc(work, name=label.replace(" ", "-"))
             try:
                 if label == "bare STOW":
-                    rows[label] = _measured(lambda: bare_stow(files, orthanc), orthanc)
+                    rows[label] = _measured(lambda: _bare_stow(corpus, orthanc), orthanc)
                 else:
-                    rows[label] = adapter_upload(files, orthanc, work / "spool", args.rate)
-                if orthanc.count() != len(files):
-                    raise RuntimeError(f"{label}: Orthanc holds {orthanc.count()} of {len(files)}")
+                    rows[label] = adapter_upload(corpus.files, orthanc, work / "spool", args.rate)
+                if orthanc.count() != corpus.count:
+                    raise RuntimeError(f"{label}: Orthanc holds {orthanc.count()} of {corpus.count}")
             finally:
                 orthanc.stop()
     finally:
