@@ -669,6 +669,22 @@ class Row:
         return d
 
 
+def release_space(root: Path) -> None:
+    """Free a finished run's disk space now, but delete its files only when the bench ends.
+
+    On ext4 without a journal (this VM's root file system), the kernel passes over inodes freed
+    in the last ~30 s when it allocates new ones, checking each in turn. Deleting one run's
+    thousands of files therefore made every file the next run created cost more: Orthanc's DIMSE
+    intake fell from 922 to 630 inst/s over five repeats, and (d) measured 350 inst/s right after
+    (c)'s runs against 455 on its own. Truncating frees the blocks and keeps the inodes."""
+    for folder, _subfolders, files in os.walk(root):
+        for name in files:
+            try:
+                os.truncate(os.path.join(folder, name), 0)
+            except OSError:
+                pass
+
+
 def count_files(root: Path) -> int:
     n = 0
     for _dirpath, dirnames, filenames in os.walk(root):
@@ -858,7 +874,7 @@ class Bench:
                     if t:
                         row.notes.append(f"{p.name} log tail:\n{t}")
             if not self.args.keep:
-                shutil.rmtree(rd, ignore_errors=True)
+                release_space(rd)
         self.rows.append(row)
         log("    " + fmt_row(row, with_scenario=False))
         return row
@@ -1136,8 +1152,8 @@ def main(argv: list[str] | None = None) -> int:
                 "edge", "orthanc dimse", "orthanc dimse Nagle too"]),
                 nodelay=False)
         if small is not None:
-            shutil.rmtree(workdir / "corpus-small", ignore_errors=True)
-            shutil.rmtree(workdir / "corpus-nagle", ignore_errors=True)
+            release_space(workdir / "corpus-small")
+            release_space(workdir / "corpus-nagle")
         if "large" in only:
             t = time.monotonic()
             large = make_large_corpus(workdir / "corpus-large", large_n, frames)
