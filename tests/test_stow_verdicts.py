@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from dicom_adapter.config import DEFAULT_RETRY_STATUS_CODES
-from dicom_adapter.dicomweb import DicomWebAddress, DicomWebClient, StowVerdict, _json_body
+from dicom_adapter.dicomweb import DicomWebAddress, DicomWebClient, StowAnswer, StowVerdict, _json_body
 
 UID = "1.2.3.4"
 
@@ -36,7 +36,7 @@ def _failed(uid: str, reason: int) -> dict:
 
 def _judge(response: requests.Response, uid: str = UID):
     client = DicomWebClient(DicomWebAddress("http://store/dicom-web"), requests.Session(), retry_status_codes=DEFAULT_RETRY_STATUS_CODES)
-    return client._judge_stow(response, _json_body(response), uid)
+    return client._judge_stow(StowAnswer(response, _json_body(response)), uid)
 
 
 def test_one_answer_for_several_instances_is_judged_per_instance():
@@ -59,6 +59,21 @@ def test_one_answer_for_several_instances_is_judged_per_instance():
     assert verdicts["1.4"].verdict is StowVerdict.REJECTED and verdicts["1.4"].failure_reason == 0xC000
     assert verdicts["1.5"].verdict is StowVerdict.REJECTED  # sent but listed nowhere
     assert "does not list the instance" in verdicts["1.5"].reason
+
+
+def test_a_failed_item_that_names_no_instance_applies_to_every_instance_it_precedes():
+    """The first item naming the instance, or naming none, decides (as a store that reports one
+    failure for the whole request without UIDs)."""
+    body = {"00081198": {"vr": "SQ", "Value": [
+        {"00081155": {"vr": "UI", "Value": ["1.1"]}, "00081197": {"vr": "US", "Value": [0xA700]}},
+        {"00081197": {"vr": "US", "Value": [0x0110]}},
+        {"00081155": {"vr": "UI", "Value": ["1.2"]}, "00081197": {"vr": "US", "Value": [0xC000]}},
+    ]}}
+    answer = StowAnswer(_response(409, body), body)
+    assert answer.failures.reason_for("1.1") == 0xA700
+    assert answer.failures.reason_for("1.2") == 0x0110  # the unnamed item comes first
+    assert answer.failures.reason_for("1.3") == 0x0110
+    assert answer.references.reason_for("1.1") is None and answer.references.uids is None
 
 
 def test_stored_only_when_the_store_lists_the_instance():

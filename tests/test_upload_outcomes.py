@@ -14,6 +14,7 @@ import pytest
 from support.adapter import ADAPTER_AET, LocalAdapter, adapter_command
 from support.dicom_files import dataset_bytes_after_meta, make_ct_instance
 from support.healthcare_api_fake import HealthcareApiFake
+from support.http_proxy import ForwardingProxy
 from support.sender import send_files
 
 
@@ -159,3 +160,19 @@ def test_http_error_codes_to_retry_decides_what_is_transient(tmp_path: Path, hea
         adapter.wait_until_drained(timeout=60)
         assert bool(adapter.dead_letters()) == expect_dead
     assert healthcare_fake.instance_count() == (0 if expect_dead else 1)
+
+
+@pytest.mark.parametrize("bypassed", [False, True], ids=["through the proxy", "NO_PROXY names the store"])
+def test_uploads_follow_the_proxy_settings_of_the_environment(tmp_path: Path, healthcare_fake: HealthcareApiFake, bypassed: bool):
+    """The environment's HTTP_PROXY and NO_PROXY are read once, when the store's session is
+    made (not on every request), and still decide whether uploads go through the proxy."""
+    instance = make_ct_instance(tmp_path / "a.dcm")
+    with ForwardingProxy() as proxy:
+        no_proxy = "127.0.0.1" if bypassed else ""
+        env = {"HTTP_PROXY": proxy.url, "http_proxy": proxy.url, "NO_PROXY": no_proxy, "no_proxy": no_proxy}
+        with LocalAdapter(tmp_path / "adapter", healthcare_fake.url, extra_env=env) as adapter:
+            _send(adapter, instance.path)
+            adapter.wait_until_drained()
+        carried = [line for line in proxy.carried if line.startswith(f"POST {healthcare_fake.url}/studies")]
+    assert healthcare_fake.instance_count() == 1
+    assert len(carried) == (0 if bypassed else 1), proxy.carried

@@ -116,13 +116,14 @@ class DicomWebClient:
             failed = StowOutcome(StowVerdict.TRANSIENT, None, f"{type(exc).__name__}: {_short(str(exc))}")
             return [failed for _ in instances]
         with response:
-            body_json = _json_body(response)
-            return [self._judge_stow(response, body_json, uid) for _, uid in instances]
+            answer = StowAnswer(response, _json_body(response))
+            return [self._judge_stow(answer, uid) for _, uid in instances]
 
-    def _judge_stow(self, response: requests.Response, body: Any, sop_instance_uid: str) -> StowOutcome:
+    def _judge_stow(self, answer: "StowAnswer", sop_instance_uid: str) -> StowOutcome:
+        response, body = answer.response, answer.body
         status = response.status_code
-        failure = _reason_for(body, FAILED_SOP_SEQUENCE, FAILURE_REASON, sop_instance_uid, missing=0xC000)
-        warning = _reason_for(body, REFERENCED_SOP_SEQUENCE, WARNING_REASON, sop_instance_uid, missing=None)
+        failure = answer.failures.reason_for(sop_instance_uid)
+        warning = answer.references.reason_for(sop_instance_uid)
         reason = _summary(response, body, failure)
 
         def outcome(verdict: StowVerdict, why: str = reason) -> StowOutcome:
@@ -137,7 +138,7 @@ class DicomWebClient:
             return outcome(StowVerdict.ALREADY_EXISTS)
         if failure is not None or not 200 <= status < 300:
             return outcome(StowVerdict.REJECTED)
-        referenced = _referenced_uids(body)
+        referenced = answer.references.uids
         if referenced is not None and sop_instance_uid not in referenced:
             return outcome(StowVerdict.REJECTED, f"{reason}: the store's answer does not list the instance as stored")
         return outcome(StowVerdict.STORED)
@@ -269,28 +270,52 @@ def _first_value(item: dict[str, Any], tag: str) -> Any:
     return values[0] if values else None
 
 
-def _reason_for(body: Any, sequence_tag: str, reason_tag: str, sop_instance_uid: str, missing: int | None) -> int | None:
-    """The reason code the store gave our instance in a Failed/Referenced SOP Sequence, if any."""
-    for item in _items(body, sequence_tag) or []:
-        uid = _first_value(item, REFERENCED_SOP_INSTANCE_UID)
-        if uid is not None and uid != sop_instance_uid:
-            continue
-        code = _first_value(item, reason_tag)
-        if code is None:
-            return missing if sequence_tag == FAILED_SOP_SEQUENCE else None
+class _SopSequence:
+    """The items of a Failed or Referenced SOP Sequence, read once per STOW answer: each of a
+    batch's instances looks its reason up here (reading the sequence again for every instance
+    cost time quadratic in the batch size)."""
+
+    def __init__(self, body: Any, sequence_tag: str, reason_tag: str, missing: int | None) -> None:
+        items = _items(body, sequence_tag)
+        self.uids: set[str] | None = None if items is None else set()
+        self._by_uid: dict[str, tuple[int, int | None]] = {}  # first item naming the UID
+        self._unnamed: tuple[int, int | None] | None = None  # first item naming no UID
+        for index, item in enumerate(items or []):
+            uid = _first_value(item, REFERENCED_SOP_INSTANCE_UID)
+            entry = (index, _reason_code(_first_value(item, reason_tag), missing))
+            if self.uids is not None:
+                self.uids.add(str(uid))
+            if uid is None:
+                self._unnamed = self._unnamed or entry
+            else:
+                self._by_uid.setdefault(str(uid), entry)
+
+    def reason_for(self, sop_instance_uid: str) -> int | None:
+        """The reason code of the first item that names this instance or no instance at all."""
+        found = [entry for entry in (self._by_uid.get(sop_instance_uid), self._unnamed) if entry is not None]
+        return min(found)[1] if found else None
+
+
+def _reason_code(code: Any, missing: int | None) -> int | None:
+    if code is None:
+        return missing
+    try:
+        return int(code)
+    except (TypeError, ValueError):
         try:
-            return int(code)
-        except (TypeError, ValueError):
-            try:
-                return int(str(code), 16)  # some stores write codes as hex strings
-            except ValueError:
-                return 0xC000
-    return None
+            return int(str(code), 16)  # some stores write codes as hex strings
+        except ValueError:
+            return 0xC000
 
 
-def _referenced_uids(body: Any) -> set[str] | None:
-    items = _items(body, REFERENCED_SOP_SEQUENCE)
-    return None if items is None else {str(_first_value(item, REFERENCED_SOP_INSTANCE_UID)) for item in items}
+class StowAnswer:
+    """A STOW-RS response and what its body says, per instance."""
+
+    def __init__(self, response: requests.Response, body: Any) -> None:
+        self.response = response
+        self.body = body
+        self.failures = _SopSequence(body, FAILED_SOP_SEQUENCE, FAILURE_REASON, missing=0xC000)
+        self.references = _SopSequence(body, REFERENCED_SOP_SEQUENCE, WARNING_REASON, missing=None)
 
 
 def _summary(response: requests.Response, body: Any, failure: int | None) -> str:

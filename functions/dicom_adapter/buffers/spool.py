@@ -313,13 +313,13 @@ def read_record(path: Path) -> dict[str, Any]:
 class SpoolObject:
     """A queue entry as the upload step sees it (the spool's `BufferedObject`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, uri: str | None = None) -> None:
         self.path = path
-        self.uri = path.as_uri()
+        self.uri = uri or path.as_uri()
 
     @classmethod
     def from_uri(cls, uri: str) -> "SpoolObject":
-        return cls(Path(unquote(urlparse(uri).path)))
+        return cls(Path(unquote(urlparse(uri).path)), uri)
 
     def exists(self) -> bool:
         return self.path.exists()
