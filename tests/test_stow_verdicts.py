@@ -6,9 +6,14 @@ import json
 
 import pytest
 import requests
-
 from dicom_adapter.config import DEFAULT_RETRY_STATUS_CODES
-from dicom_adapter.dicomweb import DicomWebAddress, DicomWebClient, StowAnswer, StowVerdict, _json_body
+from dicom_adapter.dicomweb import (
+    DicomWebAddress,
+    DicomWebClient,
+    StowAnswer,
+    StowVerdict,
+    _json_body,
+)
 
 UID = "1.2.3.4"
 

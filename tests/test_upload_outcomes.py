@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from support.adapter import ADAPTER_AET, LocalAdapter, adapter_command
 from support.dicom_files import dataset_bytes_after_meta, make_ct_instance
 from support.healthcare_api_fake import HealthcareApiFake
