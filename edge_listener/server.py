@@ -49,6 +49,10 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 # adapter stores bytes, it never needs to decode them. Known non-storage classes (Verification,
 # and later Query/Retrieve) still negotiate against the supported contexts below.
 _config.UNRESTRICTED_STORAGE_SERVICE = True
+# pynetdicom's "standard" handlers log every PDU and DIMSE message at DEBUG: an event object
+# and formatted text for each, on the path of every ack, for loggers the adapter keeps at
+# WARNING (they would print data set contents). Not bound at all, they cost nothing.
+_config.LOG_HANDLER_LEVEL = "none"
 ORPHAN_SWEEP_S = 2.0
 # A listener process serving N associations waits N x this (at most the max) before it
 # accepts a connection on a shared socket, so that a less busy process takes it.
