@@ -673,8 +673,9 @@ def release_space(root: Path) -> None:
     """Free a finished run's disk space now, but delete its files only when the bench ends.
 
     On ext4 without a journal (this VM's root file system), the kernel passes over inodes freed
-    in the last ~30 s when it allocates new ones, checking each in turn. Deleting one run's
-    thousands of files therefore made every file the next run created cost more: Orthanc's DIMSE
+    in the last minute (six while their inode table is not written back) when it allocates new
+    ones, checking each in turn. Deleting one run's thousands of files therefore made every
+    file the next run created cost more: Orthanc's DIMSE
     intake fell from 922 to 630 inst/s over five repeats, and (d) measured 350 inst/s right after
     (c)'s runs against 455 on its own. Truncating frees the blocks and keeps the inodes."""
     for folder, _subfolders, files in os.walk(root):
