@@ -81,6 +81,17 @@ def test_a_failed_item_that_names_no_instance_applies_to_every_instance_it_prece
     assert answer.references.reason_for("1.1") is None and answer.references.uids is None
 
 
+def test_odd_values_in_an_answer_name_no_instance_and_do_not_crash():
+    """A UID that is a number names no instance we sent; an absurd reason code is a failure."""
+    body = {"00081198": {"vr": "SQ", "Value": [
+        {"00081155": {"vr": "UI", "Value": [1.1]}, "00081197": {"vr": "US", "Value": [0x0110]}},
+        {"00081155": {"vr": "UI", "Value": ["2.2"]}, "00081197": {"vr": "US", "Value": [float("inf")]}},
+    ]}}
+    answer = StowAnswer(_response(400, body), body)
+    assert answer.failures.reason_for("1.1") is None
+    assert answer.failures.reason_for("2.2") == 0xC000
+
+
 def test_stored_only_when_the_store_lists_the_instance():
     assert _judge(_response(200, _referenced(UID))).verdict is StowVerdict.STORED
     other = _judge(_response(200, _referenced("9.9.9")))

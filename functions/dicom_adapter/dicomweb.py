@@ -287,8 +287,8 @@ class _SopSequence:
                 self.uids.add(str(uid))
             if uid is None:
                 self._unnamed = self._unnamed or entry
-            else:
-                self._by_uid.setdefault(str(uid), entry)
+            elif isinstance(uid, str):  # a UID that is not a string names no instance we sent
+                self._by_uid.setdefault(uid, entry)
 
     def reason_for(self, sop_instance_uid: str) -> int | None:
         """The reason code of the first item that names this instance or no instance at all."""
@@ -301,7 +301,7 @@ def _reason_code(code: Any, missing: int | None) -> int | None:
         return missing
     try:
         return int(code)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON 1e999
         try:
             return int(str(code), 16)  # some stores write codes as hex strings
         except ValueError:

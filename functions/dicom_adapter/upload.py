@@ -375,7 +375,9 @@ def _read_environment_once(session: requests.Session, address: str) -> requests.
     """Take the proxy (HTTPS_PROXY, NO_PROXY...) and CA bundle settings for the store's address
     from the environment now, and stop requests from reading them again for every request
     (trust_env): that look-up walks all of os.environ and stats ~/.netrc, ~0.1-0.2 ms of CPU
-    per STOW request. A session talks to one store, so its host's answer is the answer."""
+    per STOW request. A session talks to one store, so its host's answer is the answer.
+    (An ADC session no longer picks up a ~/.netrc entry for the store, which used to replace
+    its bearer token.)"""
     session.proxies.update(requests.utils.get_environ_proxies(address))
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if bundle:
