@@ -51,8 +51,12 @@ def test_markers_never_reach_the_logs(tmp_path: Path, healthcare_fake: Healthcar
             assert find_marker_phi(output.stdout + output.stderr) == []
         adapter.wait_until_drained(timeout=60)
     logs = adapter.logs()
-    for path_taken in ("C-STORE refused", "moved to dead letters", "retrying", "stored", "buffered"):
+    for path_taken in ("C-STORE refused", "moved to dead letters", "stored", "buffered"):
         assert path_taken in logs, path_taken
+    # The two 503s are logged by whichever retry path met them: a single instance's STOW retries
+    # in place ("retrying"); a batch's hands its entries back to the dispatcher ("will retry").
+    # Which one depends on how many instances were queued when the first upload went out.
+    assert "retrying" in logs or "will retry" in logs, "no retry was logged"
     assert find_marker_phi(logs) == [], "demographics leaked into the adapter's logs"
     for record in (adapter.spool_dir / "dead").glob("*.json"):
         assert find_marker_phi(record.read_text()) == []
