@@ -589,6 +589,7 @@ def stow_direct(corpus: Corpus, orthanc: Orthanc, workers: int, per_request: int
     boundary = "dicomadapterbenchboundary"
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
     head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    crlf = b"\r\n"  # after each part's bytes
     tail = f"--{boundary}--\r\n".encode()
 
     def worker() -> None:
@@ -604,14 +605,14 @@ def stow_direct(corpus: Corpus, orthanc: Orthanc, workers: int, per_request: int
                 conn.putrequest("POST", "/dicom-web/studies")
                 conn.putheader("Content-Type", ctype)
                 conn.putheader("Accept", "application/dicom+json")
-                conn.putheader("Content-Length", str(sum(len(head) + path.stat().st_size + 2 for path in batch) + len(tail)))
+                conn.putheader("Content-Length", str(sum(len(head) + path.stat().st_size + len(crlf) for path in batch) + len(tail)))
                 conn.endheaders()
                 for path in batch:
                     conn.send(head)
                     with open(path, "rb") as fh:
                         while block := fh.read(1 << 20):
                             conn.send(block)
-                    conn.send(b"\r\n")
+                    conn.send(crlf)
                 conn.send(tail)
                 resp = conn.getresponse()
                 body = resp.read()
@@ -675,9 +676,9 @@ def release_space(root: Path) -> None:
     On ext4 without a journal (this VM's root file system), the kernel passes over inodes freed
     in the last minute (six while their inode table is not written back) when it allocates new
     ones, checking each in turn. Deleting one run's thousands of files therefore made every
-    file the next run created cost more: Orthanc's DIMSE
-    intake fell from 922 to 630 inst/s over five repeats, and (d) measured 350 inst/s right after
-    (c)'s runs against 455 on its own. Truncating frees the blocks and keeps the inodes."""
+    file the next run created cost more: Orthanc's DIMSE intake fell from 922 to 630 inst/s
+    over five repeats, and (d) measured 350 inst/s right after (c)'s runs against 455 on its
+    own. Truncating frees the blocks and keeps the inodes."""
     for folder, _subfolders, files in os.walk(root):
         for name in files:
             try:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-
 from support.adapter import ADAPTER_AET, LocalAdapter, adapter_command
 from support.dcmtk import StoreSCP, storescp
 from support.dicom_files import GeneratedInstance, dataset_bytes_after_meta, find_marker_phi, make_ct_instance
