@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 from dicom_adapter.aets import AetDictionaryError, load_aet_dictionary
@@ -26,6 +26,9 @@ from dicom_adapter.routing import (
     RoutingTable,
     load_routing,
 )
+
+if TYPE_CHECKING:
+    from dicom_adapter.dimse_tls import TlsFiles
 
 log = logging.getLogger("dicom_adapter.cli")
 
@@ -357,6 +360,10 @@ def export_routing(options: dict[str, Any]) -> RoutingTable | None:
 @flag("peer_dimse_aet", help="AE title of the DIMSE peer to C-STORE to.")
 @flag("peer_dimse_ip", help="Host of the DIMSE peer.")
 @flag("peer_dimse_port", type=click.IntRange(1, 65535), help="Port of the DIMSE peer.")
+@flag("peer_dimse_tls", is_flag=True, help="Call the DIMSE peer over TLS (1.2+) with --dimse_tls_cert and --dimse_tls_key; its certificate must chain to --dimse_tls_ca (else the system's trust store) and name --peer_dimse_ip.")
+@flag("dimse_tls_cert", type=click.Path(dir_okay=False, exists=True), help="PEM certificate we present to a --peer_dimse_tls peer.")
+@flag("dimse_tls_key", type=click.Path(dir_okay=False, exists=True), help="PEM private key of --dimse_tls_cert.")
+@flag("dimse_tls_ca", type=click.Path(dir_okay=False, exists=True), help="PEM CA certificate(s) a --peer_dimse_tls peer's certificate must chain to.")
 @flag("peer_dicomweb_address", help="DICOMweb service root to STOW-RS to (instead of a DIMSE peer).")
 @flag("client_aet", default="DICOMADAPTER", show_default=True, help="Our AE title towards the DIMSE peer.")
 @flag("dicomweb_address", help="The source store, if its notifications name it other than on https://healthcare.googleapis.com/v1.")
@@ -378,14 +385,15 @@ def export(**options: Any) -> None:
         raise click.UsageError("give --peer_dimse_aet, --peer_dimse_ip and --peer_dimse_port, or --peer_dicomweb_address")
     if options["dead_letter_topic"]:
         check_cloud_names(None, options["dead_letter_topic"])
+    tls = export_tls(options)
     peer = (Destination.dicomweb(options["peer_dicomweb_address"]) if options["peer_dicomweb_address"]
-            else Destination.dimse(Peer(options["peer_dimse_aet"], options["peer_dimse_ip"], options["peer_dimse_port"])))
+            else Destination.dimse(Peer(options["peer_dimse_aet"], options["peer_dimse_ip"], options["peer_dimse_port"], tls=tls is not None)))
     subscription = f"projects/{options['project_id']}/subscriptions/{options['subscription_id']}"
     runner = SinglePeerExport(SinglePeerSettings(
         subscription=subscription,
         peer=peer,
         upload=UploadSettings(dicomweb_address=options["dicomweb_address"] or "", calling_aet=options["client_aet"],
-                              retry_status_codes=parse_status_codes(options["http_error_codes_to_retry"])),
+                              retry_status_codes=parse_status_codes(options["http_error_codes_to_retry"]), dimse_tls=tls),
         dead_letter_topic=options["dead_letter_topic"] or "",
         workers=options["export_workers"],
     ))
@@ -402,6 +410,25 @@ def export(**options: Any) -> None:
         raise click.ClickException(f"subscription {subscription} failed: {type(exc).__name__}: {exc}") from None
     finally:
         runner.stop()
+
+
+def export_tls(options: dict[str, Any]) -> TlsFiles | None:
+    """`export`'s TLS files when the peer is called over TLS (None: a plain peer); checked now,
+    so that a bad file stops the command at start instead of failing every delivery."""
+    from dicom_adapter.dimse_tls import TlsConfigError, TlsFiles
+
+    if not options["peer_dimse_tls"]:
+        return None
+    if options["peer_dicomweb_address"]:
+        raise click.UsageError("--peer_dimse_tls is for a DIMSE peer, not --peer_dicomweb_address")
+    try:
+        tls = TlsFiles.from_options(options["dimse_tls_cert"], options["dimse_tls_key"], options["dimse_tls_ca"])
+        if tls is None:
+            raise TlsConfigError("--peer_dimse_tls needs --dimse_tls_cert and --dimse_tls_key")
+        tls.client_context()
+    except TlsConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    return tls
 
 
 def check_cloud_names(gcs_buffer: str | None, pubsub_topic: str | None) -> None:

@@ -8,6 +8,7 @@ locals {
   edge_name                       = "dicom-adapter-edge"
   edge_kubernetes_service_account = "dicom-adapter-edge"
   edge_health_port                = 8080
+  edge_tls_dir                    = "/etc/dicom-adapter/tls"
   edge_labels = {
     "app.kubernetes.io/name"    = local.edge_name
     "app.kubernetes.io/part-of" = "dicom-adapter"
@@ -28,6 +29,13 @@ locals {
       "--dicomweb_address", local.dicomweb_address,
     ],
     var.dimse_cmove_aet == "" ? [] : ["--dimse_cmove_aet", var.dimse_cmove_aet],
+    # DIMSE over TLS on dimse_port, with the certificate and key of the Secret (a kubernetes.io/tls
+    # Secret names them tls.crt and tls.key; cert-manager adds the issuing CA as ca.crt).
+    var.dimse_tls_secret == "" ? [] : [
+      "--dimse_tls_cert", "${local.edge_tls_dir}/tls.crt",
+      "--dimse_tls_key", "${local.edge_tls_dir}/tls.key",
+    ],
+    var.dimse_tls_secret == "" || !var.dimse_tls_verify_clients ? [] : ["--dimse_tls_ca", "${local.edge_tls_dir}/ca.crt"],
   )
 }
 
@@ -217,12 +225,34 @@ resource "kubernetes_deployment_v1" "edge" {
             name       = "scratch"
             mount_path = "/tmp"
           }
+
+          dynamic "volume_mount" {
+            for_each = var.dimse_tls_secret == "" ? [] : [var.dimse_tls_secret]
+            content {
+              name       = "dimse-tls"
+              mount_path = local.edge_tls_dir
+              read_only  = true
+            }
+          }
         }
 
         volume {
           name = "scratch"
           empty_dir {
             size_limit = var.edge_scratch_size
+          }
+        }
+
+        # Readable by the pod's group only (fs_group); the adapter reads it at start, so a
+        # rotated certificate takes effect with `kubectl rollout restart`.
+        dynamic "volume" {
+          for_each = var.dimse_tls_secret == "" ? [] : [var.dimse_tls_secret]
+          content {
+            name = "dimse-tls"
+            secret {
+              secret_name  = volume.value
+              default_mode = "0440"
+            }
           }
         }
       }

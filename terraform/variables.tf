@@ -405,11 +405,12 @@ variable "dimse_cmove_aet" {
 }
 
 variable "aet_dictionary" {
-  description = "Known DICOM peers (the Google adapter's AET dictionary): C-MOVE destinations and, where the edge checks calling AEs, who may associate. Stored in a ConfigMap and given to the edge as DICOM_ADAPTER_AET_DICTIONARY_INLINE."
+  description = "Known DICOM peers (the Google adapter's AET dictionary): C-MOVE destinations and, where the edge checks calling AEs, who may associate; tls = true: the edge calls that peer over DIMSE TLS (needs dimse_tls_secret). Stored in a ConfigMap and given to the edge as DICOM_ADAPTER_AET_DICTIONARY_INLINE."
   type = list(object({
     name = string
     host = string
     port = number
+    tls  = optional(bool, false)
   }))
   default = []
 
@@ -528,4 +529,21 @@ variable "cstore_failure_alert_count" {
     condition     = var.cstore_failure_alert_count >= 0
     error_message = "cstore_failure_alert_count must not be negative."
   }
+}
+
+variable "dimse_tls_secret" {
+  description = "Name of a kubernetes.io/tls Secret in kubernetes_namespace (tls.crt, tls.key; ca.crt for dimse_tls_verify_clients), created beforehand with kubectl or cert-manager. Set: the edge serves DIMSE over TLS 1.2+ on dimse_port with that certificate, and presents it when it calls peers marked tls in aet_dictionary (C-MOVE, commitment reports; the functions' DIMSE deliveries have no certificate and dead-letter for such peers). Empty: plain DIMSE."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.dimse_tls_secret == "" || can(regex("^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", var.dimse_tls_secret))
+    error_message = "dimse_tls_secret must be empty or a Kubernetes object name (lower-case letters, digits, '-' and '.')."
+  }
+}
+
+variable "dimse_tls_verify_clients" {
+  description = "With dimse_tls_secret: only clients with a certificate signed by the Secret's ca.crt may connect, and peers the edge calls over TLS must chain to it too. Off: any client may connect over TLS (the calling-AE checks still apply)."
+  type        = bool
+  default     = false
 }

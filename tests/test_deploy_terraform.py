@@ -201,6 +201,23 @@ def test_edge_deployment_probes_identity_drain_and_budget(module):
     assert module.resource("kubernetes_pod_disruption_budget_v1", "edge")["spec"][0]["max_unavailable"] == "1"
 
 
+
+def test_edge_serves_dimse_tls_from_a_kubernetes_tls_secret_when_one_is_named(module):
+    variables = module.named("variable")
+    assert variables["dimse_tls_secret"]["default"] == "" and variables["dimse_tls_verify_clients"]["default"] is False
+    assert "tls  = optional(bool, false)" in module.text["variables.tf"]  # AET dictionary peers called over TLS
+    args = module.text["kubernetes.tf"]
+    assert 'var.dimse_tls_secret == "" ? [] : [\n      "--dimse_tls_cert", "${local.edge_tls_dir}/tls.crt",' in args
+    assert '"--dimse_tls_key", "${local.edge_tls_dir}/tls.key",' in args
+    assert 'var.dimse_tls_secret == "" || !var.dimse_tls_verify_clients ? [] : ["--dimse_tls_ca", "${local.edge_tls_dir}/ca.crt"]' in args
+    pod = module.resource("kubernetes_deployment_v1", "edge")["spec"][0]["template"][0]["spec"][0]
+    [volume] = [v["volume"] for v in pod["dynamic"] if "volume" in v]
+    assert volume["for_each"] == '${var.dimse_tls_secret == "" ? [] : [var.dimse_tls_secret]}'
+    assert volume["content"][0]["secret"][0]["secret_name"] == "${volume.value}"
+    assert volume["content"][0]["secret"][0]["default_mode"] == "0440"
+    [mount] = [m["volume_mount"] for m in pod["container"][0]["dynamic"] if "volume_mount" in m]
+    assert mount["content"][0] == {"name": "dimse-tls", "mount_path": "${local.edge_tls_dir}", "read_only": True, "__is_block__": True}
+
 def test_alerts_cover_dead_letters_upload_age_and_cstore_failures(module):
     metrics = {name for rtype, name, _ in module.resources() if rtype == "google_logging_metric"}
     assert {"dead_letters", "cstore_failures"} <= metrics

@@ -1,7 +1,8 @@
 """DIMSE TLS with DCMTK as the real peer: echoscu/storescu `+tls` with a client certificate get
 in; without one, with an untrusted one, or in plain TCP they do not; the plain port beside the
 TLS one still serves; a stalled handshake does not hold up the next client; C-MOVE to a
-destination marked "tls" reaches a DCMTK storescp +tls."""
+destination marked "tls" reaches a DCMTK storescp +tls; `export --peer_dimse_tls` checks its files at
+start (its delivery over TLS is in test_export_cloud.py)."""
 
 from __future__ import annotations
 
@@ -104,6 +105,23 @@ def test_tls_is_checked_at_start(tmp_path: Path, pki: Pki):
     plain_only = subprocess.run(base + ["--dimse_plain_port", "0"], capture_output=True, text=True, timeout=60)
     assert plain_only.returncode == 2 and "--dimse_plain_port" in plain_only.stderr
 
+
+
+def test_export_checks_its_tls_settings_at_start(tmp_path: Path, pki: Pki):
+    """`export --peer_dimse_tls` stops with a usage error before it subscribes to anything."""
+    import subprocess
+
+    from support.adapter import adapter_command
+
+    base = adapter_command() + ["export", "--project_id", "p", "--subscription_id", "s", "--peer_dimse_aet", "PACS",
+                                "--peer_dimse_ip", "127.0.0.1", "--peer_dimse_port", "104", "--peer_dimse_tls"]
+    no_certificate = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert no_certificate.returncode == 2 and "--peer_dimse_tls needs --dimse_tls_cert" in no_certificate.stderr
+    mismatched = subprocess.run(base + ["--dimse_tls_cert", str(pki.adapter.cert), "--dimse_tls_key", str(pki.client.key)], capture_output=True, text=True, timeout=60)
+    assert mismatched.returncode == 2 and "DIMSE TLS files" in mismatched.stderr
+    dicomweb = [a for a in base if a not in ("--peer_dimse_aet", "PACS", "--peer_dimse_ip", "127.0.0.1", "--peer_dimse_port", "104")]
+    not_dimse = subprocess.run(dicomweb + ["--peer_dicomweb_address", "http://127.0.0.1:9/dicom-web"], capture_output=True, text=True, timeout=60)
+    assert not_dimse.returncode == 2 and "is for a DIMSE peer" in not_dimse.stderr
 
 def test_c_move_reaches_a_dcmtk_storescp_over_tls(tmp_path: Path, fresh_orthanc: Orthanc, pki: Pki):
     instance = make_ct_instance(tmp_path / "ct.dcm")

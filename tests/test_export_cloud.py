@@ -23,6 +23,7 @@ from support.gcp import PROJECT, FunctionServer, PubSubEmulator
 from support.healthcare_api_fake import DEFAULT_PARENT, HealthcareApiFake
 from support.orthanc import Orthanc
 from support.processes import ManagedProcess
+from support.tls import make_pki
 
 FAST_RETRIES = {"DICOM_ADAPTER_MIN_UPLOAD_DELAY": "10", "DICOM_ADAPTER_MAX_WAITING_TIME_BETWEEN_UPLOADS": "50"}
 
@@ -164,7 +165,7 @@ def test_notifications_through_fanout_pubsub_and_deliver_reach_each_destination_
     assert any(line.get("severity") == "ERROR" and "dead-letter" in line.get("message", "") for line in lines)
 
 
-@pytest.mark.parametrize("peer", ["dimse", "dicomweb"])
+@pytest.mark.parametrize("peer", ["dimse", "dimse-tls", "dicomweb"])
 def test_single_peer_export_command_pulls_the_subscription(
     tmp_path: Path, peer: str, source: HealthcareApiFake, fresh_orthanc: Orthanc, storescp_peer: StoreSCP, pubsub_emulator: PubSubEmulator
 ):
@@ -172,8 +173,14 @@ def test_single_peer_export_command_pulls_the_subscription(
     os.environ.update(pubsub_emulator.env())
     topic = pubsub_emulator.create_topic(f"store-{suffix}")
     _pull_subscription(pubsub_emulator, topic, f"export-{suffix}")
-    if peer == "dimse":
-        peer_args = ["--peer_dimse_aet", storescp_peer.aet, "--peer_dimse_ip", "127.0.0.1", "--peer_dimse_port", str(storescp_peer.port)]
+    scp = storescp_peer
+    if peer == "dimse-tls":  # a DCMTK storescp +tls that trusts only certificates of the test CA
+        pki = make_pki(tmp_path / "pki")
+        scp = StoreSCP(tmp_path / "tls-received", aet="TLSPACS", extra_args=pki.peer.dcmtk_args(pki.ca)).start()
+        peer_args = ["--peer_dimse_aet", scp.aet, "--peer_dimse_ip", "127.0.0.1", "--peer_dimse_port", str(scp.port), "--peer_dimse_tls",
+                     "--dimse_tls_cert", str(pki.adapter.cert), "--dimse_tls_key", str(pki.adapter.key), "--dimse_tls_ca", str(pki.ca)]
+    elif peer == "dimse":
+        peer_args = ["--peer_dimse_aet", scp.aet, "--peer_dimse_ip", "127.0.0.1", "--peer_dimse_port", str(scp.port)]
     else:
         peer_args = ["--peer_dicomweb_address", fresh_orthanc.dicomweb_url]
     command = ManagedProcess(adapter_command() + [
@@ -188,16 +195,18 @@ def test_single_peer_export_command_pulls_the_subscription(
         for instance in instances:
             _publish(topic, _wado_path(instance))
         _publish(topic, b"garbage")  # logged and dropped (no --dead_letter_topic), never retried for ever
-        if peer == "dimse":
-            _wait(lambda: len(storescp_peer.received_files()) == 3, 90, "delivered", command.output)
+        if peer.startswith("dimse"):
+            _wait(lambda: len(scp.received_files()) == 3, 90, "delivered", command.output)
         else:
             _wait(lambda: fresh_orthanc.instance_count() == 3, 90, "delivered", command.output)
         _wait(lambda: "not a WADO instance path" in command.output(), 30, "malformed message logged", command.output)
     finally:
         assert command.stop(timeout=60) == 0, command.output()[-3000:]
+        if scp is not storescp_peer:
+            scp.stop()
     for instance in instances:
-        if peer == "dimse":
-            got = _received(storescp_peer)[instance.sop_instance_uid].read_bytes()
+        if peer.startswith("dimse"):
+            got = _received(scp)[instance.sop_instance_uid].read_bytes()
         else:
             got = fresh_orthanc.retrieve_instance_part10(instance.study_instance_uid, instance.series_instance_uid, instance.sop_instance_uid)
         assert dataset_bytes_after_meta(got) == dataset_bytes_after_meta(instance.path)
