@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import http.client
 import json
 import os
@@ -260,6 +261,10 @@ class Proc:
                 rc = self.p.wait(timeout)
             except subprocess.TimeoutExpired:
                 rc = None
+                if self.name == "dicom-adapter":  # where each of its processes is stuck, into its log
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.pgid, signal.SIGUSR1)
+                    time.sleep(1)
         try:  # leftovers of the group (forked children), or a leader that ignored SIGTERM
             os.killpg(self.pgid, signal.SIGKILL)
         except ProcessLookupError:

@@ -19,6 +19,8 @@ import subprocess
 import sys
 from typing import Any
 
+from .stack_dumps import enable_stack_dumps
+
 _BOOTSTRAP = "from edge_listener.child_process import run_child; run_child()"
 
 
@@ -69,6 +71,7 @@ def run_child() -> None:
     """The child's side: read the target from stdin and run it."""
     name, target, args = pickle.load(sys.stdin.buffer)
     sys.stdin.close()
+    enable_stack_dumps()
     multiprocessing.current_process().name = name  # the logs' processName
     module_name, function_name = target.split(":")
     getattr(importlib.import_module(module_name), function_name)(*args)

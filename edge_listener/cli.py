@@ -27,6 +27,8 @@ from dicom_adapter.routing import (
     load_routing,
 )
 
+from .stack_dumps import enable_stack_dumps
+
 if TYPE_CHECKING:
     from dicom_adapter.dimse_tls import TlsFiles
 
@@ -46,6 +48,7 @@ def spool_flag(func: Callable) -> Callable:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def main() -> None:
     """dicom-adapter: DIMSE (C-STORE, C-ECHO, ...) in front of a DICOMweb store."""
+    enable_stack_dumps()
 
 
 def routing_flags(func: Callable) -> Callable:

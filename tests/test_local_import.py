@@ -160,6 +160,31 @@ def test_sigterm_drains_and_exits_zero_keeping_the_queue(tmp_path: Path, store: 
     assert store.instance_count() == 10
 
 
+
+def test_sigusr1_dumps_each_process_stacks_and_it_keeps_serving(tmp_path: Path, store: Orthanc):
+    """The diagnostics for an adapter that does not stop: `kill -USR1` on any of its processes."""
+    import os
+    import signal
+    import time
+
+    from support.processes import descendant_pids
+
+    with LocalAdapter(tmp_path / "adapter", store.dicomweb_url, extra_args=["--dimse_processes", "2"]) as adapter:
+        processes = [adapter.process.pid, *descendant_pids(adapter.process.pid)]
+        assert len(processes) >= 3  # main listener, second listener, upload process
+        for pid in processes:
+            os.kill(pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 15
+        while adapter.logs().count("Current thread 0x") < len(processes) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert adapter.logs().count("Current thread 0x") == len(processes), adapter.logs()[-3000:]
+        assert 'File "' in adapter.logs() and "(most recent call first)" in adapter.logs()
+        assert echoscu("127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
+        instance = make_ct_instance(tmp_path / "ct.dcm")
+        assert storescu([instance.path], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
+        adapter.wait_until_drained()
+        assert adapter.stop() == 0
+
 def test_several_listener_processes_share_the_port(tmp_path: Path, store: Orthanc):
     import concurrent.futures
 
