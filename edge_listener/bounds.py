@@ -14,6 +14,7 @@ connection reads through `GuardedAssociationSocket`:
 
 from __future__ import annotations
 
+import errno
 import logging
 import select
 import socket
@@ -31,6 +32,7 @@ P_DATA_TF = 0x04
 _KNOWN_PDU_TYPES = range(0x01, 0x08)
 MAX_CONTROL_PDU = 1 << 20  # A-ASSOCIATE-RQ with 128 contexts and user identity fits easily
 P_DATA_SLACK = 1024
+_TLS_READ = 1 << 16  # SSLSocket.recv(n) allocates n bytes per call, for one TLS record (16 KiB)
 # A-ABORT, source: service provider (2), reason: invalid PDU parameter value (6)
 _ABORT_INVALID_PDU = b"\x07\x00" + struct.pack(">L", 4) + b"\x00\x00\x02\x06"
 
@@ -92,38 +94,37 @@ class GuardedAssociationSocket(AssociationSocket):
         sock: Any = self.socket
         if isinstance(sock, ssl.SSLSocket):  # TLS takes no recv flags: time each read instead
             return self._read_timed(sock, nr_bytes, deadline)
-        # The socket stays blocking (pynetdicom sends on it); each read asks only for what is
-        # there (MSG_DONTWAIT) and waits in poll() when nothing is. A PDU usually arrives
-        # whole, so this is one recv_into per PDU part: no settimeout() pair per read (two
-        # ioctl() calls and a poll() each) and no copy per 64 KiB chunk.
         if sock.gettimeout() is not None:  # (a timeout would make every read poll first)
             sock.settimeout(None)
-        data = bytearray(nr_bytes)
-        view = memoryview(data)
-        received = 0
+        # The socket stays blocking (pynetdicom sends on it); each read asks only for what is
+        # there (MSG_DONTWAIT) and waits in poll() when nothing is. A PDU usually arrives
+        # whole, so this is one recv per PDU part: no settimeout() pair per read (two ioctl()
+        # calls and a poll() each). Memory grows with what arrives, never with what a header
+        # announces: a peer that announces a large PDU and goes quiet holds nothing.
+        data = bytearray()
         try:
-            while received < nr_bytes:
+            while len(data) < nr_bytes:
                 try:
-                    count = sock.recv_into(view[received:], nr_bytes - received, socket.MSG_DONTWAIT)
+                    chunk = sock.recv(nr_bytes - len(data), socket.MSG_DONTWAIT)
                 except BlockingIOError:
-                    self._wait_readable(sock, deadline, received, nr_bytes)
+                    self._wait_readable(sock, deadline, len(data), nr_bytes)
                     continue
-                if not count:
+                if not chunk:
                     self._wake_acceptor()
                     break
-                received += count
+                data += chunk
         except OSError:
             self._wake_acceptor()
             raise
-        finally:
-            view.release()
-        del data[received:]
         return data
 
     def _wait_readable(self, sock: Any, deadline: float, received: int, expected: int) -> None:
         remaining = deadline - time.monotonic()
         poller = select.poll()
-        poller.register(sock, select.POLLIN)
+        try:
+            poller.register(sock, select.POLLIN)
+        except ValueError:  # closed by another thread meanwhile
+            raise OSError(errno.EBADF, "connection closed") from None
         if remaining <= 0 or not poller.poll(remaining * 1000):
             self._time_out(received, expected)
 
@@ -136,7 +137,7 @@ class GuardedAssociationSocket(AssociationSocket):
                     self._time_out(len(data), nr_bytes)
                 sock.settimeout(remaining)
                 try:
-                    chunk = sock.recv(nr_bytes - len(data))
+                    chunk = sock.recv(min(_TLS_READ, nr_bytes - len(data)))
                 except TimeoutError:
                     self._time_out(len(data), nr_bytes)
                 if not chunk:

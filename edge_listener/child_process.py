@@ -69,9 +69,9 @@ class ChildProcess:
 
 def run_child() -> None:
     """The child's side: read the target from stdin and run it."""
+    enable_stack_dumps()  # first: loading the target's modules takes a while
     name, target, args = pickle.load(sys.stdin.buffer)
     sys.stdin.close()
-    enable_stack_dumps()
     multiprocessing.current_process().name = name  # the logs' processName
     module_name, function_name = target.split(":")
     getattr(importlib.import_module(module_name), function_name)(*args)

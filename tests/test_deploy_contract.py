@@ -142,7 +142,8 @@ def test_edge_flags_and_environment_are_the_edge_commands_own():
 
 def test_edge_flags_are_the_contract_ones_with_the_ports_and_ae_title_of_the_variables():
     flags = _edge_flags()
-    assert set(flags) <= {"dimse_aet", "dimse_port", "gcs_buffer", "pubsub_topic", "health_port", "log_format", "aet_dictionary_inline", "qido_url", "dimse_cmove_aet", "dicomweb_address"}
+    assert set(flags) <= {"dimse_aet", "dimse_port", "gcs_buffer", "pubsub_topic", "health_port", "log_format", "aet_dictionary_inline", "qido_url", "dimse_cmove_aet", "dicomweb_address",
+                          "dimse_tls_cert", "dimse_tls_key", "dimse_tls_ca"}  # (DESIGN.md: DIMSE TLS)
     args = module.locals()["edge_args"]
     assert '"--dimse_aet", var.dimse_aet' in args
     assert '"--dimse_port", tostring(var.dimse_port)' in args

@@ -169,7 +169,11 @@ def test_sigusr1_dumps_each_process_stacks_and_it_keeps_serving(tmp_path: Path, 
 
     from support.processes import descendant_pids
 
+    first, second = (make_ct_instance(tmp_path / f"{name}.dcm") for name in ("first", "second"))
     with LocalAdapter(tmp_path / "adapter", store.dicomweb_url, extra_args=["--dimse_processes", "2"]) as adapter:
+        # `ready` means the listeners are; an upload has shown the upload process is up too.
+        assert storescu([first.path], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
+        adapter.wait_until_drained()
         processes = [adapter.process.pid, *descendant_pids(adapter.process.pid)]
         assert len(processes) >= 3  # main listener, second listener, upload process
         for pid in processes:
@@ -179,11 +183,12 @@ def test_sigusr1_dumps_each_process_stacks_and_it_keeps_serving(tmp_path: Path, 
             time.sleep(0.1)
         assert adapter.logs().count("Current thread 0x") == len(processes), adapter.logs()[-3000:]
         assert 'File "' in adapter.logs() and "(most recent call first)" in adapter.logs()
+        assert "exited unexpectedly" not in adapter.logs()
         assert echoscu("127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
-        instance = make_ct_instance(tmp_path / "ct.dcm")
-        assert storescu([instance.path], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
+        assert storescu([second.path], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
         adapter.wait_until_drained()
         assert adapter.stop() == 0
+    assert store.instance_count() == 2
 
 def test_several_listener_processes_share_the_port(tmp_path: Path, store: Orthanc):
     import concurrent.futures
