@@ -92,54 +92,14 @@ class GuardedAssociationSocket(AssociationSocket):
 
     def _read(self, nr_bytes: int, deadline: float) -> bytearray:
         sock: Any = self.socket
-        if isinstance(sock, ssl.SSLSocket):  # TLS takes no recv flags: time each read instead
-            return self._read_timed(sock, nr_bytes, deadline)
-        if sock.gettimeout() is not None:  # (a timeout would make every read poll first)
+        tls = isinstance(sock, ssl.SSLSocket)
+        if not tls and sock.gettimeout() is not None:  # (a timeout would make every read poll first)
             sock.settimeout(None)
-        # The socket stays blocking (pynetdicom sends on it); each read asks only for what is
-        # there (MSG_DONTWAIT) and waits in poll() when nothing is. A PDU usually arrives
-        # whole, so this is one recv per PDU part: no settimeout() pair per read (two ioctl()
-        # calls and a poll() each). Memory grows with what arrives, never with what a header
-        # announces: a peer that announces a large PDU and goes quiet holds nothing.
-        data = bytearray()
+        receive = self._receive_timed if tls else self._receive_available
+        data = bytearray()  # grows with what arrives, never with what a header announces
         try:
             while len(data) < nr_bytes:
-                try:
-                    chunk = sock.recv(nr_bytes - len(data), socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    self._wait_readable(sock, deadline, len(data), nr_bytes)
-                    continue
-                if not chunk:
-                    self._wake_acceptor()
-                    break
-                data += chunk
-        except OSError:
-            self._wake_acceptor()
-            raise
-        return data
-
-    def _wait_readable(self, sock: Any, deadline: float, received: int, expected: int) -> None:
-        remaining = deadline - time.monotonic()
-        poller = select.poll()
-        try:
-            poller.register(sock, select.POLLIN)
-        except ValueError:  # closed by another thread meanwhile
-            raise OSError(errno.EBADF, "connection closed") from None
-        if remaining <= 0 or not poller.poll(remaining * 1000):
-            self._time_out(received, expected)
-
-    def _read_timed(self, sock: Any, nr_bytes: int, deadline: float) -> bytearray:
-        data = bytearray()
-        try:
-            while len(data) < nr_bytes:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self._time_out(len(data), nr_bytes)
-                sock.settimeout(remaining)
-                try:
-                    chunk = sock.recv(min(_TLS_READ, nr_bytes - len(data)))
-                except TimeoutError:
-                    self._time_out(len(data), nr_bytes)
+                chunk = receive(sock, deadline, len(data), nr_bytes)
                 if not chunk:
                     self._wake_acceptor()
                     break
@@ -148,9 +108,37 @@ class GuardedAssociationSocket(AssociationSocket):
             self._wake_acceptor()
             raise
         finally:
-            if self.socket is not None:
+            if tls and self.socket is not None:
                 sock.settimeout(None)
         return data
+
+    def _receive_available(self, sock: Any, deadline: float, received: int, expected: int) -> bytes:
+        """What is there (MSG_DONTWAIT), waiting in poll() only when nothing is. The socket stays
+        blocking for pynetdicom's sends, and a PDU usually arrives whole: one recv per PDU part,
+        where a settimeout() before and after each read cost two ioctl() calls and a poll()."""
+        while True:
+            try:
+                return sock.recv(expected - received, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                poller = select.poll()
+                try:
+                    poller.register(sock, select.POLLIN)
+                except ValueError:  # closed by another thread meanwhile
+                    raise OSError(errno.EBADF, "connection closed") from None
+                if remaining <= 0 or not poller.poll(remaining * 1000):
+                    self._time_out(received, expected)
+
+    def _receive_timed(self, sock: Any, deadline: float, received: int, expected: int) -> bytes:
+        """TLS takes no recv flags: each read waits at most until the deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            self._time_out(received, expected)
+        sock.settimeout(remaining)
+        try:
+            return sock.recv(min(_TLS_READ, expected - received))
+        except TimeoutError:
+            self._time_out(received, expected)
 
     def _time_out(self, received: int, expected: int) -> NoReturn:
         """Give up on the PDU (the reader's `except OSError` wakes the acceptor)."""
