@@ -354,7 +354,7 @@ class _Walker:
         self._implicit = implicit
         endian = "<" if little else ">"
         # Compiled once per walk: a format string per element showed in the per-C-STORE cost.
-        self._tag_and_length = struct.Struct(endian + "HHL")  # implicit VR, items, delimiters
+        self._tag_and_length = struct.Struct(endian + "HHL")  # items and delimiters
         self._explicit = struct.Struct(endian + "HH2sH")
         self._long_length = struct.Struct(endian + "L")
         self._depth = 0
