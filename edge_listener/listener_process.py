@@ -66,9 +66,20 @@ class ListenerProcess:
         return self._ready is not None and self._ready.wait(timeout)
 
     def restart_if_dead(self) -> None:
-        if self._process is not None and self._process.exitcode is not None:
-            log.error("listener process exited unexpectedly; restarting it", extra=fields(process=self._name, exitcode=self._process.exitcode))
-            self.start()
+        """Restart a listener that crashed; leave one that drained and exited on a SIGTERM.
+
+        A SIGTERM reaches a child when the whole process group is stopped (systemd, a process
+        manager, the benchmark): the main process is stopping too, and restarting the child in
+        between would start a listener nobody asked for and log an error about a clean stop."""
+        exitcode = self._process.exitcode if self._process is not None else None
+        if exitcode is None:
+            return
+        if exitcode == 0:
+            log.info("listener process stopped on request; not restarting it", extra=fields(process=self._name))
+            self._process = None
+            return
+        log.error("listener process exited unexpectedly; restarting it", extra=fields(process=self._name, exitcode=exitcode))
+        self.start()
 
     def begin_stop(self) -> None:
         if self._process is not None:

@@ -171,6 +171,17 @@ class EdgeAssociationServer(ThreadedAssociationServer):
             # Another process may take a connection first; accept() must then not wait.
             self.socket.setblocking(False)  # type: ignore[union-attr]
 
+    def server_close(self) -> None:
+        """Stop listening. pynetdicom's server_close shuts the socket down, which ends it for
+        every process holding it: right for the process that bound it (it stops last, after
+        telling the others to stop, and new connections are then refused at once), but a
+        listener serving another's socket (`listen_fd`) that stops alone, on its own SIGTERM,
+        must leave the port to the others and only close its descriptor."""
+        if self.listen_fd is None:
+            super().server_close()
+        else:
+            self.socket.close()  # type: ignore[union-attr]
+
     def get_request(self):  # type: ignore[override]
         if self.shared_accept:
             busy = self.open_connections()

@@ -190,6 +190,49 @@ def test_sigusr1_dumps_each_process_stacks_and_it_keeps_serving(tmp_path: Path, 
         assert adapter.stop() == 0
     assert store.instance_count() == 2
 
+def test_a_crashed_child_process_is_restarted_and_one_stopped_by_sigterm_is_not(tmp_path: Path, store: Orthanc):
+    """Restart on failure only: a SIGTERM reaches a child when the whole group is stopped
+    (systemd, the benchmark), and a listener restarted then would outlive nobody's request."""
+    import os
+    import signal
+    import time
+
+    from support.processes import descendant_pids
+
+    def wait_for(text: str, count: int = 1) -> None:
+        deadline = time.monotonic() + 15
+        while adapter.logs().count(text) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert adapter.logs().count(text) >= count, adapter.logs()[-3000:]
+
+    instances = [make_ct_instance(tmp_path / f"ct{i}.dcm") for i in range(3)]
+    with LocalAdapter(tmp_path / "adapter", store.dicomweb_url, extra_args=["--dimse_processes", "2"]) as adapter:
+        assert storescu([instances[0].path], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
+        adapter.wait_until_drained()  # the upload process is up
+        children = descendant_pids(adapter.process.pid)
+        assert len(children) == 2  # the second listener and the upload process
+        for pid in children:
+            os.kill(pid, signal.SIGKILL)
+        wait_for("listener process exited unexpectedly; restarting it")
+        wait_for("upload process exited unexpectedly; restarting it")
+        assert storescu([instances[1].path], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
+        adapter.wait_until_drained()
+
+        restarted = descendant_pids(adapter.process.pid)
+        assert len(restarted) == 2 and not set(restarted) & set(children)
+        for pid in restarted:  # the listener drains and exits 0; the upload process ignores it
+            os.kill(pid, signal.SIGTERM)
+        wait_for("listener process stopped on request; not restarting it")
+        time.sleep(2.5)  # two more supervision passes
+        assert adapter.logs().count("exited unexpectedly") == 2
+        assert len(descendant_pids(adapter.process.pid)) == 1
+        assert echoscu("127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
+        assert storescu([instances[2].path], "127.0.0.1", adapter.port, called_aet=ADAPTER_AET).returncode == 0
+        adapter.wait_until_drained()
+        assert adapter.stop() == 0
+    assert store.instance_count() == 3
+
+
 def test_several_listener_processes_share_the_port(tmp_path: Path, store: Orthanc):
     import concurrent.futures
 

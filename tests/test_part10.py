@@ -175,3 +175,35 @@ def test_hand_encoded_meta_is_what_pydicom_writes():
     theirs.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(theirs, meta, enforce_standard=True)
     assert ours == theirs.getvalue()
+
+
+def test_an_undefined_length_un_in_a_big_endian_data_set_is_walked_little_endian(tmp_path):
+    """PS3.5 6.2.2: an undefined-length UN holds its items in Implicit VR Little Endian, its
+    delimiters included, whatever the data set's own byte order."""
+    import struct
+    import subprocess
+
+    ds = _dataset(ExplicitVRBigEndian)
+    ds.add_new(0x00091011, "UN", b"XXXX")
+    data = _part10(ds)
+    placeholder = struct.pack(">HH2sHL", 0x0009, 0x1011, b"UN", 0, 4) + b"XXXX"
+    assert data.count(placeholder) == 1
+    item = struct.pack("<HHL", 0x0008, 0x0100, 4) + b"789 "  # CodeValue, implicit VR
+    value = (
+        struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + item + struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
+        + struct.pack("<HHL", 0xFFFE, 0xE000, len(item)) + item
+        + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    )
+    data = data.replace(placeholder, struct.pack(">HH2sHL", 0x0009, 0x1011, b"UN", 0, 0xFFFFFFFF) + value)
+
+    # DCMTK reads it so (pydicom 2 looks for the delimiters in the data set's byte order and
+    # runs off the end of this file, so it cannot be the judge here).
+    path = tmp_path / "un-big-endian.dcm"
+    path.write_bytes(data)
+    dump = subprocess.run(["dcmdump", "-q", str(path)], capture_output=True, text=True)
+    assert dump.returncode == 0 and not dump.stderr, dump.stderr
+    assert "(0009,1011) SQ (Sequence with undefined length #=2)" in dump.stdout
+    assert dump.stdout.count("(0008,0100) SH [789]") == 2 and "(7fe0,0010) OB 00\\01\\02" in dump.stdout
+    summary = _summarize(data)
+    assert summary.sop_instance_uid == ds.SOPInstanceUID
+    assert summary.series_instance_uid == ds.SeriesInstanceUID

@@ -90,9 +90,11 @@ class BufferedInstance:
 
     @property
     def destination_label(self) -> str | None:
-        from .routing import Destination
+        if not self.destination:
+            return None  # the default store; asked for every log line, so no import on this path
+        from .routing import Destination  # pydicom's data dictionary, which events do not need
 
-        return Destination.from_json(self.destination).label if self.destination else None
+        return Destination.from_json(self.destination).label
 
     def pubsub_attributes(self) -> dict[str, str]:
         return {

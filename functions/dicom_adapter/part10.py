@@ -372,11 +372,12 @@ class _Walker:
 
     def _read_header(self, implicit: bool) -> tuple[tuple[int, int], bytes, int]:
         raw = self._reader.read(8)
+        if implicit:  # items and delimiters included, also inside a Big Endian data set's UN
+            group, element, length = _IMPLICIT_LITTLE.unpack(raw)
+            return (group, element), b"", length
         group, element, vr, short_length = self._explicit.unpack(raw)
         if group == 0xFFFE:  # item and delimiter tags carry no VR in any encoding
             return (group, element), b"", self._tag_and_length.unpack(raw)[2]
-        if implicit:
-            return (group, element), b"", _IMPLICIT_LITTLE.unpack(raw)[2]
         if vr in _LONG_VRS:
             return (group, element), vr, self._long_length.unpack(self._reader.read(4))[0]
         if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
@@ -398,7 +399,8 @@ class _Walker:
                 f"element ({tag[0]:04X},{tag[1]:04X}) with VR {vr.decode('ascii', 'replace')} "
                 "has undefined length"
             )
-        # An undefined-length UN holds a sequence encoded in Implicit VR Little Endian (PS3.5 6.2.2).
+        # An undefined-length UN holds a sequence encoded in Implicit VR Little Endian, whatever the
+        # data set's byte order (PS3.5 6.2.2 and its note; DCMTK reads it so).
         self._walk_items(implicit or vr == b"UN")
 
     def _walk_items(self, implicit: bool) -> None:
