@@ -66,11 +66,11 @@ class SpoolBuffer:
     ) -> list[BufferedInstance]:
         reception.sync()
         name = self.spool.new_entry_name(instance.sop_instance_uid)
-        finals = self.spool.commit(Path(reception.name), name, destinations)
+        entries = self.spool.commit(reception.name, name, destinations)
         reception.moved()
         events = [
-            dataclasses.replace(instance, buffer_uri=self.spool.uri(final), destination=destination.to_json() if destination else None)
-            for final, destination in zip(finals, destinations)
+            dataclasses.replace(instance, buffer_uri=self.spool.entry_uri(entry), destination=destination.to_json() if destination else None)
+            for entry, destination in zip(entries, destinations)
         ]
         for event in events:
             if self.announce(event) is False:

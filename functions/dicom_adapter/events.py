@@ -92,7 +92,8 @@ class BufferedInstance:
     def destination_label(self) -> str | None:
         if not self.destination:
             return None  # the default store; asked for every log line, so no import on this path
-        from .routing import Destination  # pydicom's data dictionary, which events do not need
+        # Imported here: routing loads pydicom's data dictionary, which events do not need.
+        from .routing import Destination
 
         return Destination.from_json(self.destination).label
 

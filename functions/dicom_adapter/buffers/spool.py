@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from ..events import BufferedInstance
 from ..part10 import read_file_meta, summarize_dataset
@@ -131,6 +131,10 @@ class Spool:
         for folder in (self.incoming, self.queue, self.dead):
             folder.mkdir(parents=True, exist_ok=True)
         self._queue_sync = DirectorySync(self.queue)
+        # For commit, which runs for every C-STORE: strings, since pathlib's parsing showed in
+        # the listener's per-instance profile.
+        self._queue_dir = str(self.queue)
+        self._queue_uri = self.queue.as_uri() + "/"
 
     # --- the edge's side -------------------------------------------------------------------
 
@@ -145,10 +149,12 @@ class Spool:
             return name
         return f"{name[: -len(SUFFIX)]}{DESTINATION_MARK}{destination.id}{SUFFIX}"
 
-    def commit(self, partial: Path, name: str, destinations: Sequence[Destination | None] = (None,)) -> list[Path]:
+    def commit(self, partial: str, name: str, destinations: Sequence[Destination | None] = (None,)) -> list[str]:
         """Make a fully written and fsynced file in incoming/ one queue entry per destination
-        (hard links of one file), durably; nothing is left in the queue if that fails."""
-        finals = [self.queue / self.for_destination(name, destination) for destination in destinations]
+        (hard links of one file), durably; nothing is left in the queue if that fails.
+        Returns the entries' names, in the order of `destinations`."""
+        names = [self.for_destination(name, destination) for destination in destinations]
+        finals = [os.path.join(self._queue_dir, entry) for entry in names]
         os.rename(partial, finals[0])
         try:
             for extra in finals[1:]:
@@ -157,9 +163,16 @@ class Spool:
         except OSError:
             # Not durable, so the sender will hear a failure: no entry may be uploaded.
             for final in finals:
-                final.unlink(missing_ok=True)
+                try:
+                    os.unlink(final)
+                except FileNotFoundError:
+                    pass
             raise
-        return finals
+        return names
+
+    def entry_uri(self, name: str) -> str:
+        """file:// URI of the queue entry `name` (what `uri` gives for its path)."""
+        return self._queue_uri + quote(name)
 
     # --- destinations ----------------------------------------------------------------------
 
