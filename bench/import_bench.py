@@ -910,7 +910,10 @@ class Bench:
             elif acked is not None and now - last_change > self.args.stall:
                 problems.append(f"Orthanc stuck at {count} of {n} for {self.args.stall:.0f}s")
                 break
-            time.sleep(0.1)
+            # Once the senders are done only the tail is left: ask often, so that the time
+            # measured is not up to 0.1 s late (5 % of a 2 s run); before, ask rarely, since
+            # each question costs Orthanc CPU that the run competes for.
+            time.sleep(0.1 if acked is None else 0.01)
         if acked is None:
             problems = finish_storescu(senders, 5)
             acked = time.perf_counter() - t0
