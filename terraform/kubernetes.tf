@@ -75,6 +75,15 @@ resource "kubernetes_deployment_v1" "edge" {
   # checkov:skip=CKV_K8S_43:The image is var.edge_image, which Cloud Build sets by digest (REPO/edge@sha256:...); checkov only sees the variable.
   count = var.edge_image == "" ? 0 : 1
 
+  lifecycle {
+    precondition {
+      # Asked for client certificates with nothing to check them against: the edge would
+      # serve plain DIMSE, the opposite of what was asked.
+      condition     = !var.dimse_tls_verify_clients || var.dimse_tls_secret != ""
+      error_message = "dimse_tls_verify_clients needs dimse_tls_secret (the Secret's ca.crt verifies clients); without one the edge would serve plain DIMSE."
+    }
+  }
+
   metadata {
     name      = local.edge_name
     namespace = kubernetes_namespace_v1.edge.metadata[0].name

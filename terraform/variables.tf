@@ -543,7 +543,7 @@ variable "dimse_tls_secret" {
 }
 
 variable "dimse_tls_verify_clients" {
-  description = "With dimse_tls_secret (ignored without it): only clients with a certificate signed by the Secret's ca.crt may connect, and peers the edge calls over TLS must chain to it too. Off: any client may connect over TLS (the calling-AE checks still apply), and called peers must chain to the system's trust store."
+  description = "With dimse_tls_secret (a plan fails if this is set without it): only clients with a certificate signed by the Secret's ca.crt may connect, and peers the edge calls over TLS must chain to it too. Off: any client may connect over TLS (the calling-AE checks still apply), and called peers must chain to the system's trust store."
   type        = bool
   default     = false
 }

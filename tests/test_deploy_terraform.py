@@ -217,6 +217,9 @@ def test_edge_serves_dimse_tls_from_a_kubernetes_tls_secret_when_one_is_named(mo
     assert volume["content"][0]["secret"][0]["default_mode"] == "0440"
     [mount] = [m["volume_mount"] for m in pod["container"][0]["dynamic"] if "volume_mount" in m]
     assert mount["content"][0] == {"name": "dimse-tls", "mount_path": "${local.edge_tls_dir}", "read_only": True, "__is_block__": True}
+    # Client verification without a Secret would leave plain DIMSE: the plan fails instead.
+    [precondition] = module.resource("kubernetes_deployment_v1", "edge")["lifecycle"][0]["precondition"]
+    assert precondition["condition"] == '${!var.dimse_tls_verify_clients || var.dimse_tls_secret != ""}'
 
 def test_alerts_cover_dead_letters_upload_age_and_cstore_failures(module):
     metrics = {name for rtype, name, _ in module.resources() if rtype == "google_logging_metric"}
