@@ -190,6 +190,7 @@ def test_sigusr1_dumps_each_process_stacks_and_it_keeps_serving(tmp_path: Path, 
         assert adapter.stop() == 0
     assert store.instance_count() == 2
 
+
 def test_a_crashed_child_process_is_restarted_and_one_stopped_by_sigterm_is_not(tmp_path: Path, store: Orthanc):
     """Restart on failure only: a SIGTERM reaches a child when the whole group is stopped
     (systemd, the benchmark), and a listener restarted then would outlive nobody's request."""
