@@ -265,6 +265,11 @@ class Proc:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(self.pgid, signal.SIGUSR1)
                     time.sleep(1)
+                    # The run's folder is deleted at the end: keep the log (and its stacks).
+                    kept = Path(tempfile.gettempdir()) / f"dicom-adapter-stuck-{self.pgid}.log"
+                    with contextlib.suppress(OSError):
+                        shutil.copyfile(self.log_path, kept)
+                    log(f"  {self.name} did not exit within {timeout:.0f}s of SIGTERM; its log, with each thread's stack: {kept}")
         try:  # leftovers of the group (forked children), or a leader that ignored SIGTERM
             os.killpg(self.pgid, signal.SIGKILL)
         except ProcessLookupError:
