@@ -66,7 +66,9 @@ class ListenerProcess:
         return self._ready is not None and self._ready.wait(timeout)
 
     def restart_if_dead(self) -> None:
-        """Restart a listener that crashed; leave one that drained and exited on a SIGTERM.
+        """Restart a listener that crashed; leave one that a SIGTERM stopped (it drained and
+        exited 0, or the signal ended it while it was still starting), as systemd's
+        Restart=on-failure does.
 
         A SIGTERM reaches a child when the whole process group is stopped (systemd, a process
         manager, the benchmark): the main process is stopping too, and restarting the child in
@@ -74,8 +76,8 @@ class ListenerProcess:
         exitcode = self._process.exitcode if self._process is not None else None
         if exitcode is None:
             return
-        if exitcode == 0:
-            log.info("listener process stopped on request; not restarting it", extra=fields(process=self._name))
+        if exitcode in (0, -signal.SIGTERM):
+            log.info("listener process stopped on request; not restarting it", extra=fields(process=self._name, exitcode=exitcode))
             self._process = None
             return
         log.error("listener process exited unexpectedly; restarting it", extra=fields(process=self._name, exitcode=exitcode))

@@ -221,7 +221,9 @@ def test_a_crashed_child_process_is_restarted_and_one_stopped_by_sigterm_is_not(
 
         restarted = descendant_pids(adapter.process.pid)
         assert len(restarted) == 2 and not set(restarted) & set(children)
-        for pid in restarted:  # the listener drains and exits 0; the upload process ignores it
+        # The listener drains and exits 0 (or, still starting, is ended by the signal: also a
+        # stop on request); the upload process ignores SIGTERM.
+        for pid in restarted:
             os.kill(pid, signal.SIGTERM)
         wait_for("listener process stopped on request; not restarting it")
         time.sleep(2.5)  # two more supervision passes
