@@ -27,6 +27,7 @@ from dicom_adapter.routing import (
     load_routing,
 )
 
+from .pynetdicom_pin import require_pinned_pynetdicom
 from .stack_dumps import enable_stack_dumps
 
 if TYPE_CHECKING:
@@ -255,6 +256,7 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
 @flag("watch_delete_done", is_flag=True, help="Delete imported files from the drop folder instead of moving them to done/.")
 def local(**options: Any) -> None:
     """Run the edge and the upload pipeline on this machine, with a spool directory as buffer."""
+    require_pinned_pynetdicom()
     from .dispatcher import DispatchSettings
     from .local import LocalRuntime
     from .upload_process import UploadProcessSettings
@@ -319,6 +321,7 @@ def local(**options: Any) -> None:
 @flag("health_check_interval", type=click.FloatRange(0.5), default=10.0, show_default=True, help="How often readiness checks GCS and Pub/Sub, in s.")
 def edge(**options: Any) -> None:
     """Run the edge only (GKE): instances go to a GCS buffer with a Pub/Sub event; Cloud Functions upload."""
+    require_pinned_pynetdicom()
     from .cloud import CloudRuntime, CloudSettings
 
     # The stow_upload function's DICOM_ADAPTER_DICOMWEB_ADDRESS is the default store.
@@ -377,6 +380,7 @@ def export_routing(options: dict[str, Any]) -> RoutingTable | None:
 @flag("verbose", is_flag=True, help="Debug logging (never data set contents).")
 def export(**options: Any) -> None:
     """Send each new instance of a DICOM store to one peer (the Google export adapter's mode)."""
+    require_pinned_pynetdicom()
     from dicom_adapter.aets import Peer
     from dicom_adapter.routing import Destination
 

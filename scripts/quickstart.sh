@@ -3,10 +3,13 @@
 #   Orthanc (DICOMweb store) on http://127.0.0.1:${ORTHANC_HTTP_PORT:-18042}/dicom-web
 #   dicom-adapter (AE ${DIMSE_AET:-DICOMADAPTER}) on DIMSE port ${DIMSE_PORT:-2575}
 # Send to it with e.g. `storescu -aec DICOMADAPTER 127.0.0.1 2575 image.dcm`. Ctrl-C stops both.
+# The adapter is installed into .venv/ of this checkout (.venv/bin/dicom-adapter), not into the
+# system Python and not on PATH, so `storescu` stays DCMTK's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-system-packages.sh
-python3 -m pip install --quiet --disable-pip-version-check -e .
+scripts/install-adapter.sh
+venv="${DICOM_ADAPTER_VENV:-.venv}"
 
 state=".quickstart"
 http_port="${ORTHANC_HTTP_PORT:-18042}"
@@ -29,13 +32,22 @@ JSON
 /usr/sbin/Orthanc "$state/orthanc.json" > "$state/orthanc.log" 2>&1 &
 orthanc_pid=$!
 trap 'kill $orthanc_pid 2>/dev/null; wait $orthanc_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$http_port/system', timeout=1)" 2>/dev/null && break
+orthanc_up=0
+for _ in $(seq 1 150); do
+  if "$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$http_port/system', timeout=1)" 2>/dev/null; then
+    orthanc_up=1
+    break
+  fi
   sleep 0.2
 done
+if [ "$orthanc_up" -ne 1 ]; then
+  echo "Orthanc did not answer on http://127.0.0.1:$http_port/ within 30 s; its log ($state/orthanc.log):" >&2
+  tail -n 20 "$state/orthanc.log" >&2
+  exit 1
+fi
 echo "Orthanc is up: http://127.0.0.1:$http_port/ (log: $state/orthanc.log)"
 
-dicom-adapter local \
+"$venv/bin/dicom-adapter" local \
   --dimse_aet "${DIMSE_AET:-DICOMADAPTER}" \
   --dimse_port "${DIMSE_PORT:-2575}" \
   --dicomweb_address "http://127.0.0.1:$http_port/dicom-web" \

@@ -35,7 +35,6 @@ from .buffers import BufferedObject, open_buffered_object
 from .config import UploadSettings, uses_google_auth
 from .credentials import BasicAuth, BearerAuth
 from .dicomweb import DicomWebAddress, DicomWebClient, StowOutcome, StowVerdict
-from .dimse_send import send_part10
 from .events import (
     BufferedInstance,
     MalformedEvent,
@@ -226,6 +225,9 @@ class Uploader:
         )
         try:
             if destination.kind == "dimse":
+                # Imported here: only DIMSE destinations need pynetdicom, so a STOW-only cold start skips it.
+                from .dimse_send import send_part10
+
                 peer = Peer(destination.aet, destination.host, destination.port, destination.tls)
                 with buffered.local_path() as path:
                     # An export's download can be had in another syntax (the store converts); a buffered one cannot.
