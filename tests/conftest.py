@@ -17,6 +17,7 @@ Fixture map:
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -30,6 +31,10 @@ from support.phi_watch import PhiWatch
 from support.processes import live_processes, start_sequence
 
 log = logging.getLogger(__name__)
+
+# The product runs from the shipped installs (support/shipped.py); a PYTHONPATH naming the checkout
+# (as the soak and fuzz instructions set for pytest itself) would let them import it instead.
+os.environ.pop("PYTHONPATH", None)
 
 
 @pytest.fixture(autouse=True)

@@ -33,6 +33,7 @@ from support.dicom_files import (
 )
 from support.gcp import FakeGcs, FunctionServer, PubSubEmulator
 from support.healthcare_api_fake import HealthcareApiFake
+from support.image_recipe import ImageBuild, image_build
 from support.orthanc import Orthanc
 from support.processes import RssSampler
 from support.sender import send_files
@@ -76,9 +77,10 @@ class CloudStack:
         self.functions.append(server)
         return server
 
-    def edge(self, *extra_args: str, pubsub: PubSubEmulator | None = None) -> CloudEdge:
-        env = {**self.gcs.env(), **(pubsub or self.pubsub).env()}
-        return CloudEdge(self.work / "edge", self.gcs_buffer, self.topic, extra_env=env,
+    def edge(self, *extra_args: str, pubsub: PubSubEmulator | None = None, image: ImageBuild | None = None) -> CloudEdge:
+        """The edge from the wheel, or as the edge image runs it (its ENTRYPOINT and ENV)."""
+        env = {**(image.env if image else {}), **self.gcs.env(), **(pubsub or self.pubsub).env()}
+        return CloudEdge(self.work / "edge", self.gcs_buffer, self.topic, extra_env=env, program=image.command() if image else None,
                          extra_args=["--log_format", "json", "--health_check_interval", "1", *extra_args])
 
     def objects(self, folder: str) -> dict[str, object]:
@@ -158,6 +160,28 @@ def test_pacs_to_store_through_gcs_pubsub_and_the_function_byte_exact(
     assert len(stored) == len(first_round) + len(series)
     assert {"sop_instance_uid", "store"} <= set(stored[0]["logging.googleapis.com/labels"])
     assert not find_marker_phi(edge_logs + stack.logs())
+
+
+def test_the_edge_as_its_image_recipe_installs_it_stores_through_the_cloud_path(
+    tmp_path: Path, fresh_orthanc: Orthanc, cloud_factory: Callable[..., CloudStack]
+):
+    """The Dockerfile's build stage reproduced (support/image_recipe.py: its COPYs through
+    .dockerignore, its `python -m venv` and `pip install .`), then run as the final stage runs it:
+    ENTRYPOINT with its ENV and CMD `edge`, in front of the deployed functions."""
+    image = image_build()
+    assert image.cmd == ["edge"] and image.env["DICOM_ADAPTER_LOG_FORMAT"] == "json"
+    stack = cloud_factory(fresh_orthanc.dicomweb_url)
+    series = make_ct_series(tmp_path / "ct", 3)
+    with stack.edge(image=image) as edge:
+        assert edge.process.cmd[0].startswith(str(image.root))
+        stack.wait_until(lambda: requests.get(edge.health_url("/readyz"), timeout=5).status_code == 200, 30, "ready")
+        sent = storescu([i.path for i in series], "127.0.0.1", edge.port, called_aet=ADAPTER_AET)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        stack.wait_until_uploaded()
+    for instance in series:
+        assert_byte_exact(fresh_orthanc, instance.path, instance.study_instance_uid,
+                          instance.series_instance_uid, instance.sop_instance_uid, "STORESCU")
+    assert not stack.objects("dead")
 
 
 def test_publish_failure_fails_the_c_store_and_leaves_no_object(

@@ -1,24 +1,22 @@
 """The deployment files under the linters the issue names: checkov (terraform/, Dockerfile),
 hadolint (Dockerfile), and a strict parse of cloudbuild.yaml into Cloud Build's own `Build`
-type. There is no Docker engine here, so the image is not built; the build context is checked
-by building the same wheel the Dockerfile installs."""
+type. There is no Docker engine here, so the image is not built; its recipe is reproduced in a
+venv and run instead (support/image_recipe.py, tests/test_cloud_import.py)."""
 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 from google.cloud.devtools import cloudbuild_v1
 
+from support.image_recipe import DOCKERFILE, dockerfile_instructions
 from tests.support.terraform import REPO, TOOLS_DIR, ensure_deploy_tools, load_module
 
-DOCKERFILE = REPO / "Dockerfile"
 CLOUDBUILD = REPO / "cloudbuild.yaml"
 
 
@@ -50,13 +48,8 @@ def test_hadolint_passes():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _instructions() -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
-    return [tuple(line.split(None, 1)) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-
-
 def test_dockerfile_is_slim_non_root_with_a_health_check_on_the_edge_ports():
-    instructions = _instructions()
+    instructions = dockerfile_instructions()
     froms = [arg for op, arg in instructions if op == "FROM"]
     assert all("slim" in f for f in froms)
     final = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM"):]
@@ -69,39 +62,6 @@ def test_dockerfile_is_slim_non_root_with_a_health_check_on_the_edge_ports():
     assert str(module.named("variable")["dimse_port"]["default"]) in expose
     assert str(module.locals()["edge_health_port"]) in expose
     assert [arg for op, arg in final if op == "ENTRYPOINT"] == ['["dicom-adapter"]']
-
-
-def test_build_context_builds_the_edge_package(tmp_path):
-    """What the Dockerfile COPYs, filtered by .dockerignore, is enough to build the wheel it installs."""
-    ignore = (REPO / ".dockerignore").read_text().split()
-    allowed = [p[1:].rstrip("/") for p in ignore if p.startswith("!")]
-    context = tmp_path / "context"
-    for op, arg in _instructions():
-        if op != "COPY" or arg.startswith("--from"):
-            continue
-        *sources, _ = arg.split()
-        for source in sources:
-            name = source.rstrip("/")
-            assert name in allowed, f"COPY {source} is excluded by .dockerignore"
-            src = REPO / name
-            dst = context / name
-            if src.is_dir():
-                import shutil
-
-                shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-            else:
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(src.read_bytes())
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--disable-pip-version-check", "-w", str(tmp_path / "dist"), str(context)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (wheel,) = (tmp_path / "dist").glob("dicom_adapter-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "edge_listener/cli.py" in names and "dicom_adapter/config.py" in names
-    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "dicom-adapter = edge_listener.cli:main" in entry_points
 
 
 def _build() -> dict:

@@ -4,7 +4,6 @@ and as Orthanc's own C-FIND; malformed requests and bad identifiers get their re
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -21,9 +20,7 @@ from support.dcmtk import findscu, run_dcmtk
 from support.orthanc import Orthanc
 from support.processes import ManagedProcess, free_port, wait_for_port
 from support.query_corpus import make_query_corpus
-
-FUNCTIONS_DIR = Path(__file__).resolve().parent.parent / "functions"
-
+from support.shipped import functions_under_test
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
@@ -41,11 +38,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
 def qido_function(tmp_path_factory: pytest.TempPathFactory, store: Orthanc) -> Iterator[ManagedProcess]:
     """The function with pages of 5 (every query below has more results)."""
     port = free_port()
+    deploy = functions_under_test()
     process = ManagedProcess(
-        [sys.executable, "-m", "functions_framework", "--target", "qido", "--source", "main.py", "--port", str(port), "--host", "127.0.0.1"],
+        deploy.command("qido", port),
         log_dir=tmp_path_factory.mktemp("qido-function"),
         name="functions-framework-qido",
-        cwd=FUNCTIONS_DIR,
+        cwd=deploy.source,
         extra_env={"DICOM_ADAPTER_DICOMWEB_ADDRESS": store.dicomweb_url, "DICOM_ADAPTER_QIDO_PAGE_SIZE": "5"},
         cleanup_scope="session",
     )

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import re
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from .processes import ManagedProcess, free_port
+from .shipped import adapter_program
 
 ADAPTER_AET = "ADAPTER"
 
 
 def adapter_command() -> list[str]:
-    found = shutil.which("dicom-adapter")
-    return [found] if found else [sys.executable, "-c", "from edge_listener.cli import main; main()"]
+    """`dicom-adapter` as installed from the wheel (support/shipped.py), not the checkout."""
+    return adapter_program()
 
 
 class AdapterProcess:
@@ -30,7 +29,10 @@ class AdapterProcess:
         extra_args: Sequence[str] = (),
         extra_env: dict[str, str] | None = None,
         name: str = "adapter",
+        program: Sequence[str] | None = None,
     ) -> None:
+        """`program` replaces the installed `dicom-adapter` (e.g. the edge image's entrypoint)."""
+        self.program = list(program) if program else adapter_command()
         self.work_dir = Path(work_dir)
         self.aet = aet
         self.port = free_port()
@@ -88,7 +90,7 @@ class LocalAdapter(AdapterProcess):
         super().__init__(work_dir, **kwargs)
 
     def command(self) -> list[str]:
-        return adapter_command() + [
+        return self.program + [
             "local",
             *self.listener_args(),
             *(["--dicomweb_address", self.dicomweb_address] if self.dicomweb_address else []),
@@ -138,7 +140,7 @@ class CloudEdge(AdapterProcess):
         super().__init__(work_dir, **kwargs)
 
     def command(self) -> list[str]:
-        return adapter_command() + [
+        return self.program + [
             "edge",
             *self.listener_args(),
             "--gcs_buffer", self.gcs_buffer,

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .processes import ManagedProcess, free_port, wait_for_http, wait_for_port
+from .shipped import FunctionsDeploy, functions_under_test
 
 PROJECT = "dicom-adapter-test"
-FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "functions"
 PUBSUB_EMULATOR = Path("/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator")
 
 
@@ -157,18 +157,17 @@ class PubSubEmulator:
 class FunctionServer:
     """functions-framework serving one entry point of functions/main.py on a free port."""
 
-    def __init__(self, work_dir: Path, target: str, env: Mapping[str, str], *, signature: str | None = None) -> None:
+    def __init__(
+        self, work_dir: Path, target: str, env: Mapping[str, str], *, signature: str | None = None, deploy: FunctionsDeploy | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        command = [sys.executable, "-m", "functions_framework", "--target", target, "--source", "main.py",
-                   "--port", str(self.port), "--host", "127.0.0.1"]
-        if signature:
-            command += ["--signature-type", signature]
+        deploy = deploy or functions_under_test()
         self.process = ManagedProcess(
-            command,
+            deploy.command(target, self.port, signature),
             log_dir=work_dir,
             name=f"function-{target}",
-            cwd=FUNCTIONS_DIR,  # the deployed source directory is the import root, as in Cloud Functions
+            cwd=deploy.source,  # the deployed source directory is the import root, as in Cloud Functions
             extra_env={"GOOGLE_CLOUD_PROJECT": PROJECT, "PYTHONUNBUFFERED": "1", **env},
         )
 
