@@ -1141,7 +1141,7 @@ def main(argv: list[str] | None = None) -> int:
     if bench.adapter:
         log(f"adapter: {' '.join(bench.adapter[0])} local {' '.join(bench.adapter[1])} ...")
     else:
-        log("adapter: `dicom-adapter` not found (pip install -e . in the repo root): "
+        log("adapter: `dicom-adapter` not found (scripts/install-adapter.sh, then run the bench with .venv/bin/python): "
             "(b) edge and (d) e2e are SKIPPED")
     t_start = time.monotonic()
     try:

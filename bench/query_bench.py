@@ -614,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     adapter = find_adapter(args.adapter_cmd or this_checkout_adapter())
     if adapter is None:
-        log("`dicom-adapter` not found (pip install -e . in the repo root)")
+        log("`dicom-adapter` not found (scripts/install-adapter.sh, then run the bench with .venv/bin/python)")
         return 2
 
     def on_signal(signum, frame):
