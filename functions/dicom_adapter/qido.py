@@ -29,6 +29,8 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from .dicomweb import DicomWebClient, DicomWebError, in_order
+from .matching import Key, QueryError, answer_matches, check_character_set, key_of
+from .store_profiles import StoreProfile, store_profile
 
 PATIENT_ROOT = "PATIENT"
 STUDY_ROOT = "STUDY"
@@ -60,15 +62,6 @@ PATIENT_COUNTS = {
 RESOLVE_SERIES_IN_FLIGHT = 2  # series of a study searched at once when resolving its instances
 # Keys the translation sets itself rather than matching on.
 _NOT_MATCHED = {QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET}
-
-
-class QueryError(ValueError):
-    """The query cannot be answered; `code` is the DIMSE status, `comment` says why (no PHI)."""
-
-    def __init__(self, code: int, comment: str) -> None:
-        super().__init__(comment)
-        self.code = code
-        self.comment = comment
 
 
 @dataclass(frozen=True)
@@ -108,9 +101,10 @@ def find(
     *,
     fuzzy: bool = False,
     page_size: int = 500,
+    profile: StoreProfile | None = None,
 ) -> Iterator[Dataset]:
     """Answer a C-FIND identifier from the store: one Dataset per match, as the pages arrive."""
-    yield from _matches(client, identifier, model, fuzzy, page_size, to_identifier)
+    yield from _matches(client, identifier, model, fuzzy, page_size, profile, to_identifier)
 
 
 def find_json(
@@ -120,21 +114,47 @@ def find_json(
     *,
     fuzzy: bool = False,
     page_size: int = 500,
+    profile: StoreProfile | None = None,
 ) -> Iterator[dict[str, Any]]:
     """`find`, each match as DICOM JSON (identifier_json): no pydicom per match."""
-    yield from _matches(client, identifier, model, fuzzy, page_size, identifier_json)
+    yield from _matches(client, identifier, model, fuzzy, page_size, profile, identifier_json)
 
 
-def _matches(client: DicomWebClient, identifier: Dataset, model: str, fuzzy: bool, page_size: int, convert: Callable[..., Any]) -> Iterator[Any]:
+def _matches(
+    client: DicomWebClient, identifier: Dataset, model: str, fuzzy: bool, page_size: int,
+    profile: StoreProfile | None, convert: Callable[..., Any],
+) -> Iterator[Any]:
     level = query_level(identifier, model)
-    for answer in _answers(client, identifier, level, fuzzy, page_size):
+    for answer in _answers(client, identifier, level, fuzzy, page_size, profile or store_profile(None)):
         yield convert(answer, identifier, level)
 
 
-def _answers(client: DicomWebClient, identifier: Dataset, level: str, fuzzy: bool, page_size: int) -> Iterator[dict[str, Any]]:
-    """The store's answers to the identifier's searches, merged (and per patient at PATIENT level)."""
-    answers = _merged(client, translate(identifier, level, fuzzy=fuzzy), page_size, unique=_unique_key(level))
+def _answers(
+    client: DicomWebClient, identifier: Dataset, level: str, fuzzy: bool, page_size: int, profile: StoreProfile
+) -> Iterator[dict[str, Any]]:
+    """The store's answers to the identifier's searches that match every key (matching.py),
+    merged (and per patient at PATIENT level)."""
+    searches = translate(identifier, level, fuzzy=fuzzy, profile=profile)
+    keys = adapter_keys(identifier, searches, fuzzy=fuzzy)
+    found = _merged(client, searches, page_size, unique=_unique_key(level))
+    answers = (answer for answer in found if answer_matches(keys, answer))
     return _patients(answers, identifier) if level == "PATIENT" else answers
+
+
+def adapter_keys(identifier: Dataset, searches: list[QidoSearch], *, fuzzy: bool = False) -> list[Key]:
+    """The keys the adapter matches each answer on: all but a UID the searches' path holds (the
+    store answered exactly that resource) and, with fuzzy matching, names (the store's fuzzy
+    match is the point of the flag: Google's adapter's meaning)."""
+    in_path = {STUDY_INSTANCE_UID} if searches[0].study else set()
+    in_path |= {SERIES_INSTANCE_UID} if searches[0].series else set()
+    keys = []
+    for element in identifier:
+        if element.tag in _NOT_MATCHED or element.tag.group in (0x0000, 0x0002) or element.tag in in_path:
+            continue
+        key = key_of(element)
+        if not key.universal and not (fuzzy and key.vr == "PN"):
+            keys.append(key)
+    return keys
 
 
 def query_level(identifier: Dataset, model: str) -> str:
@@ -148,8 +168,12 @@ def query_level(identifier: Dataset, model: str) -> str:
     return level
 
 
-def translate(identifier: Dataset, level: str, *, fuzzy: bool = False) -> list[QidoSearch]:
-    """The QIDO-RS searches that together answer `identifier` at `level`."""
+def translate(identifier: Dataset, level: str, *, fuzzy: bool = False, profile: StoreProfile | None = None) -> list[QidoSearch]:
+    """The QIDO-RS searches that together return (at least) every match of `identifier` at
+    `level`: the keys `profile` trusts the store with as match parameters, every other key as
+    an `includefield`, so the adapter can match the answers itself (adapter_keys)."""
+    profile = profile or store_profile(None)
+    check_character_set(identifier)
     params: dict[str, Any] = {}
     include: list[str] = []
     modalities: list[str] = []
@@ -157,14 +181,16 @@ def translate(identifier: Dataset, level: str, *, fuzzy: bool = False) -> list[Q
         if element.tag in _NOT_MATCHED or element.tag.group in (0x0000, 0x0002):
             continue
         name = _qido_name(element.tag)
-        values = _match_values(element)
-        if values is None:
-            include.append(name)
-        elif element.tag == MODALITIES_IN_STUDY and level == "STUDY" and len(values) > 1:
+        key = key_of(element)
+        values = list(key.values or ())
+        include.append(name)  # matched keys too: the adapter matches each answer on them
+        if fuzzy and key.vr == "PN" and values:
+            params[name] = values[0]  # the store's fuzzy match is the answer (adapter_keys)
+        elif not values:
+            continue
+        elif element.tag == MODALITIES_IN_STUDY and level == "STUDY" and len(values) > 1 and profile.trusts(key_of_one(key)):
             modalities = list(dict.fromkeys(values))
-        elif len(values) > 1 and element.VR != "UI":
-            raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{_tag_text(element.tag)} has several values; only UIDs may")
-        else:
+        elif profile.trusts(key):
             params[name] = ",".join(values)
     # UIDs that name a single parent go into the path (hierarchical); others stay filters.
     study = _single(params, STUDY_INSTANCE_UID) if level in ("SERIES", "IMAGE") else None
@@ -180,6 +206,11 @@ def translate(identifier: Dataset, level: str, *, fuzzy: bool = False) -> list[Q
         return [QidoSearch(resource, study, series, params)]
     name = _qido_name(MODALITIES_IN_STUDY)
     return [QidoSearch(resource, study, series, {**params, name: modality}) for modality in modalities]
+
+
+def key_of_one(key: Key) -> Key:
+    """A list key as one of its values (ModalitiesInStudy: one search per value)."""
+    return Key(key.tag, key.vr, (key.values or ("",))[:1])
 
 
 def to_identifier(answer: dict[str, Any], request: Dataset, level: str) -> Dataset:
@@ -374,25 +405,6 @@ def _patients(studies: Iterable[dict[str, Any]], request: Dataset) -> Iterator[d
 
 def _unique_key(level: str) -> Tag:
     return {"PATIENT": STUDY_INSTANCE_UID, "STUDY": STUDY_INSTANCE_UID, "SERIES": SERIES_INSTANCE_UID, "IMAGE": SOP_INSTANCE_UID}[level]
-
-
-def _match_values(element: DataElement) -> list[str] | None:
-    """The values to match on, or None for a return key (empty, a lone '*', an empty sequence)."""
-    if element.VR == "SQ":
-        items = element.value or []
-        if all(len(item) == 0 for item in items) or all(all(e.value in (None, "", []) for e in item) for item in items):
-            return None
-        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"sequence matching is not supported: {_tag_text(element.tag)}")
-    if element.is_empty:
-        return None
-    value = element.value
-    if isinstance(value, bytes):
-        raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"binary matching is not supported: {_tag_text(element.tag)}")
-    values = [str(v) for v in value] if element.VM > 1 else [str(value)]
-    values = [v.strip() if element.VR not in ("PN",) else v for v in values]
-    if values == ["*"]:
-        return None
-    return values
 
 
 def _single(params: dict[str, Any], tag: Tag) -> str | None:

@@ -1,0 +1,96 @@
+"""What each DICOMweb store's QIDO-RS can be trusted to match: data, not code branches.
+
+The adapter matches every answer itself (matching.py), so a store that returns too much costs
+only time; a store that returns too little (a false negative) loses a match that C-FIND would
+never show. So a store is sent a key only where it is known to match it at least as widely as
+PS3.4 does, and every other key becomes an `includefield` and is matched by the adapter alone.
+`conservative` is the default: it trusts only what every QIDO-RS server here was seen to get
+right. Choose another with `--qido_store_profile` / DICOM_ADAPTER_QIDO_STORE_PROFILE.
+
+Kinds of match: "single" (one value), "list" (several UIDs or values), "range" (dates),
+"wildcard" (`*`/`?`). A profile lists, per VR, the kinds it trusts; `attributes` (if set) names
+the only attributes the store matches on at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
+
+from pydicom.datadict import keyword_for_tag
+
+from .matching import RANGE_VRS, Key
+
+DEFAULT_PROFILE = "conservative"
+
+
+@dataclass(frozen=True)
+class StoreProfile:
+    name: str
+    about: str
+    trusted: Mapping[str, frozenset[str]]
+    attributes: frozenset[str] | None = None
+
+    def trusts(self, key: Key) -> bool:
+        """Whether the store may be sent `key` as a QIDO-RS match parameter."""
+        if key.universal or key.items is not None:
+            return False
+        if self.attributes is not None and keyword_for_tag(key.tag) not in self.attributes:
+            return False
+        return match_kind(key) in self.trusted.get(key.vr, frozenset())
+
+
+def match_kind(key: Key) -> str:
+    values = key.values or ()
+    if len(values) > 1:
+        return "list"
+    if key.vr in RANGE_VRS and "-" in values[0]:
+        return "range"
+    if "*" in values[0] or "?" in values[0]:
+        return "wildcard"
+    return "single"
+
+
+_CONSERVATIVE = {
+    "UI": frozenset({"single", "list"}),
+    "DA": frozenset({"single", "range"}),
+    "CS": frozenset({"single"}),
+}
+
+PROFILES: Mapping[str, StoreProfile] = MappingProxyType({
+    profile.name: profile
+    for profile in (
+        StoreProfile(
+            "conservative",
+            "UIDs (one or a list), dates (one or a range), CS values; names and texts matched by the adapter",
+            MappingProxyType(_CONSERVATIVE),
+        ),
+        StoreProfile(
+            # Debian 12: orthanc 1.10 with orthanc-dicomweb 1.7. Its QIDO-RS misses exact PN
+            # matches with `^` (PatientName=Doe^John finds nothing) and wildcards over
+            # non-ASCII names; exact LO/SH (PatientID, AccessionNumber) it gets right.
+            "orthanc-1.10",
+            "conservative, and exact LO/SH values (PatientID, AccessionNumber, StudyID)",
+            MappingProxyType({**_CONSERVATIVE, "LO": frozenset({"single"}), "SH": frozenset({"single"})}),
+        ),
+        StoreProfile(
+            # The Healthcare API's conformance statement: search on a fixed set of attributes
+            # per level, exact values and date ranges; PatientName only fuzzily (fuzzymatching).
+            "healthcare-api",
+            "the Healthcare API's searchable attributes: UIDs, dates and ranges, PatientID, AccessionNumber, Modality",
+            MappingProxyType({"UI": frozenset({"single"}), "DA": frozenset({"single", "range"}),
+                              "LO": frozenset({"single"}), "SH": frozenset({"single"}), "CS": frozenset({"single"})}),
+            frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyDate", "PatientID",
+                       "AccessionNumber", "Modality", "ModalitiesInStudy", "SOPClassUID"}),
+        ),
+    )
+})
+
+
+def store_profile(name: str | None) -> StoreProfile:
+    """The named profile (None: the default); an unknown name says which exist."""
+    chosen = name or DEFAULT_PROFILE
+    if chosen not in PROFILES:
+        raise ValueError(f"unknown QIDO store profile {chosen!r}; one of: {', '.join(PROFILES)}")
+    return PROFILES[chosen]
