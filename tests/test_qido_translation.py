@@ -12,7 +12,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_adapter.dicomweb import _query_string
+from dicom_adapter.matching import answer_matches, identifier_keys
 from dicom_adapter.qido import QueryError, translate
+from dicom_adapter.store_profiles import StoreProfile
 
 
 def _received(**values: object) -> Dataset:
@@ -30,17 +32,29 @@ def _received(**values: object) -> Dataset:
 def test_a_latin1_name_is_searched_as_utf8():
     identifier = _received(SpecificCharacterSet="ISO_IR 100", QueryRetrieveLevel="STUDY", PatientName="Müller^J*", StudyInstanceUID="")
     assert identifier["PatientName"].value.original_string == "Müller^J*".encode("latin-1")
-    (search,) = translate(identifier, "STUDY")
+    trusting = StoreProfile("names", "a store trusted with name wildcards", {"PN": frozenset({"wildcard"})})
+    (search,) = translate(identifier, "STUDY", profile=trusting)
     assert search.params["PatientName"] == "Müller^J*"
     assert "PatientName=M%C3%BCller%5EJ*" in _query_string(search.params)
-    assert search.params["includefield"] == ["StudyInstanceUID"]
+    assert search.params["includefield"] == ["PatientName", "StudyInstanceUID"]
+    # The default profile leaves names to the adapter, which matches them over characters.
+    (search,) = translate(identifier, "STUDY")
+    assert "PatientName" not in search.params and "PatientName" in search.params["includefield"]
+    keys = identifier_keys(identifier)
+    def named(name: str) -> dict:
+        return {"00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]}}
+    assert answer_matches(keys, named("Müller^Jörg")) and answer_matches(keys, named("MÜLLER^JÖRG"))
+    assert not answer_matches(keys, named("Mueller^Jörg")) and not answer_matches(keys, named("Müller^Anna"))
+    one_letter = identifier_keys(_received(SpecificCharacterSet="ISO_IR 100", QueryRetrieveLevel="STUDY", PatientName="M?ller^J*"))
+    assert answer_matches(one_letter, named("Müller^Jürgen")) and not answer_matches(one_letter, named("Mueller^Jürgen"))
 
 
 def test_ranges_uid_lists_and_paths():
     identifier = _received(QueryRetrieveLevel="IMAGE", StudyInstanceUID="1.2.3", SeriesInstanceUID="1.2.3.4", SOPInstanceUID=["1.5", "1.6"], ContentDate="20240101-20240131")
     (search,) = translate(identifier, "IMAGE", fuzzy=True)
     assert (search.level, search.study, search.series) == ("instances", "1.2.3", "1.2.3.4")
-    assert search.params == {"SOPInstanceUID": "1.5,1.6", "ContentDate": "20240101-20240131", "fuzzymatching": "true"}
+    assert search.params == {"SOPInstanceUID": "1.5,1.6", "ContentDate": "20240101-20240131", "fuzzymatching": "true",
+                             "includefield": ["SOPInstanceUID", "ContentDate", "StudyInstanceUID", "SeriesInstanceUID"]}
 
 
 def test_several_modalities_become_one_search_each():

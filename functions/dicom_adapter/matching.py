@@ -121,7 +121,7 @@ def key_of(element: DataElement) -> Key:
     for v in values:
         _check_value(tag, vr, v)
     if len(values) > 1 and vr not in ("UI", "CS"):
-        raise _refuse(f"{tag_text(tag)} has {len(values)} values; only a UID list (or ModalitiesInStudy) may")
+        raise _refuse(f"{tag_text(tag)} has {len(values)} values; only UIDs or ModalitiesInStudy may")
     return Key(tag, vr, values)
 
 

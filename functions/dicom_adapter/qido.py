@@ -136,8 +136,7 @@ def _answers(
     merged (and per patient at PATIENT level)."""
     searches = translate(identifier, level, fuzzy=fuzzy, profile=profile)
     keys = adapter_keys(identifier, searches, fuzzy=fuzzy)
-    found = _merged(client, searches, page_size, unique=_unique_key(level))
-    answers = (answer for answer in found if answer_matches(keys, answer))
+    answers = _merged(client, searches, keys, page_size, unique=_unique_key(level))
     return _patients(answers, identifier) if level == "PATIENT" else answers
 
 
@@ -267,12 +266,16 @@ def resolve_instances(
     # The UIDs straight from the DICOM JSON: pydicom's JSON model cost ~1 ms per instance here.
     tags = (STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID, SOP_CLASS_UID)
 
+    searches = translate(query, "IMAGE")
+    keys = adapter_keys(query, searches)
+
     def refs(search: QidoSearch) -> list[InstanceRef]:
         in_path = {STUDY_INSTANCE_UID: search.study or "", SERIES_INSTANCE_UID: search.series or ""}  # the answer may omit them
-        found = ([str(_first(answer, _json_key(tag)) or in_path.get(tag, "")) for tag in tags] for answer in _search(client, search, page_size))
+        answers = _search_matching(client, search, keys, page_size)
+        found = ([str(_first(answer, _json_key(tag)) or in_path.get(tag, "")) for tag in tags] for answer in answers)
         return [InstanceRef(*uids) for uids in found if all(uids)]
 
-    for found in in_order(refs, _per_series(client, translate(query, "IMAGE"), page_size), RESOLVE_SERIES_IN_FLIGHT):
+    for found in in_order(refs, _per_series(client, searches, page_size), RESOLVE_SERIES_IN_FLIGHT):
         yield from found
 
 
@@ -289,9 +292,10 @@ def plan_retrieval(
         return
     query = _retrieve_query(identifier, model, "SERIES")
     query[NUMBER_OF_SERIES_RELATED_INSTANCES] = DataElement(NUMBER_OF_SERIES_RELATED_INSTANCES, "IS", None)
-    search = translate(query, "SERIES")[0]  # unique keys only: no ModalitiesInStudy, one search
+    searches = translate(query, "SERIES")  # unique keys only: no ModalitiesInStudy, one search
+    search, keys = searches[0], adapter_keys(query, searches)
     series: dict[str, SeriesRef] = {}
-    for answer in _search(client, search, page_size):
+    for answer in _search_matching(client, search, keys, page_size):
         study_uid = str(_first(answer, _json_key(STUDY_INSTANCE_UID)) or search.study or "")
         series_uid = str(_first(answer, _json_key(SERIES_INSTANCE_UID)))
         count = _first(answer, _json_key(NUMBER_OF_SERIES_RELATED_INSTANCES))
@@ -350,18 +354,23 @@ def _per_series(client: DicomWebClient, searches: list[QidoSearch], page_size: i
     return [QidoSearch("instances", whole.study, uid, whole.params) for uid in dict.fromkeys(series)]
 
 
-def _merged(client: DicomWebClient, searches: list[QidoSearch], page_size: int, unique: Tag) -> Iterator[dict[str, Any]]:
-    """The answers of every search, each unique key once (several ModalitiesInStudy)."""
+def _merged(client: DicomWebClient, searches: list[QidoSearch], keys: list[Key], page_size: int, unique: Tag) -> Iterator[dict[str, Any]]:
+    """The matching answers of every search, each unique key once (several ModalitiesInStudy)."""
     seen: set[str] = set()
     key = _json_key(unique)
     for search in searches:
-        for answer in _search(client, search, page_size):
+        for answer in _search_matching(client, search, keys, page_size):
             if len(searches) > 1:
                 uid = str(_first(answer, key))
                 if uid in seen:
                     continue
                 seen.add(uid)
             yield answer
+
+
+def _search_matching(client: DicomWebClient, search: QidoSearch, keys: list[Key], page_size: int) -> Iterator[dict[str, Any]]:
+    """The store's answers to `search` that match every key (the store's QIDO is a prefilter)."""
+    return (answer for answer in _search(client, search, page_size) if answer_matches(keys, answer))
 
 
 def _search(client: DicomWebClient, search: QidoSearch, page_size: int) -> Iterator[dict[str, Any]]:
