@@ -74,3 +74,48 @@ def test_binary_values_cannot_be_matched():
     with pytest.raises(QueryError) as refused:
         translate(identifier, "STUDY")
     assert refused.value.code == 0xA900
+
+
+REFUSED = {
+    "wildcard in a UID": ({"StudyInstanceUID": "1.2.*"}, "(0020,000D) is a UID: wildcards are not allowed in it"),
+    "malformed date": ({"StudyDate": "2024013"}, "(0008,0020) '2024013' is not a DA value"),
+    "reversed range": ({"StudyDate": "20240201-20240101"}, "(0008,0020) range '20240201-20240101' ends before it starts"),
+    "range without ends": ({"StudyDate": "-"}, "(0008,0020) range '-' has no end"),
+    "wildcard in a date": ({"StudyDate": "2024*"}, "(0008,0020) (DA) takes a value or a range, not wildcards"),
+    "unknown character set": ({"SpecificCharacterSet": "ISO_IR 999"}, "Specific Character Set (0008,0005) 'ISO_IR 999' is not one DICOM defines"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_what_cannot_be_matched_is_refused_with_the_key_and_why(name: str):
+    values, comment = REFUSED[name]
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    for keyword, value in values.items():
+        setattr(identifier, keyword, value)
+    with pytest.raises(QueryError) as refused:
+        translate(identifier, "STUDY")
+    assert refused.value.code == 0xA900 and refused.value.comment == comment
+
+
+def test_ranges_times_and_lists_match_as_ps3_4_says():
+    def answer(**elements: tuple[str, list]) -> dict:
+        from pydicom.datadict import tag_for_keyword
+        return {f"{tag_for_keyword(k):08X}": {"vr": vr, "Value": v} for k, (vr, v) in elements.items()}
+
+    def matches(values: dict, stored: dict) -> bool:
+        identifier = Dataset()
+        for keyword, value in values.items():
+            setattr(identifier, keyword, value)
+        return answer_matches(identifier_keys(identifier), stored)
+
+    assert matches({"StudyTime": "-1030"}, answer(StudyTime=("TM", ["103059.5"])))
+    assert not matches({"StudyTime": "1031-"}, answer(StudyTime=("TM", ["103059"])))
+    assert matches({"StudyDate": "20240101-"}, answer(StudyDate=("DA", ["20240101"])))
+    assert not matches({"StudyDate": "20240101"}, answer())  # a non-universal key needs a value
+    assert matches({"StudyDate": ""}, answer())  # universal
+    assert matches({"ModalitiesInStudy": ["MR", "US"]}, answer(ModalitiesInStudy=("CS", ["CT", "US"])))
+    assert not matches({"ModalitiesInStudy": "MR"}, answer(ModalitiesInStudy=("CS", ["CT", "US"])))
+    assert matches({"SOPInstanceUID": ["1.2", "1.3"]}, answer(SOPInstanceUID=("UI", ["1.3"])))
+    assert not matches({"AccessionNumber": "acc1"}, answer(AccessionNumber=("SH", ["ACC1"])))  # case-sensitive but PN
+    assert matches({"StudyDescription": "*chest*"}, answer(StudyDescription=("LO", ["CT chest w/o"])))
