@@ -20,7 +20,7 @@ same whatever DICOMweb server sits behind the adapter:
   sequence       every key of the key's item must match in one item of the stored sequence;
                  an empty key item is universal.
 
-`check_identifier` refuses what cannot be matched (a wildcard in a UID or date, a malformed
+`identifier_keys` (via `key_of` and `check_character_set`) refuses what cannot be matched (a wildcard in a UID or date, a malformed
 range, an unknown character set) with the DIMSE status and a comment naming the key.
 """
 
