@@ -13,15 +13,16 @@ same whatever DICOMweb server sits behind the adapter:
                  characters of the decoded value (pydicom decodes the identifier by its
                  Specific Character Set; DICOM JSON is already Unicode);
   range          DA, TM and DT: `A-B`, `-B`, `A-` (inclusive); TM/DT compare on their digits,
-                 so 10 matches 100000-103000's lower end as 100000;
+                 a bound's missing precision filled as its start (low) or end (high);
   UID list       a UI key with several values matches any of them;
   multi-valued   a stored attribute with several values (ModalitiesInStudy) matches if one
                  value does; a key with several values (ModalitiesInStudy) is a list (any);
   sequence       every key of the key's item must match in one item of the stored sequence;
                  an empty key item is universal.
 
-`identifier_keys` (via `key_of` and `check_character_set`) refuses what cannot be matched (a wildcard in a UID or date, a malformed
-range, an unknown character set) with the DIMSE status and a comment naming the key.
+`identifier_keys` (`key_of`, `check_character_set`) refuses what cannot be matched (a wildcard
+in a UID or date, a malformed range, an unknown character set) with the DIMSE status and a
+comment naming the key.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ RANGE_VRS = {"DA", "TM", "DT"}
 WILDCARD_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
 KEEPS_LEADING_SPACES = {"LT", "ST", "UT", "UR"}
 TEXT_VRS = WILDCARD_VRS | {"UI"}
-_DIGITS = re.compile(r"[0-9]*")
 
 
 class QueryError(ValueError):
@@ -113,7 +113,7 @@ def key_of(element: DataElement) -> Key:
     value = element.value
     if isinstance(value, (bytes, bytearray)):
         raise _refuse(f"{tag_text(tag)} has a binary value ({vr}); binary matching is not supported")
-    values = tuple(_text(v) for v in value) if element.VM > 1 else (_text(value),)
+    values = tuple(map(str, value)) if element.VM > 1 else (str(value),)  # PN: all groups, `=`-joined
     if vr != "PN":
         values = tuple(v.rstrip(" \0") if vr in KEEPS_LEADING_SPACES else v.strip(" \0") for v in values)
     if values == ("*",) and vr not in RANGE_VRS | {"UI"}:
@@ -123,11 +123,6 @@ def key_of(element: DataElement) -> Key:
     if len(values) > 1 and vr not in ("UI", "CS"):
         raise _refuse(f"{tag_text(tag)} has {len(values)} values; only UIDs or ModalitiesInStudy may")
     return Key(tag, vr, values)
-
-
-def _text(value: Any) -> str:
-    """A value as text (a PersonName as its whole string, component groups joined by `=`)."""
-    return str(value)
 
 
 def _check_value(tag: Tag, vr: str, value: str) -> None:

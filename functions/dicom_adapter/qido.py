@@ -29,7 +29,19 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from .dicomweb import DicomWebClient, DicomWebError, in_order
-from .matching import Key, QueryError, answer_matches, check_character_set, key_of
+from .matching import (
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+    QUERY_RETRIEVE_LEVEL,
+    SPECIFIC_CHARACTER_SET,
+    Key,
+    QueryError,
+    answer_matches,
+    check_character_set,
+    is_matching_element,
+    json_key,
+    key_of,
+    tag_text,
+)
 from .store_profiles import StoreProfile, store_profile
 
 PATIENT_ROOT = "PATIENT"
@@ -40,12 +52,9 @@ LEVELS_OF_MODEL = {
 }
 
 # DIMSE statuses of query failures (PS3.4 C.4.1.1.4, C.4.2.1.5).
-IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 OUT_OF_RESOURCES = 0xA700
 
-QUERY_RETRIEVE_LEVEL = Tag(0x0008, 0x0052)
-SPECIFIC_CHARACTER_SET = Tag(0x0008, 0x0005)
 MODALITIES_IN_STUDY = Tag(0x0008, 0x0061)
 PATIENT_ID = Tag(0x0010, 0x0020)
 STUDY_INSTANCE_UID = Tag(0x0020, 0x000D)
@@ -60,8 +69,6 @@ PATIENT_COUNTS = {
     Tag(0x0020, 0x1204): Tag(0x0020, 0x1208),  # ...RelatedInstances: sum of NumberOfStudyRelatedInstances
 }
 RESOLVE_SERIES_IN_FLIGHT = 2  # series of a study searched at once when resolving its instances
-# Keys the translation sets itself rather than matching on.
-_NOT_MATCHED = {QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET}
 
 
 @dataclass(frozen=True)
@@ -148,7 +155,7 @@ def adapter_keys(identifier: Dataset, searches: list[QidoSearch], *, fuzzy: bool
     in_path |= {SERIES_INSTANCE_UID} if searches[0].series else set()
     keys = []
     for element in identifier:
-        if element.tag in _NOT_MATCHED or element.tag.group in (0x0000, 0x0002) or element.tag in in_path:
+        if not is_matching_element(element) or element.tag in in_path:
             continue
         key = key_of(element)
         if not key.universal and not (fuzzy and key.vr == "PN"):
@@ -177,7 +184,7 @@ def translate(identifier: Dataset, level: str, *, fuzzy: bool = False, profile: 
     include: list[str] = []
     modalities: list[str] = []
     for element in identifier:
-        if element.tag in _NOT_MATCHED or element.tag.group in (0x0000, 0x0002):
+        if not is_matching_element(element):
             continue
         name = _qido_name(element.tag)
         key = key_of(element)
@@ -243,7 +250,7 @@ def identifier_json(answer: dict[str, Any], request: Dataset, level: str) -> dic
             continue
         if " or " in element.VR:  # an ambiguous VR (pixel module keys): pydicom resolves those
             return to_identifier(answer, request, level).to_json_dict()
-        key = _json_key(tag)
+        key = json_key(tag)
         found = answer.get(key)
         if tag == QUERY_RETRIEVE_LEVEL:
             response[key] = {"vr": "CS", "Value": [level]}
@@ -272,7 +279,7 @@ def resolve_instances(
     def refs(search: QidoSearch) -> list[InstanceRef]:
         in_path = {STUDY_INSTANCE_UID: search.study or "", SERIES_INSTANCE_UID: search.series or ""}  # the answer may omit them
         answers = _search_matching(client, search, keys, page_size)
-        found = ([str(_first(answer, _json_key(tag)) or in_path.get(tag, "")) for tag in tags] for answer in answers)
+        found = ([str(_first(answer, json_key(tag)) or in_path.get(tag, "")) for tag in tags] for answer in answers)
         return [InstanceRef(*uids) for uids in found if all(uids)]
 
     for found in in_order(refs, _per_series(client, searches, page_size), RESOLVE_SERIES_IN_FLIGHT):
@@ -296,9 +303,9 @@ def plan_retrieval(
     search, keys = searches[0], adapter_keys(query, searches)
     series: dict[str, SeriesRef] = {}
     for answer in _search_matching(client, search, keys, page_size):
-        study_uid = str(_first(answer, _json_key(STUDY_INSTANCE_UID)) or search.study or "")
-        series_uid = str(_first(answer, _json_key(SERIES_INSTANCE_UID)))
-        count = _first(answer, _json_key(NUMBER_OF_SERIES_RELATED_INSTANCES))
+        study_uid = str(_first(answer, json_key(STUDY_INSTANCE_UID)) or search.study or "")
+        series_uid = str(_first(answer, json_key(SERIES_INSTANCE_UID)))
+        count = _first(answer, json_key(NUMBER_OF_SERIES_RELATED_INSTANCES))
         if not (study_uid and series_uid):
             continue
         if not isinstance(count, (int, str)) or not str(count).strip().isdigit():
@@ -334,7 +341,7 @@ def _retrieve_query(identifier: Dataset, model: str, query_at: str) -> Dataset:
         value = identifier.get(tag)
         given = value is not None and value.value not in (None, "", [])
         if tag == required[-1] and not given:
-            raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{level} level needs {_tag_text(tag)}")
+            raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{level} level needs {tag_text(tag)}")
         if given and tag in required:
             query[tag] = value
         else:
@@ -348,7 +355,7 @@ def _per_series(client: DicomWebClient, searches: list[QidoSearch], page_size: i
     if len(searches) != 1 or not searches[0].study or searches[0].series:
         return searches
     whole = searches[0]
-    series = [str(_first(answer, _json_key(SERIES_INSTANCE_UID))) for answer in _search(client, QidoSearch("series", whole.study, None, {}), page_size)]
+    series = [str(_first(answer, json_key(SERIES_INSTANCE_UID))) for answer in _search(client, QidoSearch("series", whole.study, None, {}), page_size)]
     if len(series) < 2 or not all(series):
         return searches
     return [QidoSearch("instances", whole.study, uid, whole.params) for uid in dict.fromkeys(series)]
@@ -357,7 +364,7 @@ def _per_series(client: DicomWebClient, searches: list[QidoSearch], page_size: i
 def _merged(client: DicomWebClient, searches: list[QidoSearch], keys: list[Key], page_size: int, unique: Tag) -> Iterator[dict[str, Any]]:
     """The matching answers of every search, each unique key once (several ModalitiesInStudy)."""
     seen: set[str] = set()
-    key = _json_key(unique)
+    key = json_key(unique)
     for search in searches:
         for answer in _search_matching(client, search, keys, page_size):
             if len(searches) > 1:
@@ -392,7 +399,7 @@ def _patients(studies: Iterable[dict[str, Any]], request: Dataset) -> Iterator[d
 
     Streams when no patient counts are asked for; counts need every study first.
     """
-    key = _json_key(PATIENT_ID)
+    key = json_key(PATIENT_ID)
     counts = [tag for tag in PATIENT_COUNTS if tag in request]
     if not counts:
         seen: set[str] = set()
@@ -404,11 +411,11 @@ def _patients(studies: Iterable[dict[str, Any]], request: Dataset) -> Iterator[d
         return
     patients: dict[str, dict[str, Any]] = {}
     for study in studies:
-        patient = patients.setdefault(_first(study, key), {**study, **{_json_key(t): {"vr": "IS", "Value": [0]} for t in counts}})
+        patient = patients.setdefault(_first(study, key), {**study, **{json_key(t): {"vr": "IS", "Value": [0]} for t in counts}})
         for tag in counts:
             source = PATIENT_COUNTS[tag]
-            add = 1 if source is None else int(_first(study, _json_key(source)) or 0)
-            patient[_json_key(tag)]["Value"][0] += add
+            add = 1 if source is None else int(_first(study, json_key(source)) or 0)
+            patient[json_key(tag)]["Value"][0] += add
     yield from patients.values()
 
 
@@ -429,15 +436,6 @@ def _single(params: dict[str, Any], tag: Tag) -> str | None:
 def _qido_name(tag: Tag) -> str:
     """The QIDO-RS attribute name: the keyword if DICOM has one, else the tag as 8 hex digits."""
     return keyword_for_tag(tag) or f"{tag:08X}"
-
-
-def _json_key(tag: Tag) -> str:
-    """How DICOM JSON names an attribute: its tag as 8 hex digits."""
-    return f"{tag:08X}"
-
-
-def _tag_text(tag: Tag) -> str:
-    return f"({tag.group:04X},{tag.element:04X})"
 
 
 def _first(answer: dict[str, Any], key: str) -> Any:

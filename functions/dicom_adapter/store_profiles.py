@@ -5,7 +5,8 @@ only time; a store that returns too little (a false negative) loses a match that
 never show. So a store is sent a key only where it is known to match it at least as widely as
 PS3.4 does, and every other key becomes an `includefield` and is matched by the adapter alone.
 `conservative` is the default: it trusts only what every QIDO-RS server here was seen to get
-right. Choose another with `--qido_store_profile` / DICOM_ADAPTER_QIDO_STORE_PROFILE.
+right. (No flag chooses another yet: `find(..., profile=...)` takes one; the
+`--qido_store_profile` flag is still to come.)
 
 Kinds of match: "single" (one value), "list" (several UIDs or values), "range" (dates),
 "wildcard" (`*`/`?`). A profile lists, per VR, the kinds it trusts; `attributes` (if set) names
