@@ -20,6 +20,7 @@ from dicom_adapter.aets import AetDictionaryError, load_aet_dictionary
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.config import UploadSettings, env_name, parse_status_codes
 from dicom_adapter.logs import configure_logging, fields
+from dicom_adapter.store_profiles import DEFAULT_PROFILE, PROFILES
 from dicom_adapter.routing import (
     DEFAULT_LABEL,
     RoutingConfigError,
@@ -155,6 +156,8 @@ def query_retrieve_flags(func: Callable) -> Callable:
     for option in reversed([
         flag("fuzzy_matching", is_flag=True, help="C-FIND: ask the store for fuzzy matching of person names."),
         flag("qido_page_size", type=click.IntRange(1, 5000), default=500, show_default=True, help="C-FIND: results per QIDO-RS page (limit/offset)."),
+        flag("qido_store_profile", type=click.Choice(list(PROFILES)), default=DEFAULT_PROFILE, show_default=True,
+             help="C-FIND: what the store's QIDO-RS is trusted to match (docs/conformance.md); the adapter matches the rest."),
         flag("dimse_cmove_aet", help="Calling AE title of outgoing associations (C-MOVE, commitment reports); default: --dimse_aet."),
         flag("commitment_wait", type=click.FloatRange(0), default=120.0, show_default=True, help="Storage commitment: how long to wait for instances still queued for upload, in s."),
         flag("qido_url", help="URL of the qido Cloud Function to ask instead of searching the store in process."),
@@ -176,6 +179,7 @@ def query_retrieve_settings(
         store=store,
         fuzzy_matching=options["fuzzy_matching"],
         qido_page_size=options["qido_page_size"],
+        qido_store_profile=options["qido_store_profile"],
         qido_url=options["qido_url"],
         peers=peers,
         cmove_aet=options["dimse_cmove_aet"],

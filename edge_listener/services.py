@@ -17,6 +17,7 @@ from dicom_adapter.aets import Peer
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.config import UploadSettings
 from dicom_adapter.dicomweb import DicomWebClient
+from dicom_adapter.store_profiles import DEFAULT_PROFILE, store_profile
 from dicom_adapter.upload import store_client
 
 from .commitment import CommitmentService
@@ -35,6 +36,7 @@ class QueryRetrieveSettings:
     store: UploadSettings  # the DICOMweb store and how to reach it
     fuzzy_matching: bool = False
     qido_page_size: int = 500
+    qido_store_profile: str = DEFAULT_PROFILE  # what the store's QIDO-RS is trusted to match (store_profiles.py)
     qido_url: str | None = None  # cloud mode: the qido function; None: search the store in process
     peers: dict[str, Peer] = field(default_factory=dict)  # AET dictionary: move destinations, commitment requesters
     cmove_aet: str | None = None  # calling AE of outgoing associations; None: the listener's AE title
@@ -48,7 +50,7 @@ def finder(settings: QueryRetrieveSettings, client: DicomWebClient) -> Finder:
     if settings.qido_url:
         from dicom_adapter.qido_client import QidoFunctionClient
 
-        return QidoFunctionClient(settings.qido_url, fuzzy=settings.fuzzy_matching).find_json
+        return QidoFunctionClient(settings.qido_url, fuzzy=settings.fuzzy_matching).find_json  # its own profile
     paging = copy.copy(client)  # the same store and session, two QIDO-RS pages at once
     paging.pages_in_flight = FIND_PAGES_IN_FLIGHT
     return functools.partial(_find_in_process, paging, settings)
@@ -69,11 +71,12 @@ def resolvers(settings: QueryRetrieveSettings, client: DicomWebClient) -> tuple[
 
 
 def _in_process(search, client: DicomWebClient, settings: QueryRetrieveSettings, identifier, model):  # type: ignore[no-untyped-def]
-    return search(client, identifier, model, page_size=settings.qido_page_size)
+    return search(client, identifier, model, page_size=settings.qido_page_size, profile=store_profile(settings.qido_store_profile))
 
 
 def _find_in_process(client: DicomWebClient, settings: QueryRetrieveSettings, identifier, model):  # type: ignore[no-untyped-def]
-    return qido.find_json(client, identifier, model, fuzzy=settings.fuzzy_matching, page_size=settings.qido_page_size)
+    return qido.find_json(client, identifier, model, fuzzy=settings.fuzzy_matching, page_size=settings.qido_page_size,
+                          profile=store_profile(settings.qido_store_profile))
 
 
 def build_services(settings: QueryRetrieveSettings | None) -> list[DimseService]:

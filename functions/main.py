@@ -13,6 +13,8 @@ stow_upload`); the local runtime calls the same code with the same CloudEvents.
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
 from typing import Any
 
@@ -24,7 +26,8 @@ from dicom_adapter import qido_function
 from dicom_adapter.config import SweepSettings, UploadSettings, env_name
 from dicom_adapter.dicomweb import DicomWebClient
 from dicom_adapter.export_cloud import CloudExport, CloudExportSettings
-from dicom_adapter.logs import configure_logging
+from dicom_adapter.logs import configure_logging, fields
+from dicom_adapter.store_profiles import store_profile
 from dicom_adapter.sweep import sweep_buffer
 from dicom_adapter.upload import Uploader, store_client
 
@@ -97,9 +100,15 @@ def _store_client() -> DicomWebClient:
 @functions_framework.http
 def qido(request: flask.Request) -> flask.Response:
     """The edge's C-FIND and retrieve look-ups (internal only): identifier in, matches streamed out."""
+    try:
+        profile = store_profile(os.environ.get(env_name("qido_store_profile")))
+    except ValueError as exc:  # a deployment mistake: every request says so, none is answered wrongly
+        logging.getLogger(__name__).error("qido misconfigured", extra=fields(reason=str(exc)))
+        return flask.Response(json.dumps({"error": str(exc)}), status=500, mimetype="application/json")
     return qido_function.respond(
         request,
         _store_client(),
         fuzzy=os.environ.get(env_name("fuzzy_matching"), "").lower() in {"1", "true", "yes", "on"},
         page_size=int(os.environ.get(env_name("qido_page_size"), 500)),
+        profile=profile,
     )

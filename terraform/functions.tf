@@ -51,6 +51,7 @@ locals {
     DICOM_ADAPTER_DESTINATION_CONFIG_JSON   = var.destination_config_json
     DICOM_ADAPTER_STOW_OVERWRITE            = tostring(var.stow_overwrite)
     DICOM_ADAPTER_HTTP_ERROR_CODES_TO_RETRY = var.http_error_codes_to_retry
+    DICOM_ADAPTER_QIDO_STORE_PROFILE        = var.qido_store_profile
     # Export: where permanent failures and malformed notifications go at once (held for the
     # operator), and the AEs export rules may name as dimse_destination.
     DICOM_ADAPTER_EXPORTS_DEAD_LETTER_TOPIC       = google_pubsub_topic.topic["exports_dead_letter"].id

@@ -25,7 +25,7 @@ CONTRACT_ENV = {
     "DICOM_ADAPTER_SWEEP_MIN_AGE_MINUTES", "DICOM_ADAPTER_EXPORTS_TOPIC", "DICOM_ADAPTER_DESTINATION_CONFIG_JSON",
     "DICOM_ADAPTER_STOW_OVERWRITE", "DICOM_ADAPTER_HTTP_ERROR_CODES_TO_RETRY",
     "DICOM_ADAPTER_EXPORTS_DEAD_LETTER_TOPIC", "DICOM_ADAPTER_NOTIFICATIONS_DEAD_LETTER_TOPIC",
-    "DICOM_ADAPTER_AET_DICTIONARY_INLINE",
+    "DICOM_ADAPTER_AET_DICTIONARY_INLINE", "DICOM_ADAPTER_QIDO_STORE_PROFILE",
 }
 module = load_module()
 FUNCTIONS = module.locals()["functions"]
@@ -91,6 +91,15 @@ def test_functions_get_exactly_the_contract_settings_and_the_upload_code_accepts
     assert settings.stow_overwrite is False
     assert 503 in settings.retry_status_codes and 400 not in settings.retry_status_codes
     assert env["DICOM_ADAPTER_GCS_BUFFER"].startswith("gs://") and json.loads(env["DICOM_ADAPTER_DESTINATION_CONFIG_JSON"]) == []
+
+
+def test_the_qido_store_profile_terraform_allows_are_the_codes_own():
+    from dicom_adapter.store_profiles import PROFILES, store_profile
+
+    variable = module.named("variable")["qido_store_profile"]
+    allowed = re.search(r"contains\(\[(.*?)\]", str(variable["validation"])).group(1)
+    assert {unquote(name.strip()) for name in allowed.split(",")} == set(PROFILES)
+    assert store_profile(_function_environment()["DICOM_ADAPTER_QIDO_STORE_PROFILE"]).name == variable["default"]
 
 
 def test_the_export_functions_accept_the_contract_settings():

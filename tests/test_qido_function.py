@@ -34,22 +34,29 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def qido_function(tmp_path_factory: pytest.TempPathFactory, store: Orthanc) -> Iterator[ManagedProcess]:
-    """The function with pages of 5 (every query below has more results)."""
+def _start_function(log_dir: Path, store: Orthanc, **env: str) -> ManagedProcess:
     port = free_port()
     deploy = functions_under_test()
     process = ManagedProcess(
         deploy.command("qido", port),
-        log_dir=tmp_path_factory.mktemp("qido-function"),
+        log_dir=log_dir,
         name="functions-framework-qido",
         cwd=deploy.source,
-        extra_env={"DICOM_ADAPTER_DICOMWEB_ADDRESS": store.dicomweb_url, "DICOM_ADAPTER_QIDO_PAGE_SIZE": "5"},
+        extra_env={"DICOM_ADAPTER_DICOMWEB_ADDRESS": store.dicomweb_url, **env},
         cleanup_scope="session",
     )
     process.start()
     wait_for_port("127.0.0.1", port, timeout=60, process=process)
     process.url = f"http://127.0.0.1:{port}/"  # type: ignore[attr-defined]
+    return process
+
+
+@pytest.fixture(scope="module")
+def qido_function(tmp_path_factory: pytest.TempPathFactory, store: Orthanc) -> Iterator[ManagedProcess]:
+    """The function with pages of 5 (every query below has more results), trusting the store
+    with what Orthanc 1.10 matches right (store_profiles.py)."""
+    process = _start_function(tmp_path_factory.mktemp("qido-function"), store,
+                              DICOM_ADAPTER_QIDO_PAGE_SIZE="5", DICOM_ADAPTER_QIDO_STORE_PROFILE="orthanc-1.10")
     yield process
     process.stop()
 
@@ -101,6 +108,18 @@ def test_a_bad_identifier_comes_back_as_its_dimse_status(qido_url: str):
     with pytest.raises(qido.QueryError) as refused:
         list(QidoFunctionClient(qido_url).find(_identifier(PatientName=""), qido.STUDY_ROOT))
     assert (refused.value.code, refused.value.comment) == (0xA900, "Query/Retrieve Level (0008,0052) is missing")
+
+
+def test_an_unknown_store_profile_fails_each_request_with_the_reason(tmp_path: Path, store: Orthanc):
+    """A deployment mistake: no request is answered with the wrong matching, each says why."""
+    function = _start_function(tmp_path, store, DICOM_ADAPTER_QIDO_STORE_PROFILE="orthanc-9")
+    try:
+        with pytest.raises(qido.QueryError) as refused:
+            list(QidoFunctionClient(function.url).find(_identifier(QueryRetrieveLevel="STUDY", PatientID=""), qido.STUDY_ROOT))  # type: ignore[attr-defined]
+        assert refused.value.code == qido.OUT_OF_RESOURCES
+        assert refused.value.comment.startswith("qido function answered HTTP 500: unknown QIDO store profile 'orthanc-9'; one of: conservative")
+    finally:
+        function.stop()
 
 
 def test_a_malformed_request_gets_400_with_the_reason(qido_url: str):

@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dicom_adapter.dicomweb import _query_string
 from dicom_adapter.matching import answer_matches, identifier_keys
 from dicom_adapter.qido import QueryError, translate
-from dicom_adapter.store_profiles import StoreProfile
+from dicom_adapter.store_profiles import PROFILES, StoreProfile, store_profile
 
 
 def _received(**values: object) -> Dataset:
@@ -47,6 +47,26 @@ def test_a_latin1_name_is_searched_as_utf8():
     assert not answer_matches(keys, named("Mueller^Jörg")) and not answer_matches(keys, named("Müller^Anna"))
     one_letter = identifier_keys(_received(SpecificCharacterSet="ISO_IR 100", QueryRetrieveLevel="STUDY", PatientName="M?ller^J*"))
     assert answer_matches(one_letter, named("Müller^Jürgen")) and not answer_matches(one_letter, named("Mueller^Jürgen"))
+
+
+def test_each_profile_sends_the_store_only_what_it_trusts():
+    identifier = _received(QueryRetrieveLevel="STUDY", PatientName="Doe^J*", PatientID="PID7", AccessionNumber="A1",
+                           StudyDate="20240101-20240131", ModalitiesInStudy="CT", StudyDescription="Head CT", StudyInstanceUID="")
+    sent = {name: set((search := translate(identifier, "STUDY", profile=profile)[0]).params) - {"includefield"}
+            for name, profile in PROFILES.items()}
+    assert sent == {
+        "conservative": {"StudyDate", "ModalitiesInStudy"},
+        "orthanc-1.10": {"StudyDate", "ModalitiesInStudy", "PatientID", "AccessionNumber"},
+        "healthcare-api": {"StudyDate", "ModalitiesInStudy", "PatientID", "AccessionNumber"},
+    }
+    assert set(search.params["includefield"]) >= {"PatientName", "PatientID", "StudyDescription"}, "every key comes back to be matched"
+    # Orthanc 1.10 does not decode what it is sent: a value with a space (or '^', or 'ü') stays with the adapter.
+    spaced = _received(QueryRetrieveLevel="STUDY", PatientID="PID 7", StudyDescription="Head", StudyInstanceUID="")
+    (search,) = translate(spaced, "STUDY", profile=store_profile("orthanc-1.10"))
+    assert set(search.params) - {"includefield"} == {"StudyDescription"}
+    assert store_profile(None).name == "conservative"
+    with pytest.raises(ValueError, match=r"unknown QIDO store profile 'dcm4chee'; one of: conservative, orthanc-1.10, healthcare-api"):
+        store_profile("dcm4chee")
 
 
 def test_ranges_uid_lists_and_paths():

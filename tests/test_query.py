@@ -17,7 +17,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from support.adapter import LocalAdapter
+from support.adapter import LocalAdapter, adapter_command
 from support.dcmtk import findscu
 from support.orthanc import Orthanc, orthanc_available
 from support.query_corpus import CorpusStudy, make_query_corpus
@@ -337,3 +337,16 @@ def test_an_undecodable_c_move_identifier_gets_c000(adapter: LocalAdapter):
     status = _send_raw_identifier(adapter, C_MOVE, StudyRootQueryRetrieveInformationModelMove, TRUNCATED_IDENTIFIER, MoveDestination="DEST")
     assert status.Status == 0xC000 and status.ErrorComment.startswith("identifier cannot be processed")
     assert adapter.process.is_running()
+
+
+def test_an_unknown_store_profile_stops_the_adapter_at_start(tmp_path: Path):
+    import os
+    import subprocess
+
+    base = adapter_command() + ["local", "--dimse_aet", "ADAPTER", "--dimse_port", "0", "--spool_dir", str(tmp_path / "spool"),
+                                "--dicomweb_address", "http://127.0.0.1:9/dicom-web"]
+    by_flag = subprocess.run(base + ["--qido_store_profile", "orthanc-9"], capture_output=True, text=True, timeout=60)
+    assert by_flag.returncode == 2
+    assert "'orthanc-9' is not one of 'conservative', 'orthanc-1.10', 'healthcare-api'" in by_flag.stderr
+    by_env = subprocess.run(base, capture_output=True, text=True, timeout=60, env={**os.environ, "DICOM_ADAPTER_QIDO_STORE_PROFILE": "pacs"})
+    assert by_env.returncode == 2 and "'pacs' is not one of" in by_env.stderr

@@ -266,14 +266,14 @@ def identifier_json(answer: dict[str, Any], request: Dataset, level: str) -> dic
 
 
 def resolve_instances(
-    client: DicomWebClient, identifier: Dataset, model: str, *, page_size: int = 500
+    client: DicomWebClient, identifier: Dataset, model: str, *, page_size: int = 500, profile: StoreProfile | None = None
 ) -> Iterator[InstanceRef]:
     """The instances a C-MOVE/C-GET identifier names, by its unique keys down to its level."""
     query = _retrieve_query(identifier, model, "IMAGE")
     # The UIDs straight from the DICOM JSON: pydicom's JSON model cost ~1 ms per instance here.
     tags = (STUDY_INSTANCE_UID, SERIES_INSTANCE_UID, SOP_INSTANCE_UID, SOP_CLASS_UID)
 
-    searches = translate(query, "IMAGE")
+    searches = translate(query, "IMAGE", profile=profile)
     keys = adapter_keys(query, searches)
 
     def refs(search: QidoSearch) -> list[InstanceRef]:
@@ -287,7 +287,7 @@ def resolve_instances(
 
 
 def plan_retrieval(
-    client: DicomWebClient, identifier: Dataset, model: str, *, page_size: int = 500
+    client: DicomWebClient, identifier: Dataset, model: str, *, page_size: int = 500, profile: StoreProfile | None = None
 ) -> Iterator[InstanceRef | SeriesRef]:
     """What a C-MOVE/C-GET identifier names: above IMAGE level its series, each with the
     store's instance count, from one series-level search (Orthanc: 10 ms for a study of 500
@@ -295,11 +295,11 @@ def plan_retrieval(
     no count for a series, its instances (resolve_instances)."""
     level = query_level(identifier, model)
     if level == "IMAGE":
-        yield from resolve_instances(client, identifier, model, page_size=page_size)
+        yield from resolve_instances(client, identifier, model, page_size=page_size, profile=profile)
         return
     query = _retrieve_query(identifier, model, "SERIES")
     query[NUMBER_OF_SERIES_RELATED_INSTANCES] = DataElement(NUMBER_OF_SERIES_RELATED_INSTANCES, "IS", None)
-    searches = translate(query, "SERIES")  # unique keys only: no ModalitiesInStudy, one search
+    searches = translate(query, "SERIES", profile=profile)  # unique keys only: no ModalitiesInStudy, one search
     search, keys = searches[0], adapter_keys(query, searches)
     series: dict[str, SeriesRef] = {}
     for answer in _search_matching(client, search, keys, page_size):
@@ -309,7 +309,7 @@ def plan_retrieval(
         if not (study_uid and series_uid):
             continue
         if not isinstance(count, (int, str)) or not str(count).strip().isdigit():
-            yield from resolve_instances(client, identifier, model, page_size=page_size)
+            yield from resolve_instances(client, identifier, model, page_size=page_size, profile=profile)
             return
         series.setdefault(series_uid, SeriesRef(study_uid, series_uid, int(count)))
     yield from (ref for ref in series.values() if ref.instances > 0)

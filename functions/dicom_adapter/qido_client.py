@@ -63,7 +63,7 @@ class QidoFunctionClient:
             if response.status_code == 400:
                 raise QueryError(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "qido function refused the request (HTTP 400)")
             if response.status_code != 200:
-                raise QueryError(OUT_OF_RESOURCES, f"qido function answered HTTP {response.status_code}")
+                raise QueryError(OUT_OF_RESOURCES, f"qido function answered HTTP {response.status_code}{_reason(response)}")
             for raw in response.iter_lines():
                 if not raw:
                     continue
@@ -74,6 +74,15 @@ class QidoFunctionClient:
                     return
                 yield line
         raise QueryError(OUT_OF_RESOURCES, "qido function answer was cut off")
+
+
+def _reason(response: requests.Response) -> str:
+    """The function's own reason for an error answer ({"error": "..."}), if it gave one."""
+    try:
+        reason = response.json().get("error")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {str(reason)[:120]}" if isinstance(reason, str) else ""
 
 
 def _session_for(url: str) -> requests.Session:

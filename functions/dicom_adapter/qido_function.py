@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from . import qido
 from .dicomweb import DicomWebClient
 from .logs import fields
+from .store_profiles import StoreProfile
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ NDJSON = "application/x-ndjson"
 PURPOSES = ("find", "resolve", "plan")
 
 
-def respond(request: Request, client: DicomWebClient, *, fuzzy: bool = False, page_size: int = 500) -> Response:
+def respond(
+    request: Request, client: DicomWebClient, *, fuzzy: bool = False, page_size: int = 500, profile: StoreProfile | None = None
+) -> Response:
     """Answer one qido request (malformed ones with HTTP 400 and the reason)."""
     try:
         body = json.loads(request.get_data(as_text=True) or "null")
@@ -49,23 +52,25 @@ def respond(request: Request, client: DicomWebClient, *, fuzzy: bool = False, pa
         reason = f"malformed qido request: {type(exc).__name__}: {str(exc)[:200]}"
         log.error("malformed qido request", extra=fields(error=type(exc).__name__))
         return Response(json.dumps({"error": reason}), status=400, mimetype="application/json")
-    return Response(_lines(client, purpose, identifier, model, fuzzy, page_size), mimetype=NDJSON)
+    return Response(_lines(client, purpose, identifier, model, fuzzy, page_size, profile), mimetype=NDJSON)
 
 
-def _lines(client: DicomWebClient, purpose: str, identifier: Dataset, model: str, fuzzy: bool, page_size: int) -> Iterator[str]:
+def _lines(
+    client: DicomWebClient, purpose: str, identifier: Dataset, model: str, fuzzy: bool, page_size: int, profile: StoreProfile | None
+) -> Iterator[str]:
     started = time.monotonic()
     count = 0
     try:
         if purpose == "find":
-            for match in qido.find_json(client, identifier, model, fuzzy=fuzzy, page_size=page_size):
+            for match in qido.find_json(client, identifier, model, fuzzy=fuzzy, page_size=page_size, profile=profile):
                 count += 1
                 yield _line({"match": match})
         elif purpose == "resolve":
-            for ref in qido.resolve_instances(client, identifier, model, page_size=page_size):
+            for ref in qido.resolve_instances(client, identifier, model, page_size=page_size, profile=profile):
                 count += 1
                 yield _line({"instance": asdict(ref)})
         else:
-            for item in qido.plan_retrieval(client, identifier, model, page_size=page_size):
+            for item in qido.plan_retrieval(client, identifier, model, page_size=page_size, profile=profile):
                 count += 1
                 yield _line({"series" if isinstance(item, qido.SeriesRef) else "instance": asdict(item)})
     except qido.QueryError as exc:

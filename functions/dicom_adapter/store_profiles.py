@@ -10,11 +10,13 @@ right. (No flag chooses another yet: `find(..., profile=...)` takes one; the
 
 Kinds of match: "single" (one value), "list" (several UIDs or values), "range" (dates),
 "wildcard" (`*`/`?`). A profile lists, per VR, the kinds it trusts; `attributes` (if set) names
-the only attributes the store matches on at all.
+the only attributes the store matches on at all; `plain_values_only` keeps values with anything
+but ASCII letters, digits, '.', '-' and '_' from the store (one that does not decode them).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
@@ -24,6 +26,7 @@ from pydicom.datadict import keyword_for_tag
 from .matching import RANGE_VRS, Key
 
 DEFAULT_PROFILE = "conservative"
+_PLAIN = re.compile(r"[A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -32,12 +35,15 @@ class StoreProfile:
     about: str
     trusted: Mapping[str, frozenset[str]]
     attributes: frozenset[str] | None = None
+    plain_values_only: bool = False
 
     def trusts(self, key: Key) -> bool:
         """Whether the store may be sent `key` as a QIDO-RS match parameter."""
         if key.universal or key.items is not None:
             return False
         if self.attributes is not None and keyword_for_tag(key.tag) not in self.attributes:
+            return False
+        if self.plain_values_only and not all(_PLAIN.fullmatch(value) for value in key.values or ()):
             return False
         return match_kind(key) in self.trusted.get(key.vr, frozenset())
 
@@ -68,12 +74,15 @@ PROFILES: Mapping[str, StoreProfile] = MappingProxyType({
             MappingProxyType(_CONSERVATIVE),
         ),
         StoreProfile(
-            # Debian 12: orthanc 1.10 with orthanc-dicomweb 1.7. Its QIDO-RS misses exact PN
-            # matches with `^` (PatientName=Doe^John finds nothing) and wildcards over
-            # non-ASCII names; exact LO/SH (PatientID, AccessionNumber) it gets right.
+            # Debian 12: orthanc 1.10 with orthanc-dicomweb 1.7. Its QIDO-RS does not
+            # percent-decode match values: a space, `^` or non-ASCII letter never matches
+            # (PatientName=Doe^John finds nothing). Exact plain LO/SH values (PatientID,
+            # AccessionNumber) it gets right; run it with "QidoCaseSensitive": false or true,
+            # either is at least as wide as PS3.4's case-sensitive match.
             "orthanc-1.10",
-            "conservative, and exact LO/SH values (PatientID, AccessionNumber, StudyID)",
+            "conservative, and exact LO/SH values of plain ASCII (PatientID, AccessionNumber, StudyID)",
             MappingProxyType({**_CONSERVATIVE, "LO": frozenset({"single"}), "SH": frozenset({"single"})}),
+            plain_values_only=True,
         ),
         StoreProfile(
             # The Healthcare API's conformance statement: search on a fixed set of attributes
