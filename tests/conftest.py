@@ -5,6 +5,7 @@ Fixture map:
   orthanc (session)          one Orthanc + DICOMweb for the run; may hold other tests' data
   fresh_orthanc              the session Orthanc, running and emptied for this test
   orthanc_factory            make(**Orthanc kwargs) -> a dedicated Orthanc (own config), stopped after
+  debian13_orthanc (session) Debian 13's Orthanc 1.12 + DICOMweb 1.20 in a chroot: an OrthancInstall
   healthcare_fake            a started HealthcareApiFake (Google duplicate semantics)
   storescp_peer              a DCMTK storescp writing to tmp_path/storescp
   tmp_spool                  an empty spool directory
@@ -26,7 +27,7 @@ from support.dcmtk import StoreSCP, storescp
 from support.dicom_files import MARKER_DEMOGRAPHICS
 from support.gcp import FakeGcs, PubSubEmulator, fake_gcs_binary
 from support.healthcare_api_fake import HealthcareApiFake
-from support.orthanc import Orthanc, orthanc_available
+from support.orthanc import Orthanc, OrthancInstall, orthanc_available
 from support.phi_watch import PhiWatch
 from support.processes import live_processes, start_sequence
 
@@ -63,6 +64,18 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def debian13_orthanc() -> Iterator[OrthancInstall]:
+    """The second DICOMweb store of the suite (support/newer_orthanc.py); pass it as
+    `Orthanc(..., install=debian13_orthanc)`."""
+    from support.debian_chroot import require_chroot
+    from support.newer_orthanc import debian13_orthanc as installed
+
+    require_chroot()
+    with installed() as install:
+        yield install
 
 
 @pytest.fixture

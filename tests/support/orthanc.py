@@ -4,6 +4,10 @@ Orthanc is the local DICOMweb store of the design and, through its own DIMSE por
 for query/retrieve tests. Each instance gets its own storage directory and generated JSON
 configuration; restart() keeps ports and storage so a test can take the store away mid-run
 and bring it back.
+
+`install` says which Orthanc: this machine's (Debian 12: Orthanc 1.10, DICOMweb 1.7) or one
+installed in a Debian chroot (support/newer_orthanc.py: Debian 13's 1.12 with DICOMweb 1.20),
+which then keeps its configuration and storage inside the chroot and shares the network.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,7 +24,7 @@ import requests
 from . import dicomweb
 from .processes import LOOPBACK, ManagedProcess, free_port, wait_for_http, wait_for_port
 
-__all__ = ["ORTHANC_BINARY", "DICOMWEB_PLUGIN", "Orthanc", "orthanc_available"]
+__all__ = ["ORTHANC_BINARY", "DICOMWEB_PLUGIN", "HOST_ORTHANC", "Orthanc", "OrthancInstall", "orthanc_available"]
 
 ORTHANC_BINARY = Path(os.environ.get("ORTHANC_BINARY", "/usr/sbin/Orthanc"))
 DICOMWEB_PLUGIN = Path(
@@ -27,8 +32,40 @@ DICOMWEB_PLUGIN = Path(
 )
 
 
+@dataclass(frozen=True)
+class OrthancInstall:
+    """An installed Orthanc: its binary and DICOMweb plugin, as paths inside `root` (a chroot;
+    None: this machine)."""
+
+    label: str
+    binary: Path = ORTHANC_BINARY
+    plugin: Path = DICOMWEB_PLUGIN
+    root: Path | None = None
+
+    def host_path(self, inside: Path) -> Path:
+        return inside if self.root is None else self.root / str(inside).lstrip("/")
+
+    def server_path(self, path: Path) -> Path:
+        """`path` (on this machine) as the server sees it."""
+        return path if self.root is None else Path("/") / path.relative_to(self.root)
+
+    def server_dir(self, work_dir: Path) -> Path:
+        """Where the server's configuration and storage go: in the work dir, or in the chroot."""
+        return work_dir if self.root is None else self.root / "var" / "lib" / "orthanc-tests" / f"{work_dir.parent.name}-{work_dir.name}"
+
+    def command(self, config: Path) -> list[str | Path]:
+        run = [self.binary, self.server_path(config)]
+        return run if self.root is None else ["chroot", self.root, *run]
+
+    def available(self) -> bool:
+        return self.host_path(self.binary).exists() and self.host_path(self.plugin).exists()
+
+
+HOST_ORTHANC = OrthancInstall("Orthanc of this machine")
+
+
 def orthanc_available() -> bool:
-    return ORTHANC_BINARY.exists() and DICOMWEB_PLUGIN.exists()
+    return HOST_ORTHANC.available()
 
 
 class Orthanc:
@@ -49,10 +86,13 @@ class Orthanc:
         extra_config: Mapping[str, Any] | None = None,
         startup_timeout: float = 60.0,
         cleanup_scope: str = "test",
+        install: OrthancInstall = HOST_ORTHANC,
     ) -> None:
+        self.install = install
         self.work_dir = Path(work_dir)
-        self.storage_dir = self.work_dir / "storage"
-        self.config_path = self.work_dir / "orthanc.json"
+        server_dir = install.server_dir(self.work_dir)
+        self.storage_dir = server_dir / "storage"
+        self.config_path = server_dir / "orthanc.json"
         self.host = LOOPBACK
         self.aet = aet
         self.http_port = http_port or free_port()
@@ -62,7 +102,7 @@ class Orthanc:
         self.startup_timeout = startup_timeout
         self.session = requests.Session()
         self.process = ManagedProcess(
-            [ORTHANC_BINARY, self.config_path],
+            install.command(self.config_path),
             log_dir=self.work_dir,
             name="orthanc",
             cleanup_scope=cleanup_scope,
@@ -84,8 +124,8 @@ class Orthanc:
         """The JSON configuration Orthanc is started with."""
         config: dict[str, Any] = {
             "Name": f"test-orthanc-{self.http_port}",
-            "StorageDirectory": str(self.storage_dir),
-            "IndexDirectory": str(self.storage_dir),
+            "StorageDirectory": str(self.install.server_path(self.storage_dir)),
+            "IndexDirectory": str(self.install.server_path(self.storage_dir)),
             "StorageCompression": False,
             "HttpPort": self.http_port,
             "DicomPort": self.dimse_port,
@@ -94,7 +134,7 @@ class Orthanc:
             "AuthenticationEnabled": False,
             # Plain bodies keep byte-level checks of the HTTP traffic simple.
             "HttpCompressionEnabled": False,
-            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "Plugins": [str(self.install.plugin)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Ssl": False},
             # Tests play many AEs that are not declared: let them query and retrieve.
             "DicomAlwaysAllowEcho": True,
@@ -115,7 +155,7 @@ class Orthanc:
 
     def _write_config(self) -> None:
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.storage_dir.mkdir(parents=True, exist_ok=True)  # the config's folder too
         self.config_path.write_text(json.dumps(self.config(), indent=2))
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -125,8 +165,8 @@ class Orthanc:
 
     def start(self) -> "Orthanc":
         """Start and wait until REST (GET /system) and the DICOM port answer."""
-        if not orthanc_available():
-            raise RuntimeError(f"Orthanc or its DICOMweb plugin missing ({ORTHANC_BINARY}, {DICOMWEB_PLUGIN})")
+        if not self.install.available():
+            raise RuntimeError(f"{self.install.label}: Orthanc or its DICOMweb plugin missing ({self.install.binary}, {self.install.plugin})")
         self._write_config()
         self.process.start()
         try:
@@ -216,4 +256,4 @@ class Orthanc:
         self.rest("PUT", f"/modalities/{name}", json={"AET": aet, "Host": host, "Port": port})
 
     def __repr__(self) -> str:
-        return f"<Orthanc {self.http_url} dimse={self.dimse_port} aet={self.aet}>"
+        return f"<Orthanc {self.http_url} dimse={self.dimse_port} aet={self.aet} ({self.install.label})>"

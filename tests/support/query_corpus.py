@@ -1,5 +1,6 @@
 """A query/retrieve corpus: 12 patients, their studies and series, varied names (non-ASCII in
-declared character sets), dates, modalities and accession numbers; small instances."""
+declared character sets: ISO_IR 100, 126 and 192), dates, modalities and accession numbers;
+small instances."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ PATIENTS = [
     ("García^María", "PID009", "19881010", "F", "ISO_IR 100"),
     ("Παπαδόπουλος^Νίκος", "PID010", "19770707", "M", "ISO_IR 126"),
     ("Lee^Ann", "PID011", "19991231", "F", "ISO_IR 100"),
-    ("Nguyen^Van", "PID012", "19830303", "O", "ISO_IR 100"),
+    ("Nguyễn^Văn", "PID012", "19830303", "O", "ISO_IR 192"),  # needs UTF-8
 ]
 MODALITY_SETS = [["CT"], ["MR"], ["CT", "MR"], ["US", "CT"]]
 
