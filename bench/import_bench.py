@@ -481,8 +481,10 @@ class Orthanc:
     AET = "ORTHANC"
 
     def __init__(self, workdir: Path, name: str = "orthanc", nodelay: bool = True,
-                 extra_config: dict | None = None):
-        """`extra_config` is merged last (e.g. DicomModalities for a C-MOVE destination)."""
+                 extra_config: dict | None = None, chroot: Path | None = None):
+        """`extra_config` is merged last (e.g. DicomModalities for a C-MOVE destination).
+        `chroot`: run the Orthanc installed there (query_bench.py --store orthanc-1.12), which
+        must see `workdir` at the same path (tests/support/newer_orthanc.py shares it)."""
         self.dir = workdir / name
         (self.dir / "storage").mkdir(parents=True)
         self.http_port = free_port()
@@ -514,7 +516,8 @@ class Orthanc:
         cfg.write_text(json.dumps(config, indent=1))
         # Orthanc's DIMSE is DCMTK: without TCP_NODELAY=1 it answers ~20 C-STOREs/s on Linux
         env = dcmtk_env(nodelay)
-        self.proc = Proc("Orthanc", [ORTHANC, str(cfg)], self.dir / "orthanc.log", env=env)
+        argv = [ORTHANC, str(cfg)] if chroot is None else ["chroot", str(chroot), ORTHANC, str(cfg)]
+        self.proc = Proc("Orthanc", argv, self.dir / "orthanc.log", env=env)
         wait_until(self._up, 60, self.proc, "Orthanc GET /system")
 
     def _up(self) -> bool:

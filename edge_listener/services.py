@@ -27,8 +27,10 @@ from .server import DimseService
 
 
 # C-FIND asks the store for its next page while one is answered: a large result comes faster,
-# a small one costs the store one request more (see dicomweb._search_pages).
+# a small one costs the store one request more; and its first page is small, so the first
+# match goes out before a large answer is complete (see dicomweb._search_pages).
 FIND_PAGES_IN_FLIGHT = 2
+FIND_FIRST_PAGE = 25
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ def finder(settings: QueryRetrieveSettings, client: DicomWebClient) -> Finder:
         return QidoFunctionClient(settings.qido_url, fuzzy=settings.fuzzy_matching).find_json  # its own profile
     paging = copy.copy(client)  # the same store and session, two QIDO-RS pages at once
     paging.pages_in_flight = FIND_PAGES_IN_FLIGHT
+    paging.first_page_size = FIND_FIRST_PAGE
     return functools.partial(_find_in_process, paging, settings)
 
 

@@ -191,13 +191,13 @@ variable "http_error_codes_to_retry" {
 }
 
 variable "qido_store_profile" {
-  description = "What the DICOM store's QIDO-RS is trusted to match for C-FIND (docs/conformance.md, section 7): conservative (UIDs, dates, CS values), orthanc-1.10, or healthcare-api (the Healthcare API's searchable attributes). The adapter matches every other key itself."
+  description = "What the DICOM store's QIDO-RS is trusted to match for C-FIND (docs/conformance.md, section 7): conservative (UIDs, dates, CS values), orthanc-1.10, orthanc-1.12, or healthcare-api (the Healthcare API's searchable attributes). The adapter matches every other key itself."
   type        = string
   default     = "healthcare-api"
 
   validation {
-    condition     = contains(["conservative", "orthanc-1.10", "healthcare-api"], var.qido_store_profile)
-    error_message = "qido_store_profile must be one of conservative, orthanc-1.10, healthcare-api."
+    condition     = contains(["conservative", "orthanc-1.10", "orthanc-1.12", "healthcare-api"], var.qido_store_profile)
+    error_message = "qido_store_profile must be one of conservative, orthanc-1.10, orthanc-1.12, healthcare-api."
   }
 }
 

@@ -1,15 +1,21 @@
 """QIDO-RS requests made in parallel: in_order keeps the order and stops early; a whole study
-is resolved one series per search (two at once), with every instance once."""
+is resolved one series per search (two at once), with every instance once; a small first page
+(C-FIND's first Pending sooner) and full pages after it return every match once."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import threading
 import time
+import urllib.parse
 
+import pytest
+import requests
 from pydicom.dataset import Dataset
 
 from dicom_adapter import qido
-from dicom_adapter.dicomweb import in_order
+from dicom_adapter.dicomweb import DicomWebAddress, DicomWebClient, in_order
 from dicom_adapter.qido import InstanceRef
 
 
@@ -91,3 +97,52 @@ def test_a_plan_without_counts_from_the_store_names_the_instances():
     plan = list(qido.plan_retrieval(store, _move(QueryRetrieveLevel="STUDY", StudyInstanceUID="9.9"), qido.STUDY_ROOT))  # type: ignore[arg-type]
     assert plan == list(qido.resolve_instances(store, _move(QueryRetrieveLevel="STUDY", StudyInstanceUID="9.9"), qido.STUDY_ROOT))  # type: ignore[arg-type]
     assert len(plan) == 3 and all(isinstance(item, InstanceRef) for item in plan)
+
+
+class _PagedStudies(http.server.BaseHTTPRequestHandler):
+    """A QIDO-RS /studies that answers limit/offset windows of `total` studies over HTTP and
+    records the windows asked for."""
+
+    total = 0
+    asked: list[tuple[int, int]] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        limit, offset = int(query["limit"][0]), int(query["offset"][0])
+        type(self).asked.append((offset, limit))
+        page = [{"0020000D": {"vr": "UI", "Value": [f"1.2.{n}"]}} for n in range(offset, min(offset + limit, self.total))]
+        if not page:
+            self.send_response(204)
+            self.end_headers()
+            return
+        body = json.dumps(page).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("total", [0, 3, 25, 26, 124, 125, 400])
+def test_a_small_first_page_then_full_pages_return_every_match_once(total: int):
+    _PagedStudies.total, _PagedStudies.asked = total, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PagedStudies)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = DicomWebClient(DicomWebAddress(f"http://127.0.0.1:{server.server_port}/dicom-web"), requests.Session(),
+                                retry_status_codes=frozenset(), pages_in_flight=2, first_page_size=25)
+        uids = [item["0020000D"]["Value"][0] for item in client.search_for_studies(page_size=100)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert uids == [f"1.2.{n}" for n in range(total)]
+    asked = sorted(_PagedStudies.asked)
+    assert asked[0] == (0, 25)
+    assert all(limit == 100 for _, limit in asked[1:])
+    assert [offset for offset, _ in asked] == [0, *range(25, 25 + 100 * (len(asked) - 1), 100)]
+    # the last page consumed is the first short one; at most one more was asked for in flight
+    needed = 1 if total < 25 else 2 + (total - 25) // 100
+    assert needed <= len(asked) <= needed + 1

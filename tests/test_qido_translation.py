@@ -57,6 +57,7 @@ def test_each_profile_sends_the_store_only_what_it_trusts():
     assert sent == {
         "conservative": {"StudyDate", "ModalitiesInStudy"},
         "orthanc-1.10": {"StudyDate", "ModalitiesInStudy", "PatientID", "AccessionNumber"},
+        "orthanc-1.12": {"StudyDate", "ModalitiesInStudy", "PatientID", "AccessionNumber"},
         "healthcare-api": {"StudyDate", "ModalitiesInStudy", "PatientID", "AccessionNumber"},
     }
     assert set(search.params["includefield"]) >= {"PatientName", "PatientID", "StudyDescription"}, "every key comes back to be matched"
@@ -65,7 +66,7 @@ def test_each_profile_sends_the_store_only_what_it_trusts():
     (search,) = translate(spaced, "STUDY", profile=store_profile("orthanc-1.10"))
     assert set(search.params) - {"includefield"} == {"StudyDescription"}
     assert store_profile(None).name == "conservative"
-    with pytest.raises(ValueError, match=r"unknown QIDO store profile 'dcm4chee'; one of: conservative, orthanc-1.10, healthcare-api"):
+    with pytest.raises(ValueError, match=r"unknown QIDO store profile 'dcm4chee'; one of: conservative, orthanc-1.10, orthanc-1.12, healthcare-api"):
         store_profile("dcm4chee")
 
 

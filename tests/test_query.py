@@ -2,7 +2,7 @@
 and by the adapter backed by that Orthanc (through QIDO-RS) must give the same result set, on
 both DICOMweb stores of the suite: this machine's Orthanc 1.10 with DICOMweb 1.7 (the adapter
 trusting it as the `orthanc-1.10` profile says) and Debian 13's Orthanc 1.12 with DICOMweb 1.20
-in a chroot (support/newer_orthanc.py; the `conservative` profile). The paging adapter runs
+in a chroot (support/newer_orthanc.py; the `orthanc-1.12` profile). The paging adapter runs
 `conservative` on both.
 
 The queries include what Orthanc 1.10's QIDO-RS gets wrong (it does not percent-decode match
@@ -45,7 +45,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[CorpusStudy]:
 
 
 # Each store, and the profile the adapter fixture trusts it with.
-STORES = {"orthanc-1.10": "orthanc-1.10", "orthanc-1.12": "conservative"}
+STORES = {"orthanc-1.10": "orthanc-1.10", "orthanc-1.12": "orthanc-1.12"}
 
 
 @pytest.fixture(scope="module", params=["orthanc-1.10", pytest.param("orthanc-1.12", marks=pytest.mark.slow)])
@@ -397,6 +397,6 @@ def test_an_unknown_store_profile_stops_the_adapter_at_start(tmp_path: Path):
                                 "--dicomweb_address", "http://127.0.0.1:9/dicom-web"]
     by_flag = subprocess.run(base + ["--qido_store_profile", "orthanc-9"], capture_output=True, text=True, timeout=60)
     assert by_flag.returncode == 2
-    assert "'orthanc-9' is not one of 'conservative', 'orthanc-1.10', 'healthcare-api'" in by_flag.stderr
+    assert "'orthanc-9' is not one of 'conservative', 'orthanc-1.10', 'orthanc-1.12', 'healthcare-api'" in by_flag.stderr
     by_env = subprocess.run(base, capture_output=True, text=True, timeout=60, env={**os.environ, "DICOM_ADAPTER_QIDO_STORE_PROFILE": "pacs"})
     assert by_env.returncode == 2 and "'pacs' is not one of" in by_env.stderr

@@ -87,12 +87,14 @@ class DicomWebClient:
         retry_status_codes: frozenset[int],
         timeout: tuple[float, float] = (10.0, 300.0),
         pages_in_flight: int = 1,
+        first_page_size: int | None = None,
     ) -> None:
         self.address = address
         self.session = session
         self.retry_status_codes = retry_status_codes
         self.timeout = timeout
         self.pages_in_flight = pages_in_flight  # QIDO-RS pages asked for at once (see _search_pages)
+        self.first_page_size = first_page_size  # a smaller first page: the first match sooner (C-FIND)
 
     def store_instance(self, part10: BodyPart, sop_instance_uid: str) -> StowOutcome:
         """STOW-RS one Part-10 file and say what became of `sop_instance_uid`."""
@@ -420,19 +422,24 @@ def _search_pages(
 ) -> Iterator[dict[str, Any]]:
     """QIDO-RS results one page (limit/offset) at a time, so no result count is too large.
 
-    Stops at the first page shorter than `page_size`; a consumer that stops iterating stops
+    Stops at the first page shorter than asked for; a consumer that stops iterating stops
     the paging (C-CANCEL). With `client.pages_in_flight` > 1 that many pages are asked for at
     once, each next one as soon as one is consumed, so the store works on them in parallel
     (Orthanc: 1000 studies in 0.3 s with two at once, 0.5 s one after the other); a search
-    that ends early has then asked for up to pages_in_flight - 1 pages too many.
+    that ends early has then asked for up to pages_in_flight - 1 pages too many. With
+    `client.first_page_size` the first page is that small and the rest `page_size`: a store
+    that builds each result (Orthanc) sends the first ones sooner, so C-FIND's first Pending
+    goes out before the rest of a large answer is ready.
     """
-    pages = in_order(lambda offset: _search_page(client, url, params, page_size, offset), itertools.count(0, page_size), client.pages_in_flight)
+    first = min(client.first_page_size or page_size, page_size)
+    windows = itertools.chain([(0, first)], ((offset, page_size) for offset in itertools.count(first, page_size)))
+    pages = in_order(lambda window: (window[1], _search_page(client, url, params, window[1], window[0])), windows, client.pages_in_flight)
     try:
-        for page in pages:
+        for limit, page in pages:
             if page is None:
                 return
             yield from (item for item in page if isinstance(item, dict))
-            if len(page) < page_size:
+            if len(page) < limit:
                 return
     finally:
         pages.close()

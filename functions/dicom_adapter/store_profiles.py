@@ -5,8 +5,8 @@ only time; a store that returns too little (a false negative) loses a match that
 never show. So a store is sent a key only where it is known to match it at least as widely as
 PS3.4 does, and every other key becomes an `includefield` and is matched by the adapter alone.
 `conservative` is the default: it trusts only what every QIDO-RS server here was seen to get
-right. (No flag chooses another yet: `find(..., profile=...)` takes one; the
-`--qido_store_profile` flag is still to come.)
+right. `--qido_store_profile` / DICOM_ADAPTER_QIDO_STORE_PROFILE chooses another; the Orthanc
+profiles are the ones tests/test_query.py proves against that Orthanc's own C-FIND.
 
 Kinds of match: "single" (one value), "list" (several UIDs or values), "range" (dates),
 "wildcard" (`*`/`?`). A profile lists, per VR, the kinds it trusts; `attributes` (if set) names
@@ -64,6 +64,9 @@ _CONSERVATIVE = {
     "DA": frozenset({"single", "range"}),
     "CS": frozenset({"single"}),
 }
+# What both Orthancs tested here match right: the conservative kinds and exact LO/SH values.
+_ORTHANC = {**_CONSERVATIVE, "LO": frozenset({"single"}), "SH": frozenset({"single"})}
+_ORTHANC_ABOUT = "conservative, and exact LO/SH values of plain ASCII (PatientID, AccessionNumber, StudyID)"
 
 PROFILES: Mapping[str, StoreProfile] = MappingProxyType({
     profile.name: profile
@@ -80,8 +83,17 @@ PROFILES: Mapping[str, StoreProfile] = MappingProxyType({
             # AccessionNumber) it gets right; run it with "QidoCaseSensitive": false or true,
             # either is at least as wide as PS3.4's case-sensitive match.
             "orthanc-1.10",
-            "conservative, and exact LO/SH values of plain ASCII (PatientID, AccessionNumber, StudyID)",
-            MappingProxyType({**_CONSERVATIVE, "LO": frozenset({"single"}), "SH": frozenset({"single"})}),
+            _ORTHANC_ABOUT,
+            MappingProxyType(_ORTHANC),
+            plain_values_only=True,
+        ),
+        StoreProfile(
+            # Debian 13: orthanc 1.12 with orthanc-dicomweb 1.20, proven with the same oracle
+            # suite. It is trusted with no more than 1.10 until a test shows it matches more
+            # (names with '^', decoded values) at least as widely as PS3.4.
+            "orthanc-1.12",
+            _ORTHANC_ABOUT,
+            MappingProxyType(_ORTHANC),
             plain_values_only=True,
         ),
         StoreProfile(

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from .debian_chroot import DebianChroot
 from .orthanc import OrthancInstall
@@ -23,14 +23,17 @@ SUITE = "trixie"
 
 
 @contextmanager
-def debian13_orthanc() -> Iterator[OrthancInstall]:
+def debian13_orthanc(share: Sequence[Path] = ()) -> Iterator[OrthancInstall]:
     """Debian 13's Orthanc and DICOMweb plugin, installed in a fresh chroot for as long as the
-    context lasts (about 30 s the first time on a machine, 15 s after)."""
+    context lasts (about 30 s the first time on a machine, 15 s after). `share`: folders of this
+    machine seen at the same paths inside (bench/query_bench.py keeps its Orthanc's there)."""
     # Outside pytest's tmp folders: its clean-up of old runs must never walk into a bind mount.
     parent = Path(tempfile.mkdtemp(prefix="dicom-adapter-orthanc13-", dir="/var/tmp"))
     try:
         with DebianChroot(SUITE, parent / "root") as debian:
             debian.run("apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends orthanc orthanc-dicomweb")
+            for folder in share:
+                debian.share(Path(folder))
             version = debian.run("dpkg-query -W -f '${Version} ' orthanc orthanc-dicomweb").stdout.split()
             yield OrthancInstall(f"Debian 13 Orthanc {version[0]} with DICOMweb {version[1]}", root=debian.root)
     finally:
