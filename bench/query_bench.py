@@ -11,7 +11,9 @@ One run on one machine, everything on loopback (see bench/README.md, "Query/retr
           (every study, a name wildcard, an exact name with '^', a date range, a Patient ID,
           a modality): Orthanc's own DIMSE port vs the adapter vs a bare client fetching the
           QIDO-RS pages the adapter asks for (qido.translate, the same store profile);
-          seconds to findscu's exit and to its first Pending response, median of --repeat runs.
+          seconds from the C-FIND request to the final response and to the first Pending
+          (findscu -v's lines as they arrive: its start and the association stay out), median
+          of --repeat runs.
           Orthanc's answer is the oracle: the adapter's must hold the same studies.
   C-MOVE  /usr/bin/movescu of the 500-instance study to DEST: Orthanc vs the adapter;
           instances/s, median of --repeat runs, every run checked to deliver all of them.
