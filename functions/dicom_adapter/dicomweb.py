@@ -423,26 +423,35 @@ def _search_pages(
     """QIDO-RS results one page (limit/offset) at a time, so no result count is too large.
 
     Stops at the first page shorter than asked for; a consumer that stops iterating stops
-    the paging (C-CANCEL). With `client.pages_in_flight` > 1 that many pages are asked for at
-    once, each next one as soon as one is consumed, so the store works on them in parallel
-    (Orthanc: 1000 studies in 0.3 s with two at once, 0.5 s one after the other); a search
-    that ends early has then asked for up to pages_in_flight - 1 pages too many. With
-    `client.first_page_size` the first page is that small and the rest `page_size`: a store
-    that builds each result (Orthanc) sends the first ones sooner, so C-FIND's first Pending
-    goes out before the rest of a large answer is ready.
+    the paging (C-CANCEL). With `client.first_page_size` a small first page is asked for
+    alone: a store that builds each result (Orthanc) sends the first ones sooner, so C-FIND's
+    first Pending goes out before the rest of a large answer is ready, and a narrow answer
+    (a Patient ID, a UID) costs the store one small request. After it (or from the start),
+    `client.pages_in_flight` pages of `page_size` are asked for at once, each next one as soon
+    as one is consumed, so the store works on them in parallel (Orthanc: 1000 studies in 0.3 s
+    with two at once, 0.5 s one after the other); a search that ends early has then asked for
+    up to pages_in_flight - 1 pages too many.
     """
-    first = min(client.first_page_size or page_size, page_size)
-    windows = itertools.chain([(0, first)], ((offset, page_size) for offset in itertools.count(first, page_size)))
-    pages = in_order(lambda window: (window[1], _search_page(client, url, params, window[1], window[0])), windows, client.pages_in_flight)
+    offset = 0
+    first = client.first_page_size
+    if first and first < page_size:
+        page = _search_page(client, url, params, first, 0)
+        yield from _page_items(page)
+        if page is None or len(page) < first:
+            return
+        offset = first
+    pages = in_order(lambda at: _search_page(client, url, params, page_size, at), itertools.count(offset, page_size), client.pages_in_flight)
     try:
-        for limit, page in pages:
-            if page is None:
-                return
-            yield from (item for item in page if isinstance(item, dict))
-            if len(page) < limit:
+        for page in pages:
+            yield from _page_items(page)
+            if page is None or len(page) < page_size:
                 return
     finally:
         pages.close()
+
+
+def _page_items(page: list[Any] | None) -> Iterator[dict[str, Any]]:
+    return (item for item in page or () if isinstance(item, dict))
 
 
 A = TypeVar("A")
