@@ -389,9 +389,11 @@ class QueryBench:
         return translate(identifier, "STUDY", profile=store_profile(self.profile))
 
     def qido_once(self, row: Row, match: dict[str, str], expected: set[str]) -> bool:
-        """The store's own QIDO-RS, as the adapter asks it (same parameters, same encoding), one
-        page after the other on one connection; its answer must hold every expected study."""
+        """The store's own QIDO-RS, as the adapter asks it (same parameters, same encoding, the
+        same pages: the small first page, then full ones), one page after the other on one
+        connection; its answer must hold every expected study."""
         from dicom_adapter.dicomweb import _query_string  # the adapter's encoding of the parameters
+        from edge_listener.services import FIND_FIRST_PAGE  # and its first page
 
         assert self.orthanc is not None
         searches = self.qido_searches(match)
@@ -403,8 +405,9 @@ class QueryBench:
                 for search in searches:
                     offset = 0
                     while True:
+                        limit = min(FIND_FIRST_PAGE, self.page_size) if offset == 0 else self.page_size
                         # encoded as the adapter encodes them (Orthanc 1.10 misses a %2A wildcard)
-                        query = _query_string({**search.params, "limit": self.page_size, "offset": offset})
+                        query = _query_string({**search.params, "limit": limit, "offset": offset})
                         conn.request("GET", f"/dicom-web/studies?{query}", headers={"Accept": "application/dicom+json"})
                         resp = conn.getresponse()
                         body = resp.read()
@@ -414,7 +417,7 @@ class QueryBench:
                             return [f"QIDO-RS HTTP {resp.status}"]
                         page = json.loads(body)
                         got.update(str(item.get("0020000D", {}).get("Value", [""])[0]) for item in page)
-                        if len(page) < self.page_size:
+                        if len(page) < limit:
                             break
                         offset += len(page)
             finally:
@@ -728,6 +731,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, help="measured runs per side and test; the median counts (default 5; quick 2)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed runs per side and test first (default 1)")
     ap.add_argument("--only", default="find,move", help="tests to run: find, move or both (default)")
+    ap.add_argument("--query", action="append", choices=list(FIND_QUERIES), metavar="NAME",
+                    help=f"C-FIND query to run (repeatable; default all: {', '.join(FIND_QUERIES)})")
     ap.add_argument("--find-key", action="append", metavar="KEYWORD",
                     help=f"C-FIND return key (repeatable; default {','.join(FIND_KEYS)})")
     ap.add_argument("--page-size", type=int, default=500,
@@ -795,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if "find" in only:
             for name, match in FIND_QUERIES.items():
+                if args.query and name not in args.query:
+                    continue
                 run_find_query(bench, rows, name, match, expected_studies, args.warmup, repeat)
 
         if "move" in only:

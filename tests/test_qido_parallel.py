@@ -126,7 +126,7 @@ class _PagedStudies(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("total", [0, 3, 25, 26, 124, 125, 400])
+@pytest.mark.parametrize("total", [0, 3, 25, 26, 124, 125, 224, 225, 400, 1000])
 def test_a_small_first_page_then_full_pages_return_every_match_once(total: int):
     _PagedStudies.total, _PagedStudies.asked = total, []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PagedStudies)
@@ -147,6 +147,10 @@ def test_a_small_first_page_then_full_pages_return_every_match_once(total: int):
     later = sorted(asked[1:])
     assert [offset for offset, _ in later] == list(range(25, 25 + 100 * len(later), 100))
     assert all(limit == 100 for _, limit in later)
-    # the last page consumed is the first short one; at most one more was asked for in flight
+    # the last page consumed is the first short one
     needed = 1 + (total - 25) // 100 + 1
-    assert needed <= len(asked) <= needed + 1
+    if total < 25 + 2 * 100:  # within the two full pages asked for alone: not one page too many
+        assert asked == [(0, 25)] + [(25 + 100 * n, 100) for n in range(needed - 1)]
+    else:  # then two at a time: at most one more was asked for in flight
+        assert asked[:3] == [(0, 25), (25, 100), (125, 100)]
+        assert needed <= len(asked) <= needed + 1

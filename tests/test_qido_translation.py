@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_adapter.dicomweb import _query_string
-from dicom_adapter.matching import answer_matches, identifier_keys
+from dicom_adapter.matching import answer_matches, fold_case, identifier_keys, required_text
 from dicom_adapter.qido import QueryError, translate
 from dicom_adapter.store_profiles import PROFILES, StoreProfile, store_profile
 
@@ -56,10 +56,12 @@ def test_each_profile_sends_the_store_only_what_it_trusts():
             for name, profile in PROFILES.items()}
     assert sent == {
         "conservative": {"StudyDate", "ModalitiesInStudy"},
-        "orthanc-1.10": {"StudyDate", "ModalitiesInStudy", "PatientID", "AccessionNumber"},
-        "orthanc-1.12": {"StudyDate", "ModalitiesInStudy", "PatientID", "AccessionNumber"},
+        "orthanc-1.10": {"StudyDate", "ModalitiesInStudy", "PatientID", "AccessionNumber", "PatientName"},
+        "orthanc-1.12": {"StudyDate", "ModalitiesInStudy", "PatientID", "AccessionNumber", "PatientName"},
         "healthcare-api": {"StudyDate", "ModalitiesInStudy", "PatientID", "AccessionNumber"},
     }
+    # The Orthancs are sent what every match of the name contains, not the name.
+    assert translate(identifier, "STUDY", profile=store_profile("orthanc-1.10"))[0].params["PatientName"] == "*Doe*"
     assert set(search.params["includefield"]) >= {"PatientName", "PatientID", "StudyDescription"}, "every key comes back to be matched"
     # Orthanc 1.10 does not decode what it is sent: a value with a space (or '^', or 'ü') stays with the adapter.
     spaced = _received(QueryRetrieveLevel="STUDY", PatientID="PID 7", StudyDescription="Head", StudyInstanceUID="")
@@ -68,6 +70,41 @@ def test_each_profile_sends_the_store_only_what_it_trusts():
     assert store_profile(None).name == "conservative"
     with pytest.raises(ValueError, match=r"unknown QIDO store profile 'dcm4chee'; one of: conservative, orthanc-1.10, orthanc-1.12, healthcare-api"):
         store_profile("dcm4chee")
+
+
+@pytest.mark.parametrize("value, text", [
+    ("Jones^Ben^19", "Jones"),
+    ("M?ller^J*", "ller"),  # '?' is a character, not a byte: the store is never sent one
+    ("Müller^Jörg", "ller"),
+    ("*", None),  # universal
+    ("?*", None),
+    ("山田^太郎", None),
+    ("Yamada^Tarou=山田^太郎", None),  # matched through either group: no one text is in every match
+    ("=山田^太郎", None),
+    ("van der Berg^Anna", "Berg"),  # a space is not sent either (Orthanc 1.10 does not decode %20)
+])
+def test_a_name_is_narrowed_to_a_text_every_match_contains(value, text):
+    identifier = _received(SpecificCharacterSet="ISO_IR 192", QueryRetrieveLevel="STUDY", PatientName=value, StudyInstanceUID="")
+    (key,) = [k for k in identifier_keys(identifier) if k.vr == "PN"]
+    assert required_text(key) == text
+    (search,) = translate(identifier, "STUDY", profile=store_profile("orthanc-1.12"))
+    assert search.params.get("PatientName") == (f"*{text}*" if text else None)
+    if text:  # and the adapter's own match of every value it accepts holds that text, in any case
+        for stored in ("JONES^BEN^19", "Müller^Jörg", "müller^jürgen", "van der berg^anna", "Strauß^Kelvin"):
+            if answer_matches([key], {"00100010": {"vr": "PN", "Value": [{"Alphabetic": stored}]}}):
+                assert text.lower() in stored.lower()
+
+
+def test_pn_case_never_folds_across_ascii():
+    """The adapter ignores PN case letter by letter, never turning a non-ASCII letter into ASCII
+    ones, so a store searching the ASCII text of a key in any case misses none of its matches."""
+    assert fold_case("MÜLLER^JÖRG") == "müller^jörg" and fold_case("ΣΟΦΊΑ") == fold_case("σοφία")
+    assert fold_case("Strauß") == "strauß" and fold_case("\u212a") == "\u212a"  # Kelvin sign
+    keys = identifier_keys(_received(QueryRetrieveLevel="STUDY", PatientName="Strauss*"))
+    assert not answer_matches(keys, {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Strauß^Anna"}]}})
+    keys = identifier_keys(_received(QueryRetrieveLevel="STUDY", PatientName="kelvin"))
+    assert not answer_matches(keys, {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "\u212aelvin"}]}})
+    assert answer_matches(keys, {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "KELVIN"}]}})
 
 
 def test_ranges_uid_lists_and_paths():

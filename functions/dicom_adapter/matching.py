@@ -6,9 +6,9 @@ same whatever DICOMweb server sits behind the adapter:
 
   universal      an empty key (or a lone `*`) matches everything, a missing value included;
   single value   equal values; PN ignores case (as Orthanc and dcm4chee do by default; the
-                 standard leaves it to the SCP) and is matched per component group (a match of
-                 the alphabetic, ideographic or phonetic group is a match); the text VRs ignore
-                 trailing spaces, and leading ones except for LT/ST/UT;
+                 standard leaves it to the SCP: fold_case says how) and is matched per component
+                 group (a match of the alphabetic, ideographic or phonetic group is a match); the
+                 text VRs ignore trailing spaces, and leading ones except for LT/ST/UT;
   wildcards      `*` (any run) and `?` (one character) in the VRs that allow them, over the
                  characters of the decoded value (pydicom decodes the identifier by its
                  Specific Character Set; DICOM JSON is already Unicode);
@@ -178,9 +178,25 @@ def _order(vr: str, value: str, fill: str = "0") -> str:
 
 
 @lru_cache(maxsize=512)
-def _wildcard(pattern: str, ignore_case: bool) -> re.Pattern[str]:
+def _wildcard(pattern: str) -> re.Pattern[str]:
     body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile(body + r"\Z", re.DOTALL | (re.IGNORECASE if ignore_case else 0))
+    return re.compile(body + r"\Z", re.DOTALL)
+
+
+def fold_case(text: str) -> str:
+    """PN's case-insensitive form: each character folded on its own, never into more characters
+    and never across the ASCII boundary (the Kelvin sign stays itself, 'ß' does not become "ss").
+    So a plain ASCII letter of a key matches only that letter in either case, which is what a
+    store searching ASCII case-insensitively can be trusted with (required_text)."""
+    return text.lower() if text.isascii() else "".join(map(_fold_char, text))
+
+
+@lru_cache(maxsize=4096)
+def _fold_char(char: str) -> str:
+    for folded in (char.casefold(), char.lower()):
+        if len(folded) == 1 and folded.isascii() == char.isascii():
+            return folded
+    return char
 
 
 def _value_matches(key: Key, pattern: str, stored: str) -> bool:
@@ -191,10 +207,11 @@ def _value_matches(key: Key, pattern: str, stored: str) -> bool:
         if not dash:
             return value == _order(vr, pattern)
         return (not low or value >= _order(vr, low)) and (not high or value <= _order(vr, high, fill="9"))
-    ignore_case = vr == "PN"
+    if vr == "PN":
+        pattern, stored = fold_case(pattern), fold_case(stored)
     if vr in WILDCARD_VRS and ("*" in pattern or "?" in pattern):
-        return bool(_wildcard(pattern, ignore_case).match(stored))
-    return stored.casefold() == pattern.casefold() if ignore_case else stored == pattern
+        return bool(_wildcard(pattern).match(stored))
+    return stored == pattern
 
 
 def _stored_texts(vr: str, element: dict[str, Any]) -> list[str]:
@@ -212,6 +229,22 @@ def _stored_texts(vr: str, element: dict[str, Any]) -> list[str]:
 def _pn_patterns(value: str) -> list[str]:
     """A PN key's patterns: its component groups (a group left empty is not matched on)."""
     return [group for group in value.split("=") if group] or [value]
+
+
+def required_text(key: Key) -> str | None:
+    """A run of ASCII letters and digits that every value `key` matches contains (ignoring
+    ASCII case, fold_case), the longest there is; None if there is none. A store that finds
+    `*text*` can then be sent that much of a key it cannot match itself: `Jones^Ben^19` gives
+    "Jones", `M?ller^J*` gives "ller". A PN key of several component groups matches through
+    any one of them, so no one text is required and it gives None."""
+    values = key.values or ()
+    if key.items is not None or len(values) != 1:
+        return None
+    patterns = _pn_patterns(values[0]) if key.vr == "PN" else [values[0]]
+    if len(patterns) != 1:
+        return None
+    runs = re.findall(r"[A-Za-z0-9]+", patterns[0])  # '*', '?' and anything else end a run
+    return max(runs, key=len) if runs else None
 
 
 def json_key(tag: int) -> str:

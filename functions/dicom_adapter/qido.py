@@ -111,7 +111,9 @@ def find(
     profile: StoreProfile | None = None,
 ) -> Iterator[Dataset]:
     """Answer a C-FIND identifier from the store: one Dataset per match, as the pages arrive."""
-    yield from _matches(client, identifier, model, fuzzy, page_size, profile, to_identifier)
+    level = query_level(identifier, model)
+    for answer in _answers(client, identifier, level, fuzzy, page_size, profile or store_profile(None)):
+        yield to_identifier(answer, identifier, level)
 
 
 def find_json(
@@ -124,16 +126,10 @@ def find_json(
     profile: StoreProfile | None = None,
 ) -> Iterator[dict[str, Any]]:
     """`find`, each match as DICOM JSON (identifier_json): no pydicom per match."""
-    yield from _matches(client, identifier, model, fuzzy, page_size, profile, identifier_json)
-
-
-def _matches(
-    client: DicomWebClient, identifier: Dataset, model: str, fuzzy: bool, page_size: int,
-    profile: StoreProfile | None, convert: Callable[..., Any],
-) -> Iterator[Any]:
     level = query_level(identifier, model)
+    build = identifier_json_builder(identifier, level)
     for answer in _answers(client, identifier, level, fuzzy, page_size, profile or store_profile(None)):
-        yield convert(answer, identifier, level)
+        yield build(answer)
 
 
 def _answers(
@@ -196,8 +192,8 @@ def translate(identifier: Dataset, level: str, *, fuzzy: bool = False, profile: 
             continue
         elif element.tag == MODALITIES_IN_STUDY and level == "STUDY" and len(values) > 1 and profile.trusts(key_of_one(key)):
             modalities = list(dict.fromkeys(values))
-        elif profile.trusts(key):
-            params[name] = ",".join(values)
+        elif (value := profile.match_value(key)) is not None:
+            params[name] = value
     # UIDs that name a single parent go into the path (hierarchical); others stay filters.
     study = _single(params, STUDY_INSTANCE_UID) if level in ("SERIES", "IMAGE") else None
     series = _single(params, SERIES_INSTANCE_UID) if level == "IMAGE" and study else None
@@ -243,26 +239,38 @@ def to_identifier(answer: dict[str, Any], request: Dataset, level: str) -> Datas
 def identifier_json(answer: dict[str, Any], request: Dataset, level: str) -> dict[str, Any]:
     """to_identifier in DICOM JSON, straight from the store's answer: the requested keys, valued
     from the answer (its elements as they are), else empty."""
-    response: dict[str, Any] = {}
+    return identifier_json_builder(request, level)(answer)
+
+
+def identifier_json_builder(request: Dataset, level: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """identifier_json for one request, its keys read once: a C-FIND answers many matches, and
+    walking the request Dataset for each cost more than the rest of building the response."""
+    keys: list[tuple[str, dict[str, Any]]] = []  # (JSON key, the element if the answer has none)
     for element in request:
         tag = element.tag
         if tag == SPECIFIC_CHARACTER_SET or tag.group in (0x0000, 0x0002):
             continue
         if " or " in element.VR:  # an ambiguous VR (pixel module keys): pydicom resolves those
-            return to_identifier(answer, request, level).to_json_dict()
-        key = json_key(tag)
-        found = answer.get(key)
+            return lambda answer: to_identifier(answer, request, level).to_json_dict()
         if tag == QUERY_RETRIEVE_LEVEL:
-            response[key] = {"vr": "CS", "Value": [level]}
-        elif isinstance(found, dict) and "BulkDataURI" not in found:
-            response[key] = found
+            keys.append((json_key(tag), {"vr": "CS", "Value": [level]}))
         elif element.VR == "UI" and element.VM == 1:  # a single UID the search had in its path
-            response[key] = {"vr": "UI", "Value": [str(element.value)]}
+            keys.append((json_key(tag), {"vr": "UI", "Value": [str(element.value)]}))
         elif element.VR == "SQ":
-            response[key] = {"vr": "SQ", "Value": []}
+            keys.append((json_key(tag), {"vr": "SQ", "Value": []}))
         else:
-            response[key] = {"vr": element.VR}
-    return response
+            keys.append((json_key(tag), {"vr": element.VR}))
+    level_key = json_key(QUERY_RETRIEVE_LEVEL)
+
+    def build(answer: dict[str, Any]) -> dict[str, Any]:
+        response: dict[str, Any] = {}
+        for key, empty in keys:
+            found = answer.get(key)
+            usable = key != level_key and isinstance(found, dict) and "BulkDataURI" not in found
+            response[key] = found if usable else empty
+        return response
+
+    return build
 
 
 def resolve_instances(

@@ -12,6 +12,11 @@ Kinds of match: "single" (one value), "list" (several UIDs or values), "range" (
 "wildcard" (`*`/`?`). A profile lists, per VR, the kinds it trusts; `attributes` (if set) names
 the only attributes the store matches on at all; `plain_values_only` keeps values with anything
 but ASCII letters, digits, '.', '-' and '_' from the store (one that does not decode them).
+`contains` names the VRs whose keys the store may be sent as `*text*` where it cannot be trusted
+with the key itself: `text` is the longest run of ASCII letters and digits every match holds
+(matching.required_text), and the store must find every value holding it in any case, in any
+component group. `PatientName=Jones^Ben^19` then asks Orthanc for `*Jones*`, a few studies
+to match, instead of every study in the store.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Mapping
 
 from pydicom.datadict import keyword_for_tag
 
-from .matching import RANGE_VRS, Key
+from .matching import RANGE_VRS, Key, required_text
 
 DEFAULT_PROFILE = "conservative"
 _PLAIN = re.compile(r"[A-Za-z0-9._-]*")
@@ -36,16 +41,29 @@ class StoreProfile:
     trusted: Mapping[str, frozenset[str]]
     attributes: frozenset[str] | None = None
     plain_values_only: bool = False
+    contains: frozenset[str] = frozenset()
 
     def trusts(self, key: Key) -> bool:
         """Whether the store may be sent `key` as a QIDO-RS match parameter."""
-        if key.universal or key.items is not None:
-            return False
-        if self.attributes is not None and keyword_for_tag(key.tag) not in self.attributes:
+        if not self._matches_on(key):
             return False
         if self.plain_values_only and not all(_PLAIN.fullmatch(value) for value in key.values or ()):
             return False
         return match_kind(key) in self.trusted.get(key.vr, frozenset())
+
+    def match_value(self, key: Key) -> str | None:
+        """The QIDO-RS match value to send for `key`: the key's own value(s) where the store is
+        trusted with it, else `*text*` where `contains` allows it, else None (the adapter alone
+        matches it). Either returns at least every match of `key`."""
+        if self.trusts(key):
+            return ",".join(key.values or ())
+        text = required_text(key) if key.vr in self.contains and self._matches_on(key) else None
+        return f"*{text}*" if text else None
+
+    def _matches_on(self, key: Key) -> bool:
+        if key.universal or key.items is not None:
+            return False
+        return self.attributes is None or keyword_for_tag(key.tag) in self.attributes
 
 
 def match_kind(key: Key) -> str:
@@ -64,9 +82,13 @@ _CONSERVATIVE = {
     "DA": frozenset({"single", "range"}),
     "CS": frozenset({"single"}),
 }
-# What both Orthancs tested here match right: the conservative kinds and exact LO/SH values.
+# What both Orthancs tested here match right: the conservative kinds and exact LO/SH values;
+# and names by an ASCII text they must contain, which Orthanc's default (CaseSensitivePN false)
+# finds in any case in the whole value.
 _ORTHANC = {**_CONSERVATIVE, "LO": frozenset({"single"}), "SH": frozenset({"single"})}
-_ORTHANC_ABOUT = "conservative, and exact LO/SH values of plain ASCII (PatientID, AccessionNumber, StudyID)"
+_ORTHANC_CONTAINS = frozenset({"PN"})
+_ORTHANC_ABOUT = ("conservative, exact LO/SH values of plain ASCII (PatientID, AccessionNumber, StudyID), "
+                  "and names narrowed to a text of ASCII letters and digits they contain")
 
 PROFILES: Mapping[str, StoreProfile] = MappingProxyType({
     profile.name: profile
@@ -81,11 +103,13 @@ PROFILES: Mapping[str, StoreProfile] = MappingProxyType({
             # percent-decode match values: a space, `^` or non-ASCII letter never matches
             # (PatientName=Doe^John finds nothing). Exact plain LO/SH values (PatientID,
             # AccessionNumber) it gets right; run it with "QidoCaseSensitive": false or true,
-            # either is at least as wide as PS3.4's case-sensitive match.
+            # either is at least as wide as PS3.4's case-sensitive match. `*Jones*` it finds in
+            # any case (keep Orthanc's "CaseSensitivePN": false, the default).
             "orthanc-1.10",
             _ORTHANC_ABOUT,
             MappingProxyType(_ORTHANC),
             plain_values_only=True,
+            contains=_ORTHANC_CONTAINS,
         ),
         StoreProfile(
             # Debian 13: orthanc 1.12 with orthanc-dicomweb 1.20, proven with the same oracle
@@ -95,6 +119,7 @@ PROFILES: Mapping[str, StoreProfile] = MappingProxyType({
             _ORTHANC_ABOUT,
             MappingProxyType(_ORTHANC),
             plain_values_only=True,
+            contains=_ORTHANC_CONTAINS,
         ),
         StoreProfile(
             # The Healthcare API's conformance statement: search on a fixed set of attributes
