@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
 import platform
@@ -393,7 +394,8 @@ class QueryBench:
         same pages: the small first page, then full ones), one page after the other on one
         connection; its answer must hold every expected study."""
         from dicom_adapter.dicomweb import _query_string  # the adapter's encoding of the parameters
-        from edge_listener.services import FIND_FIRST_PAGE  # and its first page
+        from dicom_adapter.dicomweb import first_page_limits  # and its pages
+        from edge_listener.services import FIND_FIRST_PAGE
 
         assert self.orthanc is not None
         searches = self.qido_searches(match)
@@ -404,8 +406,8 @@ class QueryBench:
             try:
                 for search in searches:
                     offset = 0
-                    while True:
-                        limit = min(FIND_FIRST_PAGE, self.page_size) if offset == 0 else self.page_size
+                    limits = itertools.chain(first_page_limits(FIND_FIRST_PAGE, self.page_size), itertools.repeat(self.page_size))
+                    for limit in limits:
                         # encoded as the adapter encodes them (Orthanc 1.10 misses a %2A wildcard)
                         query = _query_string({**search.params, "limit": limit, "offset": offset})
                         conn.request("GET", f"/dicom-web/studies?{query}", headers={"Accept": "application/dicom+json"})

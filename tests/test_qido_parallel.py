@@ -15,7 +15,7 @@ import requests
 from pydicom.dataset import Dataset
 
 from dicom_adapter import qido
-from dicom_adapter.dicomweb import DicomWebAddress, DicomWebClient, in_order
+from dicom_adapter.dicomweb import DicomWebAddress, DicomWebClient, first_page_limits, in_order
 from dicom_adapter.qido import InstanceRef
 
 
@@ -126,31 +126,28 @@ class _PagedStudies(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("total", [0, 3, 25, 26, 124, 125, 224, 225, 400, 1000])
-def test_a_small_first_page_then_full_pages_return_every_match_once(total: int):
+@pytest.mark.parametrize("total", [0, 3, 25, 26, 124, 125, 524, 525, 1024, 1025, 2600])
+def test_growing_pages_then_full_pages_in_parallel_return_every_match_once(total: int):
     _PagedStudies.total, _PagedStudies.asked = total, []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PagedStudies)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         client = DicomWebClient(DicomWebAddress(f"http://127.0.0.1:{server.server_port}/dicom-web"), requests.Session(),
                                 retry_status_codes=frozenset(), pages_in_flight=2, first_page_size=25)
-        uids = [item["0020000D"]["Value"][0] for item in client.search_for_studies(page_size=100)]
+        uids = [item["0020000D"]["Value"][0] for item in client.search_for_studies(page_size=500)]
     finally:
         server.shutdown()
         server.server_close()
     assert uids == [f"1.2.{n}" for n in range(total)]
     asked = _PagedStudies.asked
-    assert asked[0] == (0, 25), "the small first page is asked for alone"
-    if total < 25:
-        assert asked == [(0, 25)], "a narrow answer costs the store one small request"
+    ramp = [(0, 25), (25, 100), (125, 400), (525, 500)]  # each alone
+    assert first_page_limits(25, 500) == [25, 100, 400, 500]
+    if total < 1025:  # the answer ends within the pages asked for alone: not one page too many
+        assert asked == [window for window in ramp if window[0] <= total]
         return
-    later = sorted(asked[1:])
-    assert [offset for offset, _ in later] == list(range(25, 25 + 100 * len(later), 100))
-    assert all(limit == 100 for _, limit in later)
-    # the last page consumed is the first short one
-    needed = 1 + (total - 25) // 100 + 1
-    if total < 25 + 2 * 100:  # within the two full pages asked for alone: not one page too many
-        assert asked == [(0, 25)] + [(25 + 100 * n, 100) for n in range(needed - 1)]
-    else:  # then two at a time: at most one more was asked for in flight
-        assert asked[:3] == [(0, 25), (25, 100), (125, 100)]
-        assert needed <= len(asked) <= needed + 1
+    assert asked[:4] == ramp
+    later = sorted(asked[4:])  # then two at a time: at most one more than needed
+    assert later[0] == (1025, 500) and all(limit == 500 for _, limit in later)
+    assert [offset for offset, _ in later] == list(range(1025, 1025 + 500 * len(later), 500))
+    needed = (total - 1025) // 500 + 1
+    assert needed <= len(later) <= needed + 1

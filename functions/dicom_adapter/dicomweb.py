@@ -417,6 +417,9 @@ def _query_string(params: dict[str, Any]) -> str:
     return urlencode(params, doseq=True, quote_via=quote, safe="*?,")
 
 
+PAGE_GROWTH = 4
+
+
 def _search_pages(
     client: "DicomWebClient", url: str, params: dict[str, Any], page_size: int
 ) -> Iterator[dict[str, Any]]:
@@ -426,18 +429,17 @@ def _search_pages(
     the paging (C-CANCEL). With `client.first_page_size` a small first page is asked for
     alone: a store that builds each result (Orthanc) sends the first ones sooner, so C-FIND's
     first Pending goes out before the rest of a large answer is ready, and a narrow answer
-    (a Patient ID, a UID) costs the store one small request. Then two full pages, each alone:
-    most answers end within them, and a page asked for beside the last one would cost the
-    store a whole search for nothing (Orthanc 1.10 takes as long for an offset past the end).
-    Only an answer longer than that (or any, without a first page) is fetched
-    `client.pages_in_flight` pages of `page_size` at once, each next one as soon as one is
-    consumed, so the store works on them in parallel; it ends having asked for up to
-    pages_in_flight - 1 pages too many.
+    (a Patient ID, a UID) costs the store one small request. The pages then grow to
+    `page_size`, each asked for alone (first_page_limits): most answers end within them, and
+    a page asked for beside the last one would cost the store a whole search for nothing
+    (Orthanc 1.10 takes as long for an offset past the end). Only an answer longer than that
+    (or any, without a first page) is fetched `client.pages_in_flight` pages of `page_size` at
+    once, each next one as soon as one is consumed, so the store works on them in parallel;
+    it ends having asked for up to pages_in_flight - 1 pages too many.
     """
     offset = 0
-    first = client.first_page_size
-    if first and first < page_size:
-        for limit in (first, page_size, page_size):
+    if client.first_page_size:
+        for limit in first_page_limits(client.first_page_size, page_size):
             page = _search_page(client, url, params, limit, offset)
             yield from _page_items(page)
             if page is None or len(page) < limit:
@@ -451,6 +453,21 @@ def _search_pages(
                 return
     finally:
         pages.close()
+
+
+def first_page_limits(first: int, page_size: int) -> list[int]:
+    """The pages a search asks for one at a time before any go in parallel: `first`, growing
+    fourfold while smaller than `page_size`, then one of `page_size` (25, 100, 400, 500). The
+    pages grow so that a store that builds a whole page before it sends it (Orthanc) is
+    building the next while the matches of this one are sent, and the last page's matches,
+    which nothing overlaps, are few for any answer; a search of a narrow answer costs one small
+    request."""
+    limits = []
+    limit = first
+    while limit < page_size:
+        limits.append(limit)
+        limit *= PAGE_GROWTH
+    return [*limits, page_size]
 
 
 def _page_items(page: list[Any] | None) -> Iterator[dict[str, Any]]:
