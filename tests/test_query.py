@@ -203,9 +203,10 @@ PAGED_QUERIES = {
     "all studies": (_study(), 18),
     "all images": (["QueryRetrieveLevel=IMAGE", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"], 45),
     "all series of CT": (["QueryRetrieveLevel=SERIES", "StudyInstanceUID", "SeriesInstanceUID", "Modality=CT"], 15),
-    # Orthanc 1.10 pages these wrong (limit counted from the first result, not from offset):
-    # its profile leaves ModalitiesInStudy to the adapter.
+    # Orthanc 1.10 pages this one wrong (limit counted from the first result, not from
+    # offset): its profile leaves ModalitiesInStudy to the adapter; 1.12's sends it.
     "studies with CT": (_study(ModalitiesInStudy="CT"), 15),
+    # sent to both Orthancs as `*o*`, paged by the store
     "names narrowed to a text": (_study(PatientName="*o*"), 7),
 }
 

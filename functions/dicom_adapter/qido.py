@@ -245,7 +245,8 @@ def identifier_json(answer: dict[str, Any], request: Dataset, level: str) -> dic
 def identifier_json_builder(request: Dataset, level: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """identifier_json for one request, its keys read once: a C-FIND answers many matches, and
     walking the request Dataset for each cost more than the rest of building the response."""
-    keys: list[tuple[str, dict[str, Any]]] = []  # (JSON key, the element if the answer has none)
+    level_element = {"vr": "CS", "Value": [level]}  # always the level asked at
+    keys: list[tuple[str, dict[str, Any] | None]] = []  # (JSON key, the element if the answer has none; None: the level)
     for element in request:
         tag = element.tag
         if tag == SPECIFIC_CHARACTER_SET or tag.group in (0x0000, 0x0002):
@@ -253,21 +254,24 @@ def identifier_json_builder(request: Dataset, level: str) -> Callable[[dict[str,
         if " or " in element.VR:  # an ambiguous VR (pixel module keys): pydicom resolves those
             return lambda answer: to_identifier(answer, request, level).to_json_dict()
         if tag == QUERY_RETRIEVE_LEVEL:
-            keys.append((json_key(tag), {"vr": "CS", "Value": [level]}))
+            keys.append((json_key(tag), None))
         elif element.VR == "UI" and element.VM == 1:  # a single UID the search had in its path
             keys.append((json_key(tag), {"vr": "UI", "Value": [str(element.value)]}))
         elif element.VR == "SQ":
             keys.append((json_key(tag), {"vr": "SQ", "Value": []}))
         else:
             keys.append((json_key(tag), {"vr": element.VR}))
-    level_key = json_key(QUERY_RETRIEVE_LEVEL)
 
     def build(answer: dict[str, Any]) -> dict[str, Any]:
         response: dict[str, Any] = {}
         for key, empty in keys:
             found = answer.get(key)
-            usable = key != level_key and isinstance(found, dict) and "BulkDataURI" not in found
-            response[key] = found if usable else empty
+            if empty is None:
+                response[key] = level_element
+            elif isinstance(found, dict) and "BulkDataURI" not in found:
+                response[key] = found
+            else:
+                response[key] = empty
         return response
 
     return build

@@ -11,8 +11,8 @@ profiles are the ones tests/test_query.py proves against that Orthanc's own C-FI
 Kinds of match: "single" (one value), "list" (several UIDs or values), "range" (dates),
 "wildcard" (`*`/`?`). A profile lists, per VR, the kinds it trusts; `attributes` (if set) names
 the only attributes the store matches on at all, `untrusted` attributes it gets wrong whatever
-their VR; `plain_values_only` keeps values with anything
-but ASCII letters, digits, '.', '-' and '_' from the store (one that does not decode them).
+their VR; `plain_values_only` keeps values with anything but ASCII letters, digits, '.', '-' and
+'_' from the store (one that does not decode them).
 `contains` names the VRs whose keys the store may be sent as `*text*` where it cannot be trusted
 with the key itself: `text` is the longest run of ASCII letters and digits every match holds
 (matching.required_text), and the store must find every value holding it in any case, in any
@@ -120,8 +120,9 @@ PROFILES: Mapping[str, StoreProfile] = MappingProxyType({
         ),
         StoreProfile(
             # Debian 13: orthanc 1.12 with orthanc-dicomweb 1.20, proven with the same oracle
-            # suite. It is trusted with no more than 1.10 until a test shows it matches more
-            # (names with '^', decoded values) at least as widely as PS3.4.
+            # suite: what 1.10 is trusted with, and ModalitiesInStudy, which it pages right (the
+            # paged oracle test). Names with '^' and decoded values stay with the adapter until a
+            # test shows it matches them at least as widely as PS3.4.
             "orthanc-1.12",
             _ORTHANC_ABOUT,
             MappingProxyType(_ORTHANC),
