@@ -760,7 +760,9 @@ class Bench:
     def run(self, scenario: str, receiver: str, corpus: Corpus, *, nodelay: bool = True) -> Row:
         row = Row(scenario, receiver, corpus.count, corpus.nbytes)
         rd = self._rundir(f"{scenario}-{receiver}")
-        kind = receiver.split()[0]
+        # "plain edge", "plain e2e ...": the adapter with its fast path off (plain pynetdicom)
+        plain = receiver.startswith("plain ")
+        kind = receiver.removeprefix("plain ").split()[0]
         if kind in ("edge", "e2e") and not self.adapter:
             row.ok, row.skipped = False, True
             row.notes.append("dicom-adapter not installed")
@@ -812,7 +814,7 @@ class Bench:
                 cmd, extra = self.adapter
                 argv = [*cmd, "local", *extra, "--dimse_aet", "ADAPTER", "--dimse_port", str(port),
                         "--dicomweb_address", url, "--spool_dir", str(out),
-                        *self.args.adapter_arg]
+                        *(["--dimse_fast_path", "off"] if plain else []), *self.args.adapter_arg]
                 env = dict(os.environ, NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
                 p = Proc("dicom-adapter", argv, rd / "adapter.log", env)
                 started.append(p)
@@ -937,7 +939,7 @@ class Bench:
         rows = []
         for r in receivers:
             tries = [self.run(name, r, corpus, nodelay=nodelay)
-                     for _ in range(1 if r.split()[0] in ("edge", "e2e") and not self.adapter
+                     for _ in range(1 if r.removeprefix("plain ").split()[0] in ("edge", "e2e") and not self.adapter
                                     else self.args.repeat)]
             for t in tries:
                 self.rows.remove(t)
@@ -1024,6 +1026,14 @@ def checks(rows: list[Row]) -> list[dict]:
         rss = edge_large.peak_rss_mb if edge_large.ok else None
         out.append(dict(check="(b) edge large peak RSS < 200 MB", target=200.0, ratio=rss,
                         status="SKIP" if rss is None else ("PASS" if rss < 200 else "FAIL")))
+    # Issue 23: the same floors with the fast path on and off (plain pynetdicom).
+    for edge, e2e, what in (("edge", "e2e", "fast path on"), ("plain edge", "plain e2e", "fast path off")):
+        check(f"(b) {what}: acks >= 0.36 x storescp +B (small, 1 assoc; goal 0.5)",
+              find(rows, "small-1", edge), find(rows, "small-1", "storescp +B"), 0.36)
+        check(f"(d) {what}: e2e >= 0.85 x (c) Orthanc DIMSE (small, 1 assoc)",
+              find(rows, "small-1", e2e), find(rows, "small-1", "orthanc"), 0.85)
+        check(f"(b) {what}: 4 associations >= 1.3 x one",
+              find(rows, "small-4", edge), find(rows, "small-1", edge), 1.3)
     check("(b) edge, Nagle-on sender: vs bare pynetdicom",
           find(rows, "nagle", "edge"), find(rows, "nagle", "bare pynetdicom"), 0.0, info=True)
     check("(b) edge, Nagle-on sender: vs bare +quickack",
@@ -1157,12 +1167,12 @@ def main(argv: list[str] | None = None) -> int:
         if "small-1" in only:
             # one association: one storescu scans all four shard dirs
             bench.scenario("small-1", small.as_one_association(), pick([  # type: ignore[union-attr]
-                "storescp +B", "storescp", "bare pynetdicom", "edge", "orthanc dimse",
-                "e2e adapter->orthanc", "stow direct x1"]))
+                "storescp +B", "storescp", "bare pynetdicom", "edge", "plain edge", "orthanc dimse",
+                "e2e adapter->orthanc", "plain e2e adapter->orthanc", "stow direct x1"]))
         if "small-4" in only:
             bench.scenario("small-4", small, pick([  # type: ignore[arg-type]
-                "storescp +B --fork", "storescp --fork", "bare pynetdicom", "edge",
-                "orthanc dimse", "e2e adapter->orthanc", "stow direct x4"]))
+                "storescp +B --fork", "storescp --fork", "bare pynetdicom", "edge", "plain edge",
+                "orthanc dimse", "e2e adapter->orthanc", "plain e2e adapter->orthanc", "stow direct x4"]))
         if "nagle" in only:
             sub = subset(small, min(nagle_n, small.count), workdir / "corpus-nagle")  # type: ignore[union-attr]
             bench.scenario("nagle", sub, pick([

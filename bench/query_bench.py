@@ -395,7 +395,7 @@ class QueryBench:
         connection; its answer must hold every expected study."""
         from dicom_adapter.dicomweb import _query_string  # the adapter's encoding of the parameters
         from dicom_adapter.dicomweb import first_page_limits  # and its pages
-        from edge_listener.services import FIND_FIRST_PAGE
+        from edge_listener.runtime.assembly import FIND_FIRST_PAGE
 
         assert self.orthanc is not None
         searches = self.qido_searches(match)

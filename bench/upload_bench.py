@@ -42,7 +42,7 @@ from dicom_adapter.config import UploadSettings  # noqa: E402
 from dicom_adapter.events import BufferedInstance  # noqa: E402
 from dicom_adapter.logs import configure_logging  # noqa: E402
 from dicom_adapter.upload import Uploader  # noqa: E402
-from edge_listener.dispatcher import Dispatcher, DispatchSettings  # noqa: E402
+from edge_listener.buffer.dispatcher import Dispatcher, DispatchSettings  # noqa: E402
 
 WORKERS = 4
 BATCH = 16

@@ -28,8 +28,7 @@ from dicom_adapter.routing import (
     load_routing,
 )
 
-from .pynetdicom_pin import require_pinned_pynetdicom
-from .stack_dumps import enable_stack_dumps
+from edge_listener.runtime.stack_dumps import enable_stack_dumps
 
 if TYPE_CHECKING:
     from dicom_adapter.dimse_tls import TlsFiles
@@ -95,6 +94,8 @@ def listener_flags(func: Callable) -> Callable:
         flag("drain_timeout", type=click.FloatRange(0), default=30.0, show_default=True, help="On SIGTERM, how long open associations may finish, in s."),
         flag("log_format", type=click.Choice(["text", "json"]), default="text", show_default=True, help="json: Cloud Logging structured lines on stdout."),
         flag("verbose", is_flag=True, help="Debug logging (never data set contents)."),
+        flag("dimse_fast_path", type=click.Choice(["on", "off"]), default="on", show_default=True,
+             help="off: serve on plain pynetdicom (slower; docs/architecture.md). On another pynetdicom than the pinned one it is off anyway, with a WARNING."),
         *hardening_flags,
     ]):
         func = option(func)
@@ -122,8 +123,8 @@ def hardening_settings(options: dict[str, Any], peers: dict[str, Any]) -> dict[s
     """ListenerSettings fields from the hardening flags; bad values stop the command here."""
     from dicom_adapter.dimse_tls import TlsConfigError, TlsFiles
 
-    from .admission import parse_aet_list, parse_services
-    from .high_water import HighWaterMark
+    from edge_listener.front.admission import parse_aet_list, parse_services
+    from edge_listener.buffer.high_water import HighWaterMark
 
     try:
         tls = TlsFiles.from_options(options["dimse_tls_cert"], options["dimse_tls_key"], options["dimse_tls_ca"])
@@ -170,7 +171,7 @@ def query_retrieve_settings(
     options: dict[str, Any], peers: dict[str, Any], store: UploadSettings, work_dir: Path, spool_dir: Path | None
 ) -> Any:
     """The query/retrieve services' settings; None (services off) without a store to ask."""
-    from .services import QueryRetrieveSettings
+    from edge_listener.runtime.assembly import QueryRetrieveSettings
 
     if not store.dicomweb_address:
         log.warning("C-FIND, C-MOVE, C-GET and storage commitment are off: they need --dicomweb_address")
@@ -192,7 +193,7 @@ def query_retrieve_settings(
 def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tuple[Any, RoutingTable, dict[str, Any]]:
     """Logging set up, the AET dictionary and routing rules read and checked, the listener's
     settings built. Bad configuration stops the command here, saying which entry and why."""
-    from .server import ListenerSettings
+    from edge_listener.front.server import ListenerSettings
 
     configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
     peers, routing = peers_and_routing(options, has_default_store=has_default_store)
@@ -208,6 +209,7 @@ def listener_settings(options: dict[str, Any], *, has_default_store: bool) -> tu
         also_called_aets=frozenset(routing.called_aets - {options["dimse_aet"]}),
         max_associations=options["max_associations"],
         max_pdu_length=options["max_pdu_length"],
+        fast_path=options["dimse_fast_path"] == "on",
         **hardening_settings(options, peers),
     )
     return settings, routing, peers
@@ -260,10 +262,9 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
 @flag("watch_delete_done", is_flag=True, help="Delete imported files from the drop folder instead of moving them to done/.")
 def local(**options: Any) -> None:
     """Run the edge and the upload pipeline on this machine, with a spool directory as buffer."""
-    require_pinned_pynetdicom()
-    from .dispatcher import DispatchSettings
-    from .local import LocalRuntime
-    from .upload_process import UploadProcessSettings
+    from edge_listener.buffer.dispatcher import DispatchSettings
+    from edge_listener.runtime.local import LocalRuntime
+    from edge_listener.runtime.upload_process import UploadProcessSettings
 
     settings, routing, peers = listener_settings(options, has_default_store=bool(options["dicomweb_address"]))
     upload_settings = UploadSettings(
@@ -288,7 +289,7 @@ def local(**options: Any) -> None:
     query_retrieve = query_retrieve_settings(options, peers, upload_settings, spool_dir, spool_dir)
     watch = None
     if options["watch_dir"]:
-        from .intake.watch import WatchSettings
+        from edge_listener.intake.watch import WatchSettings
 
         watch = WatchSettings(
             folder=options["watch_dir"],
@@ -325,8 +326,7 @@ def local(**options: Any) -> None:
 @flag("health_check_interval", type=click.FloatRange(0.5), default=10.0, show_default=True, help="How often readiness checks GCS and Pub/Sub, in s.")
 def edge(**options: Any) -> None:
     """Run the edge only (GKE): instances go to a GCS buffer with a Pub/Sub event; Cloud Functions upload."""
-    require_pinned_pynetdicom()
-    from .cloud import CloudRuntime, CloudSettings
+    from edge_listener.runtime.cloud import CloudRuntime, CloudSettings
 
     # The stow_upload function's DICOM_ADAPTER_DICOMWEB_ADDRESS is the default store.
     settings, routing, peers = listener_settings(options, has_default_store=True)
@@ -384,11 +384,10 @@ def export_routing(options: dict[str, Any]) -> RoutingTable | None:
 @flag("verbose", is_flag=True, help="Debug logging (never data set contents).")
 def export(**options: Any) -> None:
     """Send each new instance of a DICOM store to one peer (the Google export adapter's mode)."""
-    require_pinned_pynetdicom()
     from dicom_adapter.aets import Peer
     from dicom_adapter.routing import Destination
 
-    from .single_peer import SinglePeerExport, SinglePeerSettings
+    from edge_listener.runtime.single_peer_export import SinglePeerExport, SinglePeerSettings
 
     configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
     dimse = [options[k] for k in ("peer_dimse_aet", "peer_dimse_ip", "peer_dimse_port")]
@@ -486,10 +485,10 @@ def import_(paths: tuple[str, ...], **options: Any) -> None:
     Each instance goes into the spool's upload queue like a received C-STORE; a running
     `dicom-adapter local` on the same spool uploads it. Re-running skips what is done.
     """
-    from .intake.command import run_import_command
+    from edge_listener.intake.command import run_import_command
 
     configure_logging(json_format=options["log_format"] == "json", verbose=options["verbose"])
-    from .intake.command import CloudTarget
+    from edge_listener.intake.command import CloudTarget
 
     one_buffer(options)
     # Instances no rule routes go to the default store (of `local`, or of the stow_upload function).
@@ -514,7 +513,7 @@ def redrive(**options: Any) -> None:
     one_buffer(options)
     uids = set(options["sop_instance_uid"]) or None
     if options["spool_dir"]:
-        from .export_queue import ExportSpool
+        from edge_listener.buffer.export_queue import ExportSpool
 
         moved = [path.name for path in Spool(options["spool_dir"]).redrive(uids, options["destination"])]
         moved += [path.name for path in ExportSpool(options["spool_dir"]).redrive(uids, options["destination"])]
@@ -551,7 +550,7 @@ def status(json_output: bool, **options: Any) -> None:
     """Queue depth, dead letters and the oldest queued entry's age."""
     one_buffer(options)
     if options["spool_dir"]:
-        from .export_queue import ExportSpool
+        from edge_listener.buffer.export_queue import ExportSpool
 
         spool = Spool(options["spool_dir"])
         exports = ExportSpool(options["spool_dir"])
@@ -607,6 +606,6 @@ def default_listener_processes() -> int:
     """One listener process per core the adapter may run on (each has its own interpreter
     lock; a container's CPU limit counts), at most 4: beyond that the upload process and the
     store need the cores."""
-    from .cpus import available_cpus
+    from edge_listener.runtime.cpus import available_cpus
 
     return max(1, min(4, available_cpus()))

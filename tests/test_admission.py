@@ -244,7 +244,7 @@ def test_association_limits_hold_across_listener_processes(tmp_path: Path):
             # Both processes took part: 13 connections (admitted or refused) spread by the
             # kernel's hash of the source port, so one process alone has odds of 1 in 4096.
             for process in ("MainProcess", "dicom-adapter-listener-1"):
-                assert re.search(rf"\[{process}\] edge_listener\.(server|admission) association", logs), process
+                assert re.search(rf"\[{process}\] edge_listener\.front\.(server|admission) association", logs), process
         finally:
             for assoc in held:
                 assoc.release()

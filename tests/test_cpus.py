@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_listener.cpus import available_cpus, cgroup_cpu_quota
+from edge_listener.runtime.cpus import available_cpus, cgroup_cpu_quota
 
 CPUS = len(os.sched_getaffinity(0))
 

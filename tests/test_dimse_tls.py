@@ -16,7 +16,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
-from support.adapter import ADAPTER_AET, LocalAdapter
+from support.adapter import ADAPTER_AET, FAST_PATH, LocalAdapter
 from support.dcmtk import StoreSCP, echoscu, run_dcmtk, storescu
 from support.dicom_files import dataset_bytes_after_meta, make_ct_instance
 from support.orthanc import Orthanc
@@ -153,7 +153,9 @@ def test_c_move_reaches_a_dcmtk_storescp_over_tls(tmp_path: Path, fresh_orthanc:
                 [(status, _)] = list(assoc.send_c_move(identifier, "PLAINPACS", StudyRootQueryRetrieveInformationModelMove))
             finally:
                 assoc.release()
-            assert status.Status == 0xA801 and "cannot associate" in status.ErrorComment
+            assert status.Status == 0xA801
+            if FAST_PATH:  # (pynetdicom's own service sends no Error Comment with it)
+                assert "cannot associate" in status.ErrorComment
     finally:
         destination.stop()
         plain_destination.stop()

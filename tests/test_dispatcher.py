@@ -11,7 +11,7 @@ from pathlib import Path
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.events import buffered_instance_from_cloud_event
 from dicom_adapter.upload import TransientUploadError
-from edge_listener.dispatcher import Dispatcher, DispatchSettings
+from edge_listener.buffer.dispatcher import Dispatcher, DispatchSettings
 from support.dicom_files import make_ct_instance
 
 FAST = DispatchSettings(workers=2, retry_min_s=0.01, retry_max_s=0.05, scan_interval_s=0.2)
@@ -116,8 +116,8 @@ def test_an_entry_whose_notice_was_lost_is_found_within_a_second(tmp_path: Path)
     import dataclasses
 
     from dicom_adapter.part10 import read_file_meta
-    from edge_listener.buffering import SpoolBuffer
-    from edge_listener.reception import ReceptionFile
+    from edge_listener.buffer.buffering import SpoolBuffer
+    from edge_listener.buffer.reception import ReceptionFile
 
     spool = Spool(tmp_path / "spool")
     delivered: list[str] = []

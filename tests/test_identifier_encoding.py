@@ -15,7 +15,7 @@ from pynetdicom.dsutils import encode
 from dicom_adapter import qido
 from pydicom.charset import python_encoding
 
-from edge_listener import identifier_encoding
+from edge_listener.services import identifier_encoding
 
 IMPLICIT, EXPLICIT, BIG = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
 

@@ -11,7 +11,7 @@ import time
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from edge_listener.server import EdgeAssociationServer
+from edge_listener.front.server import EdgeAssociationServer
 
 
 def test_the_periodic_full_collection_waits_until_no_association_is_open():

@@ -278,7 +278,7 @@ def test_concurrent_associations_are_spread_evenly_over_listener_processes(tmp_p
 
 def _accepting_processes(logs: str) -> Counter:
     """Associations accepted, by the process name in each log line."""
-    return Counter(line.split("[", 1)[1].split("]", 1)[0] for line in logs.splitlines() if "edge_listener.server association accepted" in line)
+    return Counter(line.split("[", 1)[1].split("]", 1)[0] for line in logs.splitlines() if "edge_listener.front.server association accepted" in line)
 
 
 def test_child_processes_do_not_outlive_a_killed_main_process(tmp_path: Path, store: Orthanc):

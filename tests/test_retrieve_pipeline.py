@@ -17,8 +17,8 @@ import pytest
 from dicom_adapter.dicomweb import DicomWebError
 from dicom_adapter.part10 import encode_file_meta
 from dicom_adapter.qido import InstanceRef, QueryError, SeriesRef
-from edge_listener import retrieve_fetch
-from edge_listener.retrieve_fetch import Prefetcher
+from edge_listener.services import retrieve_fetch
+from edge_listener.services.retrieve_fetch import Prefetcher
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"

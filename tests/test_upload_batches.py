@@ -12,7 +12,7 @@ from pathlib import Path
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.events import buffered_instance_from_cloud_event
 from dicom_adapter.upload import TransientUploadError
-from edge_listener.dispatcher import Dispatcher, DispatchSettings
+from edge_listener.buffer.dispatcher import Dispatcher, DispatchSettings
 from support.adapter import LocalAdapter, adapter_command
 from support.dicom_files import dataset_bytes_after_meta, make_ct_instance
 from support.healthcare_api_fake import HealthcareApiFake

@@ -76,7 +76,7 @@ def _cloud_sink(cloud: CloudTarget, routing: RoutingTable | None) -> InstanceBuf
     from dicom_adapter.buffers.gcs import GcsBuffer, GcsLocation
     from dicom_adapter.pubsub import EventPublisher
 
-    from ..buffering import CloudBuffer
+    from edge_listener.buffer.buffering import CloudBuffer
 
     cloud.work_dir.mkdir(parents=True, exist_ok=True)
     buffer = CloudBuffer(GcsBuffer(GcsLocation.parse(cloud.gcs_buffer)), EventPublisher(cloud.pubsub_topic), cloud.work_dir / "incoming")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from dicom_adapter.logs import fields
 
-from ..buffering import BufferRefused
+from edge_listener.buffer.buffering import BufferRefused
 from .ledger import Ledger
 from .sink import BufferSink, NotRoutable
 from .sources import Source

@@ -17,8 +17,8 @@ from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.events import BufferedInstance
 from dicom_adapter.routing import Destination, RoutingTable, read_routing_header
 
-from ..buffering import InstanceBuffer, SpoolBuffer
-from ..process_folders import process_folder, remove_folders_of_gone_processes
+from edge_listener.buffer.buffering import InstanceBuffer, SpoolBuffer
+from edge_listener.buffer.process_folders import process_folder, remove_folders_of_gone_processes
 from .staging import StagedInstance, fsync_file
 
 STAGING = "importing"

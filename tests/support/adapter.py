@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -11,6 +12,10 @@ from .processes import ManagedProcess, free_port
 from .shipped import adapter_program
 
 ADAPTER_AET = "ADAPTER"
+# The suite runs the DIMSE tests twice (scripts/test.sh): with the fast path (the default) and
+# on plain pynetdicom (DICOM_ADAPTER_DIMSE_FAST_PATH=off, inherited by every adapter started).
+# A test of something only the fast path does checks what plain pynetdicom does instead.
+FAST_PATH = os.environ.get("DICOM_ADAPTER_DIMSE_FAST_PATH", "on") != "off"
 
 
 def adapter_command() -> list[str]:

@@ -27,7 +27,7 @@ from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
-from .dimse import status
+from .statuses import status
 from .query import QUERY_TRANSFER_SYNTAXES
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ does the same work where the bytes arrive: it reads the command set (a few group
 elements in Implicit VR Little Endian, PS3.7 E.1), streams the data set's fragments into the
 reception file behind the adapter's file meta, runs the same store function as the
 EVT_C_STORE handler (store.store_received: checks, buffer, log) and writes the response
-(dimse_wire). Measured on one association of 70 KB instances (bench/import_bench.py, see
+(wire). Measured on one association of 70 KB instances (bench/import_bench.py, see
 docs/benchmarks.md): the relay was about a third of the listener's CPU per instance.
 
 Every other message (C-ECHO, C-FIND, C-MOVE, C-GET, N-ACTION, C-CANCEL, responses), and any
@@ -21,7 +21,6 @@ PDUs, so that pynetdicom's behaviour there is unchanged.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,10 +30,10 @@ from pynetdicom import evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 
-from . import dimse_wire
-from .dimse import SUCCESS, error_comment
-from .reception import ReceptionFile, new_reception
-from .store import StoreService, handle_store, store_received
+from . import wire
+from edge_listener.services.statuses import SUCCESS, error_comment
+from edge_listener.buffer.reception import ReceptionFile, new_reception
+from edge_listener.services.store import StoreService, handle_store, store_received
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ class _DirectStore:
         request, self.request = self.request, None
         if request is None:
             return False
-        _remove(request.reception)
+        request.reception.remove()
         return True
 
 
@@ -163,7 +162,7 @@ def _start(assoc: Any, context_id: int | None, command: bytes) -> _Request | Non
     """The C-STORE request of this command set with its reception file begun, or None if the
     message is not one this module takes."""
     elements = _command_elements(command)
-    if elements is None or _us(elements.get(_COMMAND_FIELD)) != dimse_wire.C_STORE_RQ:
+    if elements is None or _us(elements.get(_COMMAND_FIELD)) != wire.C_STORE_RQ:
         return None
     message_id = _us(elements.get(_MESSAGE_ID))
     data_set_type = _us(elements.get(_DATA_SET_TYPE))
@@ -172,7 +171,7 @@ def _start(assoc: Any, context_id: int | None, command: bytes) -> _Request | Non
     context = assoc._accepted_cx.get(context_id)
     if (
         message_id is None
-        or data_set_type in (None, dimse_wire.NO_DATA_SET)
+        or data_set_type in (None, wire.NO_DATA_SET)
         or not sop_class_uid
         or not sop_instance_uid
         or context is None
@@ -181,7 +180,7 @@ def _start(assoc: Any, context_id: int | None, command: bytes) -> _Request | Non
     ):
         return None
     transfer_syntax_uid = str(context.transfer_syntax[0])
-    reception = new_reception()
+    reception = new_reception(assoc)
     reception.write_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid)
     return _Request(context_id, message_id, sop_class_uid, sop_instance_uid, transfer_syntax_uid, reception)  # type: ignore[arg-type]
 
@@ -202,13 +201,13 @@ def _answer(assoc: Any, request: _Request, service: StoreService) -> None:
             called_aet=assoc.acceptor.ae_title,
         )
     finally:
-        _remove(request.reception)  # gone into the buffer, or refused: either way not ours any more
+        request.reception.remove()  # gone into the buffer, or refused: either way not ours any more
         idle_timer.restart()
     if not _open_for_data(assoc):  # aborted meanwhile: nobody to answer (as pynetdicom does)
         return
     comment = error_comment(comment).encode("ascii", "replace").decode("ascii") if code != SUCCESS else None
-    response = dimse_wire.response_command(
-        dimse_wire.C_STORE_RSP,
+    response = wire.response_command(
+        wire.C_STORE_RSP,
         request.sop_class_uid,
         request.message_id,
         code,
@@ -216,7 +215,7 @@ def _answer(assoc: Any, request: _Request, service: StoreService) -> None:
         AffectedSOPInstanceUID=request.sop_instance_uid,
     )
     try:
-        dimse_wire.send(assoc, request.context_id, response)
+        wire.send(assoc, request.context_id, response)
     except OSError:  # the connection broke (handed to the DUL); the sender will send it again
         log.warning("C-STORE response not delivered: connection lost", extra=fields(sop_instance_uid=request.sop_instance_uid, calling_aet=assoc.requestor.ae_title))
 
@@ -226,17 +225,6 @@ def _open_for_data(assoc: Any) -> bool:
     aborted or begun releasing it. (Not `is_established`: pynetdicom sets that only after its
     EVT_ACCEPTED handlers have run, and a fast peer's first C-STORE can arrive before.)"""
     return assoc.dul.state_machine.current_state == "Sta6" and not assoc.is_aborted and not assoc._sent_release
-
-
-def _remove(reception: ReceptionFile) -> None:
-    """Close the reception file and delete it unless the buffer took it (as pynetdicom does
-    with the file after the EVT_C_STORE handler)."""
-    reception.close()
-    if reception.name:
-        try:
-            os.unlink(reception.name)
-        except OSError:
-            pass
 
 
 def _command_elements(command: bytes) -> dict[int, bytes] | None:

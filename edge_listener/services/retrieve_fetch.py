@@ -67,6 +67,16 @@ class Fetched:
     path: Path | None = None  # the staged file, if on disk
     reason: str = ""  # why it could not be fetched; "" when it was
 
+    @property
+    def size(self) -> int:
+        """Bytes of the Part-10 file (0 if it was not fetched)."""
+        if self.content is None:
+            return 0
+        position = self.content.tell()
+        size = self.content.seek(0, 2)
+        self.content.seek(position)
+        return size
+
     def data_set(self) -> BinaryIO:
         """The content positioned at the data set (after the file meta)."""
         assert self.content is not None and self.meta is not None

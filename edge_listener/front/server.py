@@ -16,7 +16,6 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
 from dicom_adapter.dimse_tls import TlsFiles
@@ -25,7 +24,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from . import dimse_wire, direct_store, reactor_tuning
+from . import fastpath
 from .admission import (
     SERVICES,
     AdmissionSettings,
@@ -35,11 +34,10 @@ from .admission import (
     serves_event,
     service_of,
 )
-from .bounds import GuardedRequestHandler
-from .high_water import HighWaterMark
-from .reception import discard_orphans, receive_into
+from edge_listener.buffer.high_water import HighWaterMark
+from edge_listener.buffer.reception import discard_orphans, discard_stale_files, receive_into
 from .shared_admission import SharedAssociationCounts
-from .store import StoreService, handle_store
+from edge_listener.services.store import StoreService, handle_store
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +102,8 @@ class ListenerSettings:
     plain_port: int | None = None
     # --- refuse C-STOREs while the reception folder's disk is this full (high_water.py) ---
     high_water_mark: HighWaterMark | None = None
+    # --- pynetdicom's internals replaced for speed where the guard allows (fastpath/) ---
+    fast_path: bool = True
 
     def admission(self) -> AdmissionSettings:
         return AdmissionSettings(
@@ -134,7 +134,8 @@ class EdgeAssociationServer(ThreadedAssociationServer):
 
     The accept loop only accepts: the TLS handshake runs in the connection's own thread, with
     the ACSE timeout, so a slow or hostile client cannot hold up the next one. Connections
-    beyond `max_connections` are closed at once; each reads through bounds.py's guard."""
+    beyond `max_connections` are closed at once; with the fast path, each reads through
+    fastpath/bounds.py's guard."""
 
     # The kernel's queue of connections not yet accepted (socketserver's default is 5): a burst
     # of modalities connecting at once waits there, not in SYN retries, while a busy process
@@ -159,7 +160,7 @@ class EdgeAssociationServer(ThreadedAssociationServer):
         self.handshake_timeout_s = handshake_timeout_s
         self._handshaking = 0
         self._count_lock = threading.Lock()
-        super().__init__(*args, request_handler=GuardedRequestHandler, **kwargs)
+        super().__init__(*args, request_handler=fastpath.request_handler(), **kwargs)
 
     def server_bind(self) -> None:
         if self.listen_fd is None:
@@ -313,39 +314,14 @@ def _log_rejection(event: evt.Event) -> None:
     )
 
 
-def _discard_partial_reception(event: evt.Event) -> None:
-    """On connection close, delete the file of a C-STORE whose data set never fully arrived.
-
-    pynetdicom forgets (but keeps on disk) the file of a message cut off by an abort or a
-    dropped connection; nobody was acknowledged for it, so it goes now. (Anything that slips
-    past this is removed by Spool.clear_incoming at the next start.)
-    """
-    if direct_store.discard_partial(event.assoc):
-        log.warning("discarded a data set cut off mid-transfer", extra=fields(calling_aet=event.assoc.requestor.ae_title))
-        return
-    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
-    partial_file = getattr(message, "_data_set_file", None)
-    if partial_file is None or not partial_file.name:
-        discard_orphans()
-        return
-    try:
-        partial_file.close()
-        Path(partial_file.name).unlink(missing_ok=True)
-    except OSError:
-        log.warning("could not remove a partial reception", extra=fields(path=str(partial_file.name)))
-    else:
-        log.warning("discarded a data set cut off mid-transfer", extra=fields(calling_aet=event.assoc.requestor.ae_title))
-
-
 class Listener:
     """The running DIMSE listener; `drain` stops it gracefully."""
 
     def __init__(self, settings: ListenerSettings, store: StoreService, services: Sequence[DimseService] = ()) -> None:
         self.settings = settings
         receive_into(store.buffer.incoming, settings.high_water_mark)
-        reactor_tuning.install()
-        dimse_wire.install_fast_store_responses()
-        direct_store.install()
+        self.fast_path = fastpath.install(settings.fast_path)
+        self.incoming = store.buffer.incoming
         # Storage SOP classes are accepted without a list (module docstring) only while C-STORE is on.
         _config.UNRESTRICTED_STORAGE_SERVICE = "c-store" in settings.services
         self.ae = build_ae(settings)
@@ -364,7 +340,7 @@ class Listener:
             (evt.EVT_RELEASED, _log_association, ["association released"]),
             (evt.EVT_ABORTED, _log_association, ["association aborted"]),
             (evt.EVT_REJECTED, _log_rejection),
-            (evt.EVT_CONN_CLOSE, _discard_partial_reception),
+            (evt.EVT_CONN_CLOSE, self._discard_partial_reception),
         ]
         for service in services:
             handlers += service.handlers()
@@ -385,9 +361,21 @@ class Listener:
     def _sweep_orphans(self) -> None:
         """Remove, every few seconds, reception files whose association died uncleanly."""
         while not self._janitor_stop.wait(ORPHAN_SWEEP_S):
-            removed = discard_orphans()
+            removed = self._discard_orphans()
             if removed:
                 log.warning("removed data sets of associations that ended mid-transfer", extra=fields(count=removed))
+
+    def _discard_orphans(self, closing: Any = None) -> int:
+        """Remove the reception files no live association will finish (`closing`: one ending now)."""
+        serving = any(assoc is not closing and assoc.is_alive() for assoc in self._associations())
+        return discard_orphans() + discard_stale_files(self.incoming, 2 * self.settings.network_timeout_s, process_idle=not serving)
+
+    def _discard_partial_reception(self, event: evt.Event) -> None:
+        """EVT_CONN_CLOSE: delete the file of a C-STORE whose data set never fully arrived:
+        nobody was acknowledged for it. (What slips past this is removed by the janitor, or by
+        Spool.clear_incoming at the next start.)"""
+        if fastpath.discard_partial(event.assoc) or self._discard_orphans(closing=event.assoc):
+            log.warning("discarded a data set cut off mid-transfer", extra=fields(calling_aet=event.assoc.requestor.ae_title))
 
     def _make_server(self, index: int, port: int, handlers: list[Any], ssl_context: ssl.SSLContext | None) -> EdgeAssociationServer:
         listen_fds = self.settings.listen_fds

@@ -21,7 +21,7 @@ from typing import Any
 
 from .stack_dumps import enable_stack_dumps
 
-_BOOTSTRAP = "from edge_listener.child_process import run_child; run_child()"
+_BOOTSTRAP = "from edge_listener.runtime.child_process import run_child; run_child()"
 
 
 class ChildProcess:

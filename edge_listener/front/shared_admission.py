@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from .process_folders import process_alive
+from edge_listener.buffer.process_folders import process_alive
 
 
 class SharedAssociationCounts:

@@ -20,10 +20,10 @@ from dicom_adapter.dicomweb import DicomWebClient
 from dicom_adapter.store_profiles import DEFAULT_PROFILE, store_profile
 from dicom_adapter.upload import store_client
 
-from .commitment import CommitmentService
-from .query import Finder, QueryService
-from .retrieve import Planner, Resolver, RetrieveService
-from .server import DimseService
+from edge_listener.services.commitment import CommitmentService
+from edge_listener.services.query import Finder, QueryService
+from edge_listener.services.retrieve import Planner, Resolver, RetrieveService
+from edge_listener.front.server import DimseService
 
 
 # C-FIND asks the store for its next page while one is answered: a large result comes faster,

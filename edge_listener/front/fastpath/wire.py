@@ -169,7 +169,7 @@ def paused(assoc: Any) -> Iterator[None]:
             time.sleep(0.001)
         if reading:
             assoc.dul._is_transport_event = lambda: False  # the DUL reactor leaves the socket to us
-            assoc.dul.reading_suspended = True  # (reactor_tuning then waits on its wake-up pipe only)
+            assoc.dul.reading_suspended = True  # (reactor_waits then waits on its wake-up pipe only)
         yield
     finally:
         if reading:

@@ -19,8 +19,8 @@ from support.dicom_files import dataset_bytes_after_meta, make_ct_instance
 from support.processes import free_port
 from support.raw_dimse import A_ABORT, A_ASSOCIATE_AC, P_DATA_TF, association_request_bytes, c_store_pdus, pdu, read_pdu
 
-from edge_listener.direct_store import _command_elements
-from edge_listener.dimse_wire import C_STORE_RQ, command_set
+from edge_listener.front.fastpath.direct_store import _command_elements
+from edge_listener.front.fastpath.wire import C_STORE_RQ, command_set
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 

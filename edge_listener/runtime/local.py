@@ -16,17 +16,17 @@ from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
 from dicom_adapter.routing import RoutingTable
 
-from .buffering import SpoolBuffer
-from .intake.watch import WatchedFolder, WatchSettings
+from edge_listener.buffer.buffering import SpoolBuffer
+from edge_listener.intake.watch import WatchedFolder, WatchSettings
 from .listener_process import (
     ListenerProcess,
     ListenerProcessSettings,
     shared_port_settings,
 )
-from .server import Listener, ListenerSettings
-from .services import QueryRetrieveSettings, build_services
-from .shared_admission import SharedAssociationCounts
-from .store import StoreService
+from edge_listener.front.server import Listener, ListenerSettings
+from .assembly import QueryRetrieveSettings, build_services
+from edge_listener.front.shared_admission import SharedAssociationCounts
+from edge_listener.services.store import StoreService
 from .upload_process import UploadProcess, UploadProcessSettings
 
 log = logging.getLogger(__name__)
@@ -116,9 +116,9 @@ def _watched_folder(
     settings: WatchSettings, spool: Spool, announce: Callable[[BufferedInstance], None], routing: RoutingTable
 ) -> WatchedFolder:
     """The drop folder, feeding the spool as a C-STORE does (same routing; the ledger is the import's)."""
-    from .intake.intake import Intake
-    from .intake.ledger import Ledger
-    from .intake.sink import spool_sink
+    from edge_listener.intake.intake import Intake
+    from edge_listener.intake.ledger import Ledger
+    from edge_listener.intake.sink import spool_sink
 
     intake = Intake(spool_sink(spool, announce, routing), Ledger.in_spool(spool.root), use_fingerprints=False)
     return WatchedFolder(settings, intake)

@@ -19,11 +19,11 @@ from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.logs import configure_logging, fields
 from dicom_adapter.routing import RoutingTable
 
-from .buffering import SpoolBuffer
+from edge_listener.buffer.buffering import SpoolBuffer
 from .child_process import ChildProcess, ReadyPipe, signal_ready
-from .server import Listener, ListenerSettings
-from .services import QueryRetrieveSettings, build_services
-from .store import StoreService
+from edge_listener.front.server import Listener, ListenerSettings
+from .assembly import QueryRetrieveSettings, build_services
+from edge_listener.services.store import StoreService
 from .upload_process import Notices
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class ListenerProcess:
         self._ready = ReadyPipe()
         fds = (self._writer_fd, self._ready.child_fd)
         self._process = ChildProcess(
-            "edge_listener.listener_process:_child_main", (self.settings, *fds), self._name, (*fds, *self.settings.listener.listen_fds)
+            "edge_listener.runtime.listener_process:_child_main", (self.settings, *fds), self._name, (*fds, *self.settings.listener.listen_fds)
         )
         self._process.start()
         self._ready.close_child_end()

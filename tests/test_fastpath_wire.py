@@ -1,4 +1,4 @@
-"""The hand-written DIMSE command sets (edge_listener/dimse_wire.py) equal pynetdicom's own
+"""The hand-written DIMSE command sets (edge_listener/front/fastpath/wire.py) equal pynetdicom's own
 encoding of the same message, byte for byte."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pynetdicom.dimse_messages import C_FIND_RSP, C_GET_RSP, C_MOVE_RSP, C_STORE
 from pynetdicom.dimse_primitives import C_FIND, C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 
-from edge_listener import dimse_wire
+from edge_listener.front.fastpath import wire
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
@@ -34,9 +34,9 @@ def test_store_request(originator, instance):
     if originator:
         primitive.MoveOriginatorApplicationEntityTitle = originator
         primitive.MoveOriginatorMessageID = 3
-    ours = dimse_wire.command_set(
-        AffectedSOPClassUID=CT, CommandField=dimse_wire.C_STORE_RQ, MessageID=7, Priority=2,
-        CommandDataSetType=dimse_wire.DATA_SET, AffectedSOPInstanceUID=instance,
+    ours = wire.command_set(
+        AffectedSOPClassUID=CT, CommandField=wire.C_STORE_RQ, MessageID=7, Priority=2,
+        CommandDataSetType=wire.DATA_SET, AffectedSOPInstanceUID=instance,
         MoveOriginatorApplicationEntityTitle=originator, MoveOriginatorMessageID=3 if originator else None,
     )
     assert ours == pynetdicom_bytes(C_STORE_RQ, primitive)
@@ -53,7 +53,7 @@ def test_store_response(instance, status, comment):
     primitive.Status = status
     if comment:
         primitive.ErrorComment = comment
-    assert dimse_wire.store_response(primitive) == pynetdicom_bytes(C_STORE_RSP, primitive)
+    assert wire.store_response(primitive) == pynetdicom_bytes(C_STORE_RSP, primitive)
 
 
 def test_store_response_with_fields_only_pynetdicom_writes_is_left_to_it():
@@ -63,14 +63,14 @@ def test_store_response_with_fields_only_pynetdicom_writes_is_left_to_it():
     primitive.AffectedSOPInstanceUID = "1.2.3"
     primitive.Status = 0xC000
     primitive.OffendingElement = [0x00100010]
-    assert dimse_wire.store_response(primitive) is None
+    assert wire.store_response(primitive) is None
     primitive.OffendingElement = None
     primitive.ErrorComment = "Jürgen"  # not ASCII: pynetdicom's encoder decides
-    assert dimse_wire.store_response(primitive) is None
+    assert wire.store_response(primitive) is None
 
 
 @pytest.mark.parametrize(("primitive_class", "message_class", "field"), [
-    (C_MOVE, C_MOVE_RSP, dimse_wire.C_MOVE_RSP), (C_GET, C_GET_RSP, dimse_wire.C_GET_RSP),
+    (C_MOVE, C_MOVE_RSP, wire.C_MOVE_RSP), (C_GET, C_GET_RSP, wire.C_GET_RSP),
 ])
 @pytest.mark.parametrize("comment", [None, "odd comment", "even comment"])
 def test_retrieve_responses(primitive_class, message_class, field, comment):
@@ -84,9 +84,9 @@ def test_retrieve_responses(primitive_class, message_class, field, comment):
     primitive.NumberOfCompletedSuboperations = 1
     primitive.NumberOfFailedSuboperations = 0
     primitive.NumberOfWarningSuboperations = 0
-    ours = dimse_wire.command_set(
+    ours = wire.command_set(
         AffectedSOPClassUID=MOVE, CommandField=field, MessageIDBeingRespondedTo=5,
-        CommandDataSetType=dimse_wire.NO_DATA_SET, Status=0xFF00, ErrorComment=comment,
+        CommandDataSetType=wire.NO_DATA_SET, Status=0xFF00, ErrorComment=comment,
         NumberOfRemainingSuboperations=499, NumberOfCompletedSuboperations=1,
         NumberOfFailedSuboperations=0, NumberOfWarningSuboperations=0,
     )
@@ -99,16 +99,16 @@ def test_find_pending_response_with_identifier():
     primitive.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.1"
     primitive.Status = 0xFF00
     primitive.Identifier = BytesIO(b"\x08\x00\x52\x00")
-    ours = dimse_wire.command_set(
-        AffectedSOPClassUID="1.2.840.10008.5.1.4.1.2.2.1", CommandField=dimse_wire.C_FIND_RSP,
-        MessageIDBeingRespondedTo=9, CommandDataSetType=dimse_wire.DATA_SET, Status=0xFF00,
+    ours = wire.command_set(
+        AffectedSOPClassUID="1.2.840.10008.5.1.4.1.2.2.1", CommandField=wire.C_FIND_RSP,
+        MessageIDBeingRespondedTo=9, CommandDataSetType=wire.DATA_SET, Status=0xFF00,
     )
     assert ours == pynetdicom_bytes(C_FIND_RSP, primitive)
 
 
 def test_unknown_field_is_refused():
     with pytest.raises(ValueError):
-        dimse_wire.command_set(Nonsense=1)
+        wire.command_set(Nonsense=1)
 
 
 # -- responses read by the sending thread ------------------------------------------------------
@@ -142,9 +142,9 @@ def _pdata(command: bytes, fragment: int) -> bytes:
 
 def test_a_response_is_read_from_the_socket_in_pieces():
     ours, peer = socket.socketpair()
-    command = dimse_wire.command_set(
+    command = wire.command_set(
         AffectedSOPClassUID=CT, CommandField=0x8001, MessageIDBeingRespondedTo=3,
-        CommandDataSetType=dimse_wire.NO_DATA_SET, Status=0xB007, ErrorComment="coerced", AffectedSOPInstanceUID="1.2.3",
+        CommandDataSetType=wire.NO_DATA_SET, Status=0xB007, ErrorComment="coerced", AffectedSOPInstanceUID="1.2.3",
     )
     data = _pdata(command, 20)
 
@@ -154,15 +154,15 @@ def test_a_response_is_read_from_the_socket_in_pieces():
             time.sleep(0.001)
 
     threading.Thread(target=trickle).start()
-    response = dimse_wire._read_response(_fake_assoc(ours))
-    assert response == dimse_wire.Response(0xB007, "coerced")
+    response = wire._read_response(_fake_assoc(ours))
+    assert response == wire.Response(0xB007, "coerced")
 
 
 def test_an_abort_instead_of_a_response_goes_to_the_dul():
     ours, peer = socket.socketpair()
     peer.sendall(bytes.fromhex("07000000000400000200"))  # A-ABORT-RQ, source: service provider
     assoc = _fake_assoc(ours)
-    assert dimse_wire._read_response(assoc) is None
+    assert wire._read_response(assoc) is None
     assert assoc.dul.event_queue.get_nowait() == "Evt16"
     assert not assoc.is_established and assoc.is_aborted
 
@@ -170,6 +170,6 @@ def test_an_abort_instead_of_a_response_goes_to_the_dul():
 def test_no_response_in_time_is_a_closed_connection():
     ours, _peer = socket.socketpair()
     assoc = _fake_assoc(ours, dimse_timeout=0.1)
-    assert dimse_wire._read_response(assoc) is None
+    assert wire._read_response(assoc) is None
     assert assoc.dul.event_queue.get_nowait() == "Evt17"
     assert not assoc.is_established

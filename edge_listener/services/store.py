@@ -1,11 +1,11 @@
 """C-STORE SCP: make the received instance durable in the buffer, then (and only then) ack.
 
-pynetdicom streams the received data set into a Part-10 file in the buffer's incoming folder,
-behind the adapter's file meta (reception.py). This handler checks that data set by its element
-headers and hands it to the buffer (buffering.py: the spool queue locally, a GCS object plus a
-Pub/Sub event in the cloud), and answers Success once the buffer has it. Anything that fails on
-the way answers a failure status with an Error Comment and leaves nothing to upload
-(pynetdicom deletes the reception file).
+The received data set is in a reception file in the buffer's incoming folder, behind the
+adapter's file meta (buffer/reception.py). store_received checks that data set by its element
+headers, routes it, and hands it to the buffer (buffer/buffering.py: the spool queue locally, a
+GCS object plus a Pub/Sub event in the cloud); Success is answered once the buffer has it.
+Anything that fails on the way answers a failure status with an Error Comment and leaves
+nothing to upload (the reception file is deleted).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from pathlib import Path
 
 from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
-from dicom_adapter.part10 import MalformedDataset, summarize_dataset
+from dicom_adapter.part10 import MalformedDataset, read_file_meta, summarize_dataset
 from dicom_adapter.routing import Destination, RoutingTable, read_routing_header
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from .buffering import BufferRefused, InstanceBuffer
-from .dimse import (
+from edge_listener.buffer.buffering import BufferRefused, InstanceBuffer
+from .statuses import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,
@@ -34,8 +34,8 @@ from .dimse import (
     SUCCESS,
     status,
 )
-from .high_water import BufferFull
-from .reception import ReceptionFile, reception_of
+from edge_listener.buffer.high_water import BufferFull
+from edge_listener.buffer.reception import ReceptionFile, new_reception
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +59,47 @@ class StoreService:
 
 
 def handle_store(event: Event, service: StoreService) -> Dataset | int:
-    """EVT_C_STORE handler (for the C-STOREs that direct_store.py leaves to pynetdicom)."""
+    """EVT_C_STORE handler. pynetdicom has written the data set into a file of its own
+    (STORE_RECV_CHUNKED_DATASET): its data set is copied behind the adapter's file meta into a
+    reception file, which is then buffered. (The fast path receives straight into the
+    reception file instead: front/fastpath/direct_store.py.)"""
     request = event.request
-    code, comment = store_received(
-        reception_of(request),
-        service,
-        sop_class_uid=str(request.AffectedSOPClassUID or ""),
-        sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
-        transfer_syntax_uid=str(event.context.transfer_syntax),
-        calling_aet=event.assoc.requestor.ae_title,
-        called_aet=event.assoc.acceptor.ae_title,
-    )
+    sop_class_uid = str(request.AffectedSOPClassUID or "")
+    sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
+    transfer_syntax_uid = str(event.context.transfer_syntax)
+    reception = new_reception(event.assoc)
+    try:
+        reception.write_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid)
+        _copy_received(event, reception)
+        code, comment = store_received(
+            reception,
+            service,
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            calling_aet=event.assoc.requestor.ae_title,
+            called_aet=event.assoc.acceptor.ae_title,
+        )
+    finally:
+        reception.remove()  # gone into the buffer, or refused: either way not ours any more
     return SUCCESS if code == SUCCESS else status(code, comment)  # a bare status on the path of every ack
 
 
+def _copy_received(event: Event, reception: ReceptionFile) -> None:
+    """The data set of pynetdicom's reception file into `reception` (a failure is kept in
+    reception.error, and answered as a spool failure)."""
+    if reception.error is not None:
+        return
+    try:
+        with open(event.dataset_path, "rb") as received:
+            read_file_meta(received)  # positions it at the data set
+            reception.copy_dataset(received)
+    except (OSError, MalformedDataset, AttributeError) as exc:
+        reception.error = exc if isinstance(exc, OSError) else OSError(errno.EIO, f"pynetdicom's reception unreadable: {exc}")
+
+
 def store_received(
-    reception: ReceptionFile | None,
+    reception: ReceptionFile,
     service: StoreService,
     *,
     sop_class_uid: str,
@@ -93,8 +118,6 @@ def store_received(
         "transfer_syntax_uid": transfer_syntax_uid,
     }
     try:
-        if reception is None:
-            raise Refused(OUT_OF_RESOURCES, "adapter error: the data set was not received into the buffer")
         events = buffer_instance(
             reception,
             service,

@@ -9,13 +9,14 @@ when it can hold every value, in UTF-8 (ISO_IR 192) otherwise (identifier_encodi
 from the DICOM JSON). Identifier values are never logged (they are PHI).
 
 pynetdicom's C-FIND service would want each match as a Dataset and encode it and its command
-set with pydicom (most of the CPU per match), so for requests bound to handle_find `install()`
-lets the exchange send the responses itself (dimse_wire.py).
+set with pydicom (most of the CPU per match), so the fast path sends find_responses' bytes
+itself (front/fastpath/exchanges.py); on plain pynetdicom, handle_find hands them to it.
 """
 
 from __future__ import annotations
 
 import logging
+from io import BytesIO
 import queue
 import threading
 import time
@@ -25,16 +26,16 @@ from typing import Any, Callable, Iterator, TypeVar
 from dicom_adapter.logs import fields
 from dicom_adapter.qido import PATIENT_ROOT, STUDY_ROOT, QueryError
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.events import Event
-from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
 )
 
-from . import dimse_wire
-from .dimse import CANNOT_UNDERSTAND, error_comment
+from .statuses import CANNOT_UNDERSTAND, status
 from .identifier_encoding import encode_identifier
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ SUCCESS = 0x0000
 PENDING = 0xFF00
 CANCEL = 0xFE00
 UNABLE_TO_PROCESS = 0xC001  # C-FIND "unable to process" (0xC000-0xCFFF), 0xC000 is kept for bad identifiers
-HANDLER_FAILED = 0xC311  # what pynetdicom answers when a handler raises
 
 FIND_MODELS = {
     PatientRootQueryRetrieveInformationModelFind: PATIENT_ROOT,
@@ -69,16 +69,27 @@ class QueryService:
         default_factory=lambda: [(sop_class, QUERY_TRANSFER_SYNTAXES) for sop_class in FIND_MODELS]
     )
 
-    def __post_init__(self) -> None:
-        install()
-
     def handlers(self) -> list[tuple[Any, ...]]:
         return [(evt.EVT_C_FIND, handle_find, [self])]
 
 
-def handle_find(event: Event, service: QueryService) -> Iterator[Response]:
-    """EVT_C_FIND handler: Pending per match, then Cancel or a failure with a comment (the
-    exchange adds Success after the last match)."""
+def handle_find(event: Event, service: QueryService) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+    """EVT_C_FIND handler, in pynetdicom's protocol: (status, identifier) per response. The
+    identifiers are find_responses' encoding, read back as a pydicom Dataset whose elements
+    pynetdicom writes out unchanged; a failure is a status Dataset carrying its Error Comment.
+    (The fast path sends find_responses' bytes as they are: fastpath/exchanges.py.)"""
+    syntax = UID(event.context.transfer_syntax)
+    for code, comment, identifier in find_responses(event, service):
+        if identifier is not None:
+            yield code, decode(BytesIO(identifier), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+        else:
+            yield status(code, comment) if comment else code, None
+
+
+def find_responses(event: Event, service: QueryService) -> Iterator[Response]:
+    """The responses to a C-FIND: Pending per match, its identifier encoded in the requested
+    character set; then Cancel, or a failure with a comment. (Success after the last match is
+    the caller's.)"""
     started = time.monotonic()
     context = {"calling_aet": event.assoc.requestor.ae_title, "sop_class_uid": str(event.request.AffectedSOPClassUID)}
     model = FIND_MODELS.get(event.request.AffectedSOPClassUID)
@@ -159,49 +170,3 @@ def read_ahead(source: Iterator[T], depth: int) -> Iterator[T]:
             yield value
     finally:
         stop.set()
-
-
-# -- letting the handler send the responses -----------------------------------------------------
-
-_ORIGINAL_FIND = QueryRetrieveServiceClass._c_find_scp
-
-
-def _find_scp(self: QueryRetrieveServiceClass, req: Any, context: Any) -> None:
-    """C-FIND requests bound to handle_find: its responses written by dimse_wire; any other
-    AE's: pynetdicom's own service."""
-    bound = self.assoc.get_handlers(evt.EVT_C_FIND)
-    if not bound or bound[0] is not handle_find:
-        _ORIGINAL_FIND(self, req, context)
-        return
-
-    def respond(code: int, comment: str = "", identifier: bytes | None = None) -> None:
-        command = dimse_wire.response_command(
-            dimse_wire.C_FIND_RSP, req.AffectedSOPClassUID, req.MessageID, code,
-            error_comment(comment) if comment else None, data_set=identifier is not None,
-        )
-        dimse_wire.send(self.assoc, context.context_id, command, identifier)
-
-    responses: Iterator[Response] = iter(())
-    try:
-        responses = evt.trigger(self.assoc, evt.EVT_C_FIND, {"request": req, "context": context.as_tuple, "_is_cancelled": self.is_cancelled})
-        for code, comment, identifier in responses:
-            if not self.assoc.is_established:
-                return
-            respond(code, comment, identifier)
-            if code != PENDING:
-                return
-        if self.assoc.is_established:
-            respond(SUCCESS)
-    except OSError:  # the connection broke: nothing left to answer on (the DUL knows, see dimse_wire)
-        log.warning("C-FIND responses not sent: connection lost", extra=fields(calling_aet=self.assoc.requestor.ae_title))
-    except Exception as exc:  # a failure response rather than a silent association
-        log.error("C-FIND handler failed", extra=fields(calling_aet=self.assoc.requestor.ae_title, error=type(exc).__name__))
-        if self.assoc.is_established:
-            respond(HANDLER_FAILED, f"adapter error: {type(exc).__name__}")
-    finally:
-        getattr(responses, "close", lambda: None)()  # the handler's own finally (stops the paging) now
-
-
-def install() -> None:
-    """Route C-FIND requests bound to handle_find to _find_scp (idempotent)."""
-    QueryRetrieveServiceClass._c_find_scp = _find_scp  # type: ignore[method-assign]

@@ -4,7 +4,7 @@ C-GET: the requester's own association (the storage contexts it proposed with th
 nothing is opened. C-MOVE: an association to the Move Destination, opened when the first
 instance is ready and offering every SOP class known by then: all of them when the plan named
 its instances, the first instance's when the plan named only series (their instances name
-themselves as they arrive, see retrieve_fetch.py). Only an instance of a SOP class that the
+themselves as they arrive, see services/retrieve_fetch.py). Only an instance of a SOP class that the
 open association was not offered (a later series of another class, say a screenshot series
 after the images) makes it change: that one is released and the next offers every class seen
 so far, so a study of one SOP class goes on ONE association, and there is never more than one
@@ -23,7 +23,9 @@ from __future__ import annotations
 from contextlib import ExitStack
 from typing import Any, Callable, Iterable
 
-from . import dimse_wire
+from edge_listener.services.retrieve import accepted_syntaxes
+
+from . import wire
 
 # Opens an association to the Move Destination offering these SOP classes; raises
 # DestinationUnavailable (with the comment for the requester) if it cannot.
@@ -40,7 +42,7 @@ class DestinationUnavailable(Exception):
 
 class Outbound:
     """The association the C-STOREs of one retrieval go out on. `prepare` is applied to each
-    association before its first C-STORE (the P-DATA throttle); it is held `dimse_wire.paused`
+    association before its first C-STORE (the P-DATA throttle); it is held `wire.paused`
     while we send; `release()` releases the one opened here (after the final response)."""
 
     def __init__(
@@ -85,14 +87,7 @@ class Outbound:
         current association; as the C-STORE SCU), in the order the contexts were accepted."""
         found = self._syntaxes.get(sop_class)
         if found is None:
-            found = {}
-            for cx in assoc.accepted_contexts:
-                if cx.abstract_syntax != sop_class:
-                    continue
-                if assoc.is_acceptor and not cx.as_scu:  # C-GET: only where the requester took the SCP role
-                    continue
-                found.setdefault(str(cx.transfer_syntax[0]), cx.context_id)
-            self._syntaxes[sop_class] = found
+            found = self._syntaxes[sop_class] = accepted_syntaxes(assoc, sop_class)
         return found
 
     @property
@@ -111,6 +106,6 @@ class Outbound:
 
     def _take(self, assoc: Any, offered: set[str]) -> None:
         self._prepare(assoc)
-        self._paused.enter_context(dimse_wire.paused(assoc))
+        self._paused.enter_context(wire.paused(assoc))
         self._current, self._offered, self._syntaxes = assoc, offered, {}
         self.opened += 1

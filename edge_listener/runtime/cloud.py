@@ -17,11 +17,11 @@ from dicom_adapter.logs import fields
 from dicom_adapter.pubsub import EventPublisher
 from dicom_adapter.routing import RoutingTable
 
-from .buffering import CloudBuffer
+from edge_listener.buffer.buffering import CloudBuffer
 from .health import HealthServer
-from .server import Listener, ListenerSettings
-from .services import QueryRetrieveSettings, build_services
-from .store import StoreService
+from edge_listener.front.server import Listener, ListenerSettings
+from .assembly import QueryRetrieveSettings, build_services
+from edge_listener.services.store import StoreService
 
 log = logging.getLogger(__name__)
 

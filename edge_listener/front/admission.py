@@ -26,8 +26,8 @@ from dicom_adapter.logs import fields
 from pynetdicom import evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, Verification
 
-from .query import FIND_MODELS
-from .retrieve import GET_MODELS, MOVE_MODELS
+from edge_listener.services.query import FIND_MODELS
+from edge_listener.services.retrieve import GET_MODELS, MOVE_MODELS
 from .shared_admission import SharedAssociationCounts
 
 log = logging.getLogger(__name__)

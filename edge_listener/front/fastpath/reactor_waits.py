@@ -62,7 +62,7 @@ def _dul_wait(dul: Any, seconds: float) -> None:
     timeout = seconds if timer._start_time is not None and timer._end_time is None else IDLE_WAIT_S
     sources = [dul._wake_read]
     sock = getattr(dul.socket, "socket", None)
-    if sock is not None and not getattr(dul, "reading_suspended", False):  # (dimse_wire may read it instead)
+    if sock is not None and not getattr(dul, "reading_suspended", False):  # (wire may read it instead)
         sources.append(sock)
     try:
         ready, _, _ = select.select(sources, [], [], timeout)

@@ -26,7 +26,7 @@ from dicom_adapter.routing import RoutingTable
 from dicom_adapter.upload import Uploader
 
 from .child_process import ChildProcess
-from .dispatcher import Dispatcher, DispatchSettings
+from edge_listener.buffer.dispatcher import Dispatcher, DispatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class UploadProcess:
         self.settings = settings
         self._reader, self.writer = os.pipe()  # the writing end goes to the listener processes too
         self.notices = Notices(self.writer)
-        self._process = ChildProcess("edge_listener.upload_process:_child_main", (settings, self._reader), "dicom-adapter-upload", (self._reader,))
+        self._process = ChildProcess("edge_listener.runtime.upload_process:_child_main", (settings, self._reader), "dicom-adapter-upload", (self._reader,))
 
     def start(self) -> None:
         self._process.start()
@@ -117,7 +117,7 @@ def _child_main(settings: UploadProcessSettings, reader_fd: int) -> None:
     exports = _export_worker(settings)
     on_stored = None
     if exports is not None and settings.export_routing is not None and settings.export_routing.rules:
-        from .export_queue import on_stored_hook
+        from edge_listener.buffer.export_queue import on_stored_hook
 
         on_stored = on_stored_hook(exports, settings.upload.dicomweb_address)
     uploader = Uploader(settings.upload, on_stored=on_stored)
@@ -147,7 +147,7 @@ def _export_worker(settings: UploadProcessSettings) -> Any:
     from dicom_adapter.export import Exporter
     from dicom_adapter.notifications import api_base_of
 
-    from .export_queue import ExportSpool, ExportWorker, ExportWorkerSettings
+    from edge_listener.buffer.export_queue import ExportSpool, ExportWorker, ExportWorkerSettings
 
     spool = ExportSpool(settings.spool_dir)
     downloads = spool.root / "downloads"
