@@ -129,8 +129,7 @@ def test_an_entry_whose_notice_was_lost_is_found_within_a_second(tmp_path: Path)
         data = source.path.read_bytes()
         with open(source.path, "rb") as fp:
             meta = read_file_meta(fp)
-        reception = ReceptionFile(str(spool.incoming), "test")  # as pynetdicom fills it
-        reception.write(b"\0" * 128 + b"DICM")
+        reception = ReceptionFile(str(spool.incoming), "test", None, None)  # as the fast path fills it
         reception.write_file_meta(meta.sop_class_uid, meta.sop_instance_uid, meta.transfer_syntax_uid)
         reception.write(data[meta.dataset_offset:])
         instance = dataclasses.replace(spool.describe(source.path), buffer_uri="")

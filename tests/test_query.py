@@ -396,7 +396,7 @@ def test_an_undecodable_c_move_identifier_gets_c000(adapter: LocalAdapter):
         assert status.Status == 0xC000 and status.ErrorComment.startswith("identifier cannot be processed")
     else:  # pynetdicom's own service answers a handler that refuses with "unable to process", no comment
         assert status.Status == 0xC514
-    adapter.wait_for_log("identifier cannot be processed")
+    adapter.wait_for_log("retrieve failed unexpectedly")
     assert adapter.process.is_running()
 
 
