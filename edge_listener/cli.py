@@ -81,6 +81,43 @@ def peers_and_routing(options: dict[str, Any], *, has_default_store: bool) -> tu
     return peers, routing
 
 
+def transform_flags(func: Callable) -> Callable:
+    """A transformed copy in the default store (Google's flags), and the de-identification key
+    (also for routing destinations with "deidentify"); docs/configuration.md."""
+    for option in reversed([
+        flag("redact_remove_list", help="De-identify the default store's copy: empty these attributes (comma-separated keywords or GGGGEEEE), replace its UIDs."),
+        flag("redact_keep_list", help="De-identify the default store's copy: empty every attribute but these (and what a valid instance needs), replace its UIDs."),
+        flag("redact_filter_profile", help="De-identify the default store's copy by a profile: CHC_BASIC (the Healthcare API's) or basic (DICOM PS3.15 Annex E)."),
+        flag("store_compress_to_transfer_syntax", help="Transcode the default store's copy to this transfer syntax UID (lossless unless allow_lossy in a routing entry)."),
+        flag("deidentify_key_secret", help="Secret reference (env:NAME, file:PATH or projects/P/secrets/S) of the key new UIDs and pseudonyms derive from; needed by any de-identification."),
+    ]):
+        func = option(func)
+    return func
+
+
+def upload_transforms(options: dict[str, Any], routing: RoutingTable) -> dict[str, Any]:
+    """UploadSettings fields of the transform flags; a bad entry, or de-identification without
+    a key, stops the command here, naming it."""
+    from dicom_adapter.config import TRANSFORM_FLAGS, default_transform
+    from dicom_adapter.credentials import check_secret_reference
+    from dicom_adapter.transforms import TransformConfigError
+
+    try:
+        transform = default_transform(**{name: options[name] for name in TRANSFORM_FLAGS})
+    except TransformConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    key = options["deidentify_key_secret"] or ""
+    transforms = [transform, *(d.transform for d in routing.destinations)]
+    if any(t is not None and t.deidentify is not None for t in transforms):
+        if not key:
+            raise click.UsageError("de-identification needs a key: give --deidentify_key_secret (env:NAME, file:PATH or projects/P/secrets/S)")
+        try:
+            check_secret_reference(key)
+        except ValueError as exc:
+            raise click.UsageError(f"--deidentify_key_secret: {exc}") from None
+    return {"default_transform": transform, "deidentify_key_secret": key}
+
+
 def listener_flags(func: Callable) -> Callable:
     """The flags of the DIMSE listener, the same for `local` and `edge`."""
     func = routing_flags(func)
@@ -252,6 +289,7 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
 @flag("upload_workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Concurrent uploads.")
 @flag("upload_batch", type=click.IntRange(1, 1000), default=16, show_default=True, help="With a backlog, up to this many queued instances (8 MiB at most) go to a DICOMweb store in one STOW-RS request; 1: one per request.")
 @flag("upload_read_timeout", type=click.FloatRange(0.1), default=300.0, show_default=True, help="Longest wait for the store's answer to one upload, in s (then retried).")
+@transform_flags
 @flag("dimse_processes", type=click.IntRange(0, 64), default=0, show_default=True, help="Listener processes sharing the DIMSE port (more associations at once on more cores); 0: one per CPU core available, at most 4.")
 @flag("export_config_path", type=click.Path(dir_okay=False, exists=True), help="Export rules (docs/export.md): where instances stored in --dicomweb_address go on to.")
 @flag("export_config_inline", help="The export rules as a JSON string.")
@@ -276,6 +314,7 @@ def local(**options: Any) -> None:
         max_waiting_time_between_uploads_ms=options["max_waiting_time_between_uploads"],
         dimse_tls=settings.tls,
         read_timeout_s=options["upload_read_timeout"],
+        **upload_transforms(options, routing),
     )
     upload_process_settings = UploadProcessSettings(
         spool_dir=options["spool_dir"],

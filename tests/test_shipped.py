@@ -221,15 +221,35 @@ def distribution_of(module: str) -> str | None:
     return _distribution_of_file().get(Path(spec.origin).resolve())
 
 
+# pydicom's codec plugins: nothing imports them, pydicom finds them installed (the transforms'
+# transcoding needs them, and numpy, which pydicom's pixel handling imports lazily).
+PYDICOM_PLUGINS = {"numpy", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "pylibjpeg-rle", "pyjpegls"}
+
+
 def test_requirements_name_every_distribution_main_imports():
     """functions/requirements.txt against main.py's whole import closure, mapped to distributions
     through this venv's installed metadata: nothing missing (a deployed function would crash at
-    import), nothing named that no module imports."""
+    import), nothing named that no module imports (but pydicom's plugins, checked below)."""
     needed = {d for d in map(distribution_of, external_imports_of_main()) if d}
     named = set(requirement_names(FUNCTIONS_DIR / "requirements.txt"))
     assert {"pynetdicom", "pydicom", "google-cloud-storage", "functions-framework"} <= needed, needed
     assert needed - named == set(), "imported by main.py's closure but not in functions/requirements.txt"
-    assert named - needed == set(), "in functions/requirements.txt but imported by nothing main.py runs"
+    assert named - needed - PYDICOM_PLUGINS == set(), "in functions/requirements.txt but imported by nothing main.py runs"
+    assert PYDICOM_PLUGINS <= named
+
+
+def test_the_deployed_functions_can_encode_every_lossless_target():
+    """The plugins requirements.txt names are the ones pydicom encodes the transforms' lossless
+    targets with, in the functions' own venv."""
+    code = (
+        "from pydicom.pixels import get_encoder; from dicom_adapter.transforms.transcode import check_target; "
+        "targets = ['1.2.840.10008.1.2.4.90', '1.2.840.10008.1.2.4.80', '1.2.840.10008.1.2.5']; "
+        "[check_target(t, allow_lossy=False) for t in targets]; "
+        "print(all(get_encoder(t).is_available for t in targets))"
+    )
+    deploy = functions_deploy()
+    result = subprocess.run([str(deploy.venv.python), "-c", code], capture_output=True, text=True, cwd=deploy.source, env=clean_env(), timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("target", ENTRY_POINTS)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Mapping
 
 if TYPE_CHECKING:
     from .dimse_tls import TlsFiles
+    from .transforms import Transform
 
 ENV_PREFIX = "DICOM_ADAPTER_"
 
@@ -57,6 +58,10 @@ class UploadSettings:
     read_timeout_s: float = 300.0
     calling_aet: str = "DICOMADAPTER"  # our AE title towards DIMSE destinations
     dimse_tls: "TlsFiles | None" = None  # our certificate towards DIMSE destinations marked "tls"
+    # The default store's copy transformed (Google's redact/compress flags); None: byte-exact.
+    default_transform: "Transform | None" = None
+    # Secret reference (credentials.py) of the key de-identification derives new UIDs from.
+    deidentify_key_secret: str = ""
 
     @property
     def use_google_auth(self) -> bool:
@@ -74,7 +79,22 @@ class UploadSettings:
             max_waiting_time_between_uploads_ms=int(env.get(env_name("max_waiting_time_between_uploads"), 5000)),
             calling_aet=env.get(env_name("dimse_aet"), "DICOMADAPTER"),
             dimse_tls=_dimse_tls_from_env(env),
+            default_transform=default_transform(**{flag: env.get(env_name(flag), "") for flag in TRANSFORM_FLAGS}),
+            deidentify_key_secret=env.get(env_name("deidentify_key_secret"), ""),
         )
+
+
+# Google's adapter's flags for a transformed copy in the default store (Transform.from_google_flags).
+TRANSFORM_FLAGS = ("redact_remove_list", "redact_keep_list", "redact_filter_profile", "store_compress_to_transfer_syntax")
+
+
+def default_transform(**flags: str | None) -> "Transform | None":
+    """The default store's transform from TRANSFORM_FLAGS (None when none is given); raises
+    TransformConfigError naming a bad entry."""
+    from .transforms import Transform
+
+    transform = Transform.from_google_flags(**{flag: flags.get(flag) or "" for flag in TRANSFORM_FLAGS})
+    return None if transform.is_identity else transform
 
 
 def _dimse_tls_from_env(env: Mapping[str, str]) -> "TlsFiles | None":

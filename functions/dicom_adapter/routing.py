@@ -30,15 +30,16 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from pydicom.datadict import dictionary_has_tag, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
 from .aets import Peer
+from .tags import tag_of
+from .transforms import TRANSFORM_KEYS, Transform, TransformConfigError
 
 DEFAULT_LABEL = "default store"  # the uploader's own store, where an event names no destination
 CALLING_AE_KEY = "AETitle"
@@ -80,6 +81,8 @@ class Destination:
     port: int = 0
     auth: DestinationAuth | None = None  # DICOMweb only; None: ADC for the Healthcare API, else none
     tls: bool = False  # DIMSE only: over TLS (the peer's "tls" in the AET dictionary or the rule)
+    # A de-identified and/or transcoded copy instead of the instance as received (transforms/).
+    transform: Transform | None = None
 
     @classmethod
     def dicomweb(cls, address: str, auth: DestinationAuth | None = None) -> "Destination":
@@ -93,8 +96,10 @@ class Destination:
 
     @property
     def label(self) -> str:
-        """Human name for logs, status and redrive: the URL or AE@host:port."""
-        return self.address if self.kind == "dicomweb" else f"{self.aet}@{self.host}:{self.port}"
+        """Human name for logs, status and redrive: the URL or AE@host:port, and what is done
+        to its copy (a plain and a transformed copy to one store are two destinations)."""
+        where = self.address if self.kind == "dicomweb" else f"{self.aet}@{self.host}:{self.port}"
+        return f"{where} [{self.transform.summary}]" if self.transform is not None else where
 
     @property
     def id(self) -> str:
@@ -102,17 +107,21 @@ class Destination:
         return hashlib.sha256(self.label.encode()).hexdigest()[:10]
 
     def to_json(self) -> dict[str, Any]:
+        transform = {"transform": self.transform.to_json()} if self.transform is not None else {}
         if self.kind == "dicomweb":
-            return {"kind": "dicomweb", "address": self.address, **({"auth": self.auth.to_json()} if self.auth else {})}
-        return {"kind": "dimse", "aet": self.aet, "host": self.host, "port": self.port, **({"tls": True} if self.tls else {})}
+            return {"kind": "dicomweb", "address": self.address, **({"auth": self.auth.to_json()} if self.auth else {}), **transform}
+        return {"kind": "dimse", "aet": self.aet, "host": self.host, "port": self.port, **({"tls": True} if self.tls else {}), **transform}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Destination":
+        transform = Transform.from_json(data["transform"]) if data.get("transform") else None
         if data.get("kind") == "dicomweb" and isinstance(data.get("address"), str):
-            return cls.dicomweb(data["address"], DestinationAuth.from_json(data["auth"]) if data.get("auth") else None)
-        if data.get("kind") == "dimse" and all(isinstance(data.get(k), t) for k, t in (("aet", str), ("host", str), ("port", int))):
-            return cls("dimse", aet=data["aet"], host=data["host"], port=data["port"], tls=data.get("tls") is True)
-        raise ValueError(f"not a destination: {data!r}")
+            destination = cls.dicomweb(data["address"], DestinationAuth.from_json(data["auth"]) if data.get("auth") else None)
+        elif data.get("kind") == "dimse" and all(isinstance(data.get(k), t) for k, t in (("aet", str), ("host", str), ("port", int))):
+            destination = cls("dimse", aet=data["aet"], host=data["host"], port=data["port"], tls=data.get("tls") is True)
+        else:
+            raise ValueError(f"not a destination: {data!r}")
+        return replace(destination, transform=transform)
 
 
 @dataclass(frozen=True)
@@ -162,7 +171,7 @@ class Filter:
             elif key == CALLED_AE_KEY:
                 called = alternatives
             else:
-                tag = _tag_of(key)
+                tag = tag_of(key)
                 terms.append(AttributeTerm(tag, keyword_for_tag(tag) or f"{tag:08X}", alternatives))
         return cls(text, calling, called, tuple(terms))
 
@@ -174,21 +183,6 @@ class Filter:
         if self.terms and dataset is None:
             return False
         return all(term.matches(dataset) for term in self.terms)  # type: ignore[arg-type]
-
-
-_HEX_TAG = re.compile(r"\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?")
-
-
-def _tag_of(key: str) -> int:
-    tag = tag_for_keyword(key)
-    if tag is not None:
-        return tag
-    found = _HEX_TAG.fullmatch(key)
-    if found:
-        tag = int(found.group(1) + found.group(2), 16)
-        if dictionary_has_tag(tag) or (tag >> 16) % 2 == 1:  # private tags are allowed by number
-            return tag
-    raise ValueError(f"unknown keyword or tag {key!r}")
 
 
 @dataclass(frozen=True)
@@ -315,6 +309,17 @@ def _destinations_of(entry: Mapping[str, Any], peers: Mapping[str, Peer], where:
 
 
 def _destination_of(item: Any, peers: Mapping[str, Peer], where: str) -> Destination:
+    """A destination entry, with the transform its optional keys name (transforms/)."""
+    destination = _target_of(item, peers, where)
+    if not any(key in item for key in TRANSFORM_KEYS):
+        return destination
+    try:
+        return replace(destination, transform=Transform.from_json(item))
+    except TransformConfigError as exc:
+        raise RoutingConfigError(f"{where}: {exc}") from None
+
+
+def _target_of(item: Any, peers: Mapping[str, Peer], where: str) -> Destination:
     if not isinstance(item, dict):
         raise RoutingConfigError(f"{where}: not a JSON object")
     if isinstance(item.get("dicomweb_destination"), str) and item["dicomweb_destination"].strip():

@@ -9,6 +9,8 @@ buffer. Every delivery may be a repeat (at-least-once), so:
   * transient failures are retried here a few times with backoff and jitter, then raised so
     the transport (Pub/Sub, or the local dispatcher) redelivers later;
   * permanent rejections move the object to the dead letters with the reason, and log ERROR.
+A destination with a transform (de-identification, transcoding) gets a copy made here, after
+the ack (transformed_copy.py); the others get the buffered bytes as they are.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import requests
@@ -45,6 +47,7 @@ from .logs import fields
 from .multipart import BodyPart
 from .part10 import DatasetDigester
 from .routing import DEFAULT_LABEL, Destination, DestinationAuth
+from .transformed_copy import TransformedCopy, TransformFailed, transformed
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +103,9 @@ class Uploader:
     def _destination(self, instance: BufferedInstance) -> Destination | None:
         if instance.destination:
             return Destination.from_json(instance.destination)
-        return Destination.dicomweb(self.settings.dicomweb_address) if self.settings.dicomweb_address else None
+        if not self.settings.dicomweb_address:
+            return None
+        return replace(Destination.dicomweb(self.settings.dicomweb_address), transform=self.settings.default_transform)
 
     def handle_cloud_event(self, cloud_event: CloudEvent, delivery_attempt: int = 1) -> UploadResult:
         """The body of the `stow_upload` entry point."""
@@ -139,6 +144,16 @@ class Uploader:
         if destination is None:
             outcome = StowOutcome(StowVerdict.REJECTED, None, "the event names no destination and there is no default store")
             return self._dead_letter(buffered, instance, outcome, delivery_attempt)
+        if destination.transform is None:
+            return self._deliver(buffered, instance, destination, delivery_attempt)
+        try:
+            with transformed(buffered, instance, destination.transform, self.settings.deidentify_key_secret, redrive_command(instance)) as (copy, copied):
+                return self._deliver(copy, copied, destination, delivery_attempt)
+        except TransformFailed as exc:  # never the original instead: it was meant to be transformed
+            return self._dead_letter(buffered, instance, StowOutcome(StowVerdict.REJECTED, None, str(exc)), delivery_attempt)
+
+    def _deliver(self, buffered: BufferedObject, instance: BufferedInstance, destination: Destination, delivery_attempt: int) -> UploadResult:
+        """Store the object (the buffered one, or its transformed copy) and settle the outcome."""
         started = time.monotonic()
         outcome = self._store_with_retries(buffered, instance, destination)
         if outcome.verdict is StowVerdict.ALREADY_EXISTS:
@@ -159,6 +174,8 @@ class Uploader:
         if outcome.warning_reason is not None:
             log.warning("stored with a warning", extra=fields(**instance.log_fields(), warning_reason=f"0x{outcome.warning_reason:04X}"))
         extra = {"batch": batch} if batch > 1 else {}
+        if isinstance(buffered, TransformedCopy):  # a transformed copy says so, and of which instance
+            extra |= buffered.log_fields() | {"received_sop_instance_uid": buffered.received.sop_instance_uid}
         log.info("stored", extra=fields(**instance.log_fields(), store=destination.label, duration_ms=_ms_since(started), http_status=outcome.http_status, **extra))
         return UploadResult("stored")
 
@@ -186,7 +203,7 @@ class Uploader:
         for index, instance, attempt in batch:
             destination = self._destination(instance)
             buffered = open_buffered_object(instance.buffer_uri)
-            if destination is None or destination.kind != "dicomweb" or not buffered.exists():
+            if destination is None or destination.kind != "dicomweb" or destination.transform is not None or not buffered.exists():
                 settled.append((index, result_or_exception(self.upload, instance, attempt)))
                 continue
             groups.setdefault(destination, []).append((index, instance, attempt, buffered))
@@ -303,6 +320,7 @@ class Uploader:
             "failure_reason": outcome.failure_reason,
             "store": store,
             "destination": instance.destination_label or DEFAULT_LABEL,
+            **({"transform": destination.transform.summary} if destination is not None and destination.transform is not None else {}),
             "delivery_attempt": delivery_attempt,
             "received_at": instance.received_at,
             "dead_lettered_at": utc_now(),
