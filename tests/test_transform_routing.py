@@ -111,6 +111,12 @@ def test_a_copy_that_cannot_be_made_is_dead_lettered_never_sent_as_received(tmp_
     assert record["transform"] == "de-identified (basic)"
 
 
+def test_routing_knows_the_transform_keys_without_importing_the_transforms():
+    from dicom_adapter import routing, transforms
+
+    assert routing._TRANSFORM_KEYS == transforms.TRANSFORM_KEYS
+
+
 @pytest.mark.parametrize(
     "args, named",
     [

@@ -32,14 +32,21 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 
 from .aets import Peer
 from .tags import tag_of
-from .transforms import TRANSFORM_KEYS, Transform, TransformConfigError
+
+if TYPE_CHECKING:
+    from .transforms import Transform
+
+# A destination entry's optional keys of a transform (transforms.TRANSFORM_KEYS): the transforms
+# package (numpy, codecs, the profile tables) is imported only where an entry or event has one,
+# not in every listener process.
+_TRANSFORM_KEYS = ("deidentify", "transfer_syntax", "allow_lossy", "max_pixel_bytes")
 
 DEFAULT_LABEL = "default store"  # the uploader's own store, where an event names no destination
 CALLING_AE_KEY = "AETitle"
@@ -114,7 +121,11 @@ class Destination:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "Destination":
-        transform = Transform.from_json(data["transform"]) if data.get("transform") else None
+        transform = None
+        if data.get("transform"):
+            from .transforms import Transform
+
+            transform = Transform.from_json(data["transform"])
         if data.get("kind") == "dicomweb" and isinstance(data.get("address"), str):
             destination = cls.dicomweb(data["address"], DestinationAuth.from_json(data["auth"]) if data.get("auth") else None)
         elif data.get("kind") == "dimse" and all(isinstance(data.get(k), t) for k, t in (("aet", str), ("host", str), ("port", int))):
@@ -311,8 +322,10 @@ def _destinations_of(entry: Mapping[str, Any], peers: Mapping[str, Peer], where:
 def _destination_of(item: Any, peers: Mapping[str, Peer], where: str) -> Destination:
     """A destination entry, with the transform its optional keys name (transforms/)."""
     destination = _target_of(item, peers, where)
-    if not any(key in item for key in TRANSFORM_KEYS):
+    if not any(key in item for key in _TRANSFORM_KEYS):
         return destination
+    from .transforms import Transform, TransformConfigError
+
     try:
         return replace(destination, transform=Transform.from_json(item))
     except TransformConfigError as exc:

@@ -16,13 +16,15 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .buffers import BufferedObject
 from .credentials import resolve_secret
 from .events import BufferedInstance
 from .logs import fields
-from .transforms import Transform, TransformResult, apply_transform
+
+if TYPE_CHECKING:  # (imported where a copy is made: numpy and the codecs stay out of other processes)
+    from .transforms import Transform, TransformResult
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,8 @@ def transformed(
     """The object and event to store for a destination with `transform`: the copy and its
     UIDs (the original when the transform leaves it as received), the temporary file removed
     afterwards. Raises TransformFailed."""
+    from .transforms import apply_transform
+
     key = _key(key_secret) if transform.deidentify is not None else b""
     try:
         with buffered.local_path() as source:
