@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Callable
 from dicom_adapter.part10 import encode_file_meta
 
 from .high_water import HighWaterGuard, HighWaterMark
+from .process_folders import process_alive
 
 _sequence = itertools.count()
 
@@ -169,23 +170,13 @@ def discard_stale_files(folder: Path, idle_s: float, *, process_idle: bool) -> i
             continue
         pid = entry.name[len(_PYNETDICOM_PREFIX):].split("-", 1)[0]
         try:
-            owner_gone = not pid.isdigit() or not _process_exists(int(pid))
+            owner_gone = not pid.isdigit() or not process_alive(int(pid))
             if owner_gone or (process_idle and int(pid) == os.getpid()) or entry.stat().st_mtime < deadline:
                 os.unlink(entry.path)
                 removed += 1
         except OSError:
             pass
     return removed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _new_reception: Callable[[Any], ReceptionFile] | None = None
