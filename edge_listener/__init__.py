@@ -10,6 +10,7 @@ from the top of this list down (tests/test_architecture.py checks it):
 - `services`  one DIMSE service per module: C-STORE, C-FIND, C-MOVE/C-GET, Storage Commitment;
 - `buffer`    where received instances wait: reception files, the spool or GCS, the local
               dispatcher and export queue;
+- `metrics`   the pipeline's counters (Prometheus), incremented by the stages above;
 - and below all of them the shared package `dicom_adapter` (functions/), which never imports
   the edge.
 """

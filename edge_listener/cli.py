@@ -265,6 +265,9 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
         runtime.start()
         listener = runtime.listener
         tls = listener.settings.tls is not None
+        health = getattr(runtime, "health", None)
+        if health is not None:
+            ready_fields["health_port"] = health.port
         log.info("ready", extra=fields(aet=options["dimse_aet"], port=listener.port, tls=tls, plain_port=listener.plain_port, **ready_fields))
         plain = f", plain DIMSE on port {listener.plain_port}" if listener.plain_port is not None else ""
         click.echo(f"dicom-adapter ready: {options['dimse_aet']} on {options['dimse_host']}:{listener.port}{' (TLS)' if tls else ''}{plain}")
@@ -298,6 +301,7 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
 @flag("watch_settle_time", type=click.FloatRange(0), default=2.0, show_default=True, help="A dropped file is taken once unchanged this long, in s.")
 @flag("watch_incomplete_timeout", type=click.FloatRange(0), default=300.0, show_default=True, help="A dropped file that looks cut short is rejected only once unchanged this long, in s.")
 @flag("watch_delete_done", is_flag=True, help="Delete imported files from the drop folder instead of moving them to done/.")
+@flag("health_port", type=click.IntRange(0, 65535), help="Serve /healthz, /readyz and /metrics (Prometheus) on this HTTP port, on --dimse_host; 0: a free port (logged with `ready`). Default: not served.")
 def local(**options: Any) -> None:
     """Run the edge and the upload pipeline on this machine, with a spool directory as buffer."""
     from edge_listener.buffer.dispatcher import DispatchSettings
@@ -345,6 +349,7 @@ def local(**options: Any) -> None:
             routing=routing,
             query_retrieve=query_retrieve,
             watch=watch,
+            health_port=options["health_port"],
         ),
         options,
         store=options["dicomweb_address"] or "-",
@@ -359,7 +364,7 @@ def local(**options: Any) -> None:
 @flag("gcs_buffer", required=True, help="Where acknowledged instances wait for upload: gs://BUCKET[/PREFIX].")
 @flag("pubsub_topic", required=True, help="Topic for buffered-instance events: projects/PROJECT/topics/TOPIC.")
 @flag("work_dir", default="/tmp/dicom-adapter", show_default=True, type=click.Path(file_okay=False), help="Local folder for data sets being received (an emptyDir on GKE).")
-@flag("health_port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="HTTP port of /healthz and /readyz.")
+@flag("health_port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="HTTP port of /healthz, /readyz and /metrics (Prometheus).")
 @flag("publish_timeout", type=click.FloatRange(1), default=20.0, show_default=True, help="Longest wait for Pub/Sub to confirm an event before the C-STORE fails, in s.")
 @flag("gcs_chunk_size", type=click.IntRange(1, 256), default=8, show_default=True, help="Resumable-upload chunk for instances larger than this, in MiB (memory per large upload in flight).")
 @flag("health_check_interval", type=click.FloatRange(0.5), default=10.0, show_default=True, help="How often readiness checks GCS and Pub/Sub, in s.")
@@ -585,18 +590,22 @@ def redrive_cloud(gcs_buffer: str, pubsub_topic: str | None, uids: set[str] | No
 @main.command()
 @buffer_flags
 @click.option("--json", "json_output", is_flag=True, help="Print JSON instead of text.")
-def status(json_output: bool, **options: Any) -> None:
+@click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C, with the counters and rates of a running local adapter (as on /metrics).")
+def status(json_output: bool, watch: bool, **options: Any) -> None:
     """Queue depth, dead letters and the oldest queued entry's age."""
-    one_buffer(options)
-    if options["spool_dir"]:
-        from edge_listener.buffer.export_queue import ExportSpool
+    from edge_listener.runtime.pipeline_metrics import bucket_state, spool_counters_dir, spool_state
 
-        spool = Spool(options["spool_dir"])
-        exports = ExportSpool(options["spool_dir"])
-        state = {**spool.status().__dict__, **exports.status()}
-        letters = [(path.name, record) for path, record in spool.dead_letters() + exports.dead_letters()]
-    else:
-        state, letters = cloud_status(options["gcs_buffer"])
+    one_buffer(options)
+    if json_output and watch:
+        raise click.UsageError("--watch draws in the terminal; --json prints once")
+    where = options["spool_dir"] or options["gcs_buffer"]
+    read_state = (lambda: spool_state(options["spool_dir"])) if options["spool_dir"] else (lambda: bucket_state(options["gcs_buffer"]))
+    if watch:
+        from edge_listener.runtime.status_view import watch as watch_status
+
+        watch_status(where, read_state, spool_counters_dir(options["spool_dir"]) if options["spool_dir"] else None)
+        return
+    state, letters = read_state()
     dead = [
         {"entry": name, "destination": record.get("destination", DEFAULT_LABEL), "reason": record.get("reason"), "dead_lettered_at": record.get("dead_lettered_at")}
         for name, record in letters
@@ -616,29 +625,6 @@ def status(json_output: bool, **options: Any) -> None:
     click.echo(f"dead letters:  {state['dead_letters']}" + (f" (+{state['exports_dead_letters']} exports)" if state.get("exports_dead_letters") else ""))
     for letter in dead:
         click.echo(f"  {letter['entry']} ({letter['destination']}): {letter['reason']}")
-
-
-def cloud_status(gcs_buffer: str) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
-    from datetime import datetime, timezone
-
-    from dicom_adapter.buffers.gcs import GcsBuffer, GcsLocation
-
-    bucket = GcsBuffer(GcsLocation.parse(gcs_buffer))
-    queued = list(bucket.queued())
-    now = datetime.now(timezone.utc)
-    letters = [(blob.name, record) for blob, record in bucket.dead_letters()]
-    by_destination: dict[str, int] = {}
-    for blob in queued:
-        label = bucket.event_of(blob).destination_label or DEFAULT_LABEL
-        by_destination[label] = by_destination.get(label, 0) + 1
-    state = {
-        "queued": len(queued),
-        "queued_by_destination": by_destination,
-        "queued_bytes": sum(int(blob.size or 0) for blob in queued),
-        "dead_letters": len(letters),
-        "oldest_queued_age_s": max(((now - blob.time_created).total_seconds() for blob in queued), default=None),
-    }
-    return state, letters
 
 
 def default_listener_processes() -> int:

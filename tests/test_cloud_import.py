@@ -143,6 +143,10 @@ def test_pacs_to_store_through_gcs_pubsub_and_the_function_byte_exact(
         assert sent.returncode == 0, sent.stdout + sent.stderr
         stack.wait_until_uploaded()
         edge_logs = edge.logs()
+        # The pod's counters, as GKE's managed Prometheus scrapes them from the health port.
+        scraped = requests.get(edge.health_url("/metrics"), timeout=5).text
+    assert f'dicom_adapter_instances_buffered_total{{destination="default store"}} {float(len(first_round) + len(series))}' in scraped, scraped
+    assert f"dicom_adapter_instances_received_total {float(len(first_round) + len(series))}" in scraped
     assert not stack.objects("dead"), stack.logs()[-3000:]
     for corpus_file in first_round:
         assert_byte_exact(fresh_orthanc, corpus_file.path, corpus_file.study_instance_uid,

@@ -2,5 +2,5 @@
 into (reception.py), the buffer it is put into (buffering.py: spool or GCS + Pub/Sub), the
 disk's high-water mark, and the local runtime's dispatcher and export queue over the spool.
 
-May import: `dicom_adapter` only.
+May import: `edge_listener.metrics` and `dicom_adapter`.
 """

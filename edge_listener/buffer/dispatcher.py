@@ -29,7 +29,10 @@ from dicom_adapter.events import (
 )
 from dicom_adapter.logs import fields
 from dicom_adapter.part10 import MalformedDataset
+from dicom_adapter.routing import DEFAULT_LABEL
 from dicom_adapter.upload import TransientUploadError, redrive_command, result_or_exception
+
+from edge_listener import metrics
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,7 @@ class Dispatcher:
         except MalformedDataset as exc:  # never uploadable as it is: aside, with the reason
             SpoolObject(path).dead_letter({"reason": f"unreadable spool entry: {exc}", "dead_lettered_at": utc_now()})
             log.error("unreadable spool entry moved to dead letters", extra=fields(entry=name, reason=str(exc)))
+            metrics.count_dead_letter("upload", "unreadable entry")
             return None
         except OSError as exc:
             log.error("spool entry could not be read; will try again", extra=fields(entry=name, reason=str(exc)))
@@ -240,6 +244,7 @@ class Dispatcher:
     def _work(self) -> None:
         while batch := self._next():
             attempts = [self._attempts.get(_entry_name(instance), 0) + 1 for instance in batch]
+            started = time.monotonic()
             if len(batch) == 1:
                 results: list[Any] = [result_or_exception(self.handle, buffered_instance_cloud_event(batch[0]), attempts[0])]
             else:
@@ -248,7 +253,9 @@ class Dispatcher:
                 results = result_or_exception(self.handle_batch, events)
                 if isinstance(results, Exception):  # the batch as a whole failed: each is retried
                     results = [results] * len(batch)
+            seconds = time.monotonic() - started
             for instance, attempt, result in zip(batch, attempts, results):
+                metrics.count_upload(instance.destination_label or DEFAULT_LABEL, attempt_outcome(result), seconds)
                 self._settle(instance, attempt, result)
 
     def _settle(self, instance: BufferedInstance, attempt: int, result: Any) -> None:
@@ -295,11 +302,20 @@ class Dispatcher:
         except OSError:
             return False  # keep it queued; it is still safe on disk
         log.error("gave up on an upload; moved to dead letters", extra=fields(**instance.log_fields()))
+        metrics.count_dead_letter("upload", instance.destination_label or DEFAULT_LABEL)
         return True
 
     def _backoff(self, attempt: int) -> float:
         ceiling = min(self.settings.retry_max_s, self.settings.retry_min_s * 2 ** (attempt - 1))
         return random.uniform(ceiling / 2, ceiling)
+
+
+def attempt_outcome(result: Any) -> str:
+    """The outcome label of an upload or export attempt: its result's, or what the exception
+    it ended with means (a store outage is retried; anything else is an error)."""
+    if isinstance(result, Exception):
+        return "retried" if isinstance(result, TransientUploadError) else "error"
+    return str(getattr(result, "outcome", "done"))
 
 
 def _entry_name(instance: BufferedInstance) -> str:

@@ -37,7 +37,10 @@ from dicom_adapter.notifications import (
     local_notification,
 )
 from dicom_adapter.routing import Destination
-from dicom_adapter.upload import TransientUploadError
+from dicom_adapter.upload import TransientUploadError, result_or_exception
+
+from edge_listener import metrics
+from .dispatcher import attempt_outcome
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +246,7 @@ class ExportWorker:
         except MalformedEvent as exc:
             log.error("notification dead-lettered", extra=fields(entry=path.name, reason=str(exc)))
             self.spool.dead_letter(path, {"reason": str(exc), "dead_lettered_at": utc_now(), "notification": read_record(path)})
+            metrics.count_dead_letter("export", "notification fan-out")
             return
         self.spool.fan_out(path, messages)
 
@@ -252,8 +256,13 @@ class ExportWorker:
         except MalformedEvent as exc:
             log.error("export message dead-lettered", extra=fields(entry=path.name, reason=str(exc)))
             self.spool.dead_letter(path, {"reason": str(exc), "dead_lettered_at": utc_now()})
+            metrics.count_dead_letter("export", "unreadable message")
             return
-        result = self.exporter.deliver_cloud_event(message.cloud_event(), attempt)
+        started = time.monotonic()
+        result = result_or_exception(self.exporter.deliver_cloud_event, message.cloud_event(), attempt)
+        metrics.count_export(message.target.label, attempt_outcome(result), time.monotonic() - started)
+        if isinstance(result, Exception):
+            raise result
         if result.outcome == "dead_lettered":
             self.spool.dead_letter(path, result.record or {"reason": "rejected"})
         else:
@@ -276,6 +285,7 @@ class ExportWorker:
             self.spool.dead_letter(path, record)
         except (OSError, KeyError, ValueError):
             return False
+        metrics.count_dead_letter("export", record.get("destination", "notification fan-out"))
         return True
 
 

@@ -2,7 +2,8 @@
 
 It only receives and buffers: each acknowledged instance is a GCS object whose event is on
 Pub/Sub, and the `stow_upload` Cloud Function does the rest. GKE scales it by replicas behind
-an internal load balancer, and asks health.py whether a pod is alive and ready.
+an internal load balancer, asks health.py whether a pod is alive and ready, and scrapes the
+pod's counters from the same port's /metrics.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from dicom_adapter.logs import fields
 from dicom_adapter.pubsub import EventPublisher
 from dicom_adapter.routing import RoutingTable
 
+from edge_listener import metrics
 from edge_listener.buffer.buffering import CloudBuffer
 from .health import HealthServer
+from .pipeline_metrics import exposition, pipeline_registry
 from edge_listener.front.server import Listener, ListenerSettings
 from .assembly import QueryRetrieveSettings, build_services
 from edge_listener.services.store import StoreService
@@ -54,6 +57,9 @@ class CloudRuntime:
         incoming = Path(settings.work_dir) / "incoming"
         # Leftovers of an earlier run are receptions nobody was acked for.
         shutil.rmtree(incoming, ignore_errors=True)
+        counters_dir = Path(settings.work_dir) / "metrics"
+        metrics.enable(counters_dir)
+        registry = pipeline_registry(counters_dir)
         self.bucket = GcsBuffer(GcsLocation.parse(settings.gcs_buffer), chunk_size=settings.gcs_chunk_size)
         self.publisher = EventPublisher(settings.pubsub_topic, timeout_s=settings.publish_timeout_s)
         self.listener = Listener(
@@ -67,6 +73,7 @@ class CloudRuntime:
             alive=self.listener.is_serving,
             checks={"gcs_buffer": self.bucket.reachable, "pubsub_topic": self.publisher.topic_reachable},
             interval_s=settings.check_interval_s,
+            metrics=lambda: exposition(registry),
         )
 
     def start(self) -> None:

@@ -2,9 +2,12 @@
 
 GET /healthz  200 while the DIMSE listener thread is alive (else the kubelet restarts the pod).
 GET /readyz   200 while every dependency check passes (the GCS buffer can be listed and the
-              Pub/Sub topic seen) and the edge is not draining; 503 with the failing checks
-              otherwise, so the load balancer stops sending associations to a pod that could
-              only answer them with failures.
+              Pub/Sub topic seen; locally, the spool is writable and the upload process runs)
+              and the edge is not draining; 503 with the failing checks otherwise, so the load
+              balancer stops sending associations to a pod that could only answer them with
+              failures.
+GET /metrics  the pipeline's counters and queue gauges in Prometheus' text format
+              (pipeline_metrics.py), for GKE's managed Prometheus or any scraper.
 
 Checks run in a background thread every `interval_s`, never inside a probe request: a probe
 must answer fast even while GCS is slow.
@@ -19,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
 from dicom_adapter.logs import fields
+from prometheus_client import CONTENT_TYPE_LATEST
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +30,27 @@ Check = Callable[[], bool]
 
 
 class HealthServer:
-    def __init__(self, host: str, port: int, *, alive: Check, checks: dict[str, Check], interval_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        alive: Check,
+        checks: dict[str, Check],
+        interval_s: float = 10.0,
+        metrics: Callable[[], bytes] | None = None,
+    ) -> None:
         self.alive = alive
+        self.metrics = metrics
         self.checks = checks
         self.interval_s = interval_s
         self.draining = False
         self._failing: list[str] | None = None  # None until the first round of checks ran
         self._stop = threading.Event()
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        try:
+            self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        except OSError as exc:
+            raise OSError(exc.errno, f"health port {port}: {exc.strerror or exc}") from None
         self._server.daemon_threads = True
         self._threads = [
             threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True),
@@ -49,8 +66,10 @@ class HealthServer:
             thread.start()
 
     def stop(self) -> None:
+        """Stop serving (also when start() was never called)."""
         self._stop.set()
-        self._server.shutdown()
+        if self._threads[0].is_alive():
+            self._server.shutdown()  # waits for serve_forever, so only once it runs
         self._server.server_close()
 
     def readiness(self) -> tuple[bool, list[str]]:
@@ -75,17 +94,22 @@ class HealthServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path == "/metrics" and health.metrics is not None:
+                    self._answer(200, CONTENT_TYPE_LATEST, health.metrics())
+                    return
                 if self.path == "/healthz":
                     ok, body = _safe(health.alive), {}
                 elif self.path == "/readyz":
                     ok, failing = health.readiness()
                     body = {"failing": failing}
                 else:
-                    self.send_error(404, "unknown path: use /healthz or /readyz")
+                    self.send_error(404, "unknown path: use /healthz, /readyz or /metrics")
                     return
-                payload = json.dumps({"status": "ok" if ok else "unavailable", **body}).encode()
-                self.send_response(200 if ok else 503)
-                self.send_header("Content-Type", "application/json")
+                self._answer(200 if ok else 503, "application/json", json.dumps({"status": "ok" if ok else "unavailable", **body}).encode())
+
+            def _answer(self, code: int, content_type: str, payload: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

@@ -9,6 +9,7 @@ code the Cloud Function runs.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable
 
 from dicom_adapter.buffers.spool import Spool
@@ -16,7 +17,9 @@ from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
 from dicom_adapter.routing import RoutingTable
 
+from edge_listener import metrics
 from edge_listener.buffer.buffering import SpoolBuffer
+from .health import HealthServer
 from edge_listener.intake.watch import WatchedFolder, WatchSettings
 from .listener_process import (
     ListenerProcess,
@@ -25,6 +28,7 @@ from .listener_process import (
 )
 from edge_listener.front.server import Listener, ListenerSettings
 from .assembly import QueryRetrieveSettings, build_services
+from .pipeline_metrics import exposition, pipeline_registry, spool_counters_dir, spool_state
 from edge_listener.front.shared_admission import SharedAssociationCounts
 from edge_listener.services.store import StoreService
 from .upload_process import UploadProcess, UploadProcessSettings
@@ -45,8 +49,12 @@ class LocalRuntime:
         routing: RoutingTable = RoutingTable(()),
         query_retrieve: QueryRetrieveSettings | None = None,
         watch: WatchSettings | None = None,
+        health_port: int | None = None,
     ) -> None:
         self.spool = Spool(upload_settings.spool_dir)
+        # Before any child starts: they inherit where to count.
+        counters_dir = spool_counters_dir(upload_settings.spool_dir)
+        metrics.enable(counters_dir)
         self.spool.register_destinations(routing.destinations)
         cleared = self.spool.clear_incoming()
         if cleared:
@@ -76,6 +84,17 @@ class LocalRuntime:
             for index in range(1, processes)
         ]
         self.watcher = _watched_folder(watch, self.spool, self.uploads.notices.notify, routing) if watch else None
+        self.health = None
+        if health_port is not None:
+            registry = pipeline_registry(counters_dir, lambda: spool_state(self.spool.root)[0])
+            self.health = HealthServer(
+                listener_settings.host,
+                health_port,
+                alive=self.listener.is_serving,
+                checks={"spool_writable": lambda: os.access(self.spool.queue, os.W_OK), "upload_process": self.uploads.is_alive},
+                interval_s=5.0,
+                metrics=lambda: exposition(registry),
+            )
 
     def start(self) -> None:
         self.uploads.start()
@@ -87,6 +106,8 @@ class LocalRuntime:
                 raise RuntimeError("a listener process did not start within 60 s")
         if self.watcher is not None:
             self.watcher.start()
+        if self.health is not None:
+            self.health.start()
 
     def supervise(self) -> None:
         """Called periodically while running: keep the child processes alive."""
@@ -98,6 +119,8 @@ class LocalRuntime:
         """Stop accepting, let associations and uploads in progress finish, keep the rest queued.
 
         Safe on a runtime that only partly started."""
+        if self.health is not None:
+            self.health.draining = True
         if self.watcher is not None:
             self.watcher.stop(self.drain_timeout_s)
         for extra in self.extra_listeners:
@@ -109,6 +132,8 @@ class LocalRuntime:
         # Bounded: an upload to a store that hangs is cut off, and its entry stays queued.
         self.uploads.stop(timeout=self.drain_timeout_s + 60)
         status = self.spool.status()
+        if self.health is not None:
+            self.health.stop()
         log.info("stopped", extra=fields(queued=status.queued, dead_letters=status.dead_letters))
 
 

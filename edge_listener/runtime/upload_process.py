@@ -92,6 +92,9 @@ class UploadProcess:
     def start(self) -> None:
         self._process.start()
 
+    def is_alive(self) -> bool:
+        return self._process.is_alive()
+
     def restart_if_dead(self) -> None:
         if self._process.exitcode is not None:
             log.error("upload process exited unexpectedly; restarting it", extra=fields(exitcode=self._process.exitcode))

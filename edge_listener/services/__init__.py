@@ -3,6 +3,6 @@ store.py (C-STORE into the buffer), query.py (C-FIND from QIDO-RS), retrieve.py 
 retrieve_fetch.py (C-MOVE / C-GET from WADO-RS), commitment.py (Storage Commitment).
 
 Handlers speak pynetdicom's public handler protocol, so they serve on plain pynetdicom; the
-fast path (front/fastpath) may run the same work its own way. May import: `buffer`,
+fast path (front/fastpath) may run the same work its own way. May import: `buffer`, `metrics`,
 `dicom_adapter`. Not `front`, `runtime`, `intake`, `cli`.
 """

@@ -21,10 +21,11 @@ from pathlib import Path
 from dicom_adapter.events import BufferedInstance
 from dicom_adapter.logs import fields
 from dicom_adapter.part10 import MalformedDataset, read_file_meta, summarize_dataset
-from dicom_adapter.routing import Destination, RoutingTable, read_routing_header
+from dicom_adapter.routing import DEFAULT_LABEL, Destination, RoutingTable, read_routing_header
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
+from edge_listener import metrics
 from edge_listener.buffer.buffering import BufferRefused, InstanceBuffer
 from .statuses import (
     CANNOT_UNDERSTAND,
@@ -129,13 +130,16 @@ def store_received(
         )
     except Refused as refusal:
         log.error("C-STORE refused", extra=fields(**context, status=f"0x{refusal.code:04X}", reason=refusal.comment))
+        metrics.count_rejected(refusal.code)
         return refusal.code, refusal.comment
     except Exception as exc:  # never let a handler error become pynetdicom's bare 0xC211
         log.exception("C-STORE failed unexpectedly", extra=fields(**context))
+        metrics.count_rejected(OUT_OF_RESOURCES)
         return OUT_OF_RESOURCES, f"adapter error: {type(exc).__name__}"
     duration_ms = int((time.monotonic() - started) * 1000)
     for event in events:
         log.info("buffered", extra=fields(**event.log_fields(), duration_ms=duration_ms))
+    metrics.count_buffered(events[0].size if events else 0, [event.destination_label or DEFAULT_LABEL for event in events])
     return SUCCESS, ""
 
 
