@@ -41,7 +41,8 @@ locals {
   }
 
   # Every function gets the same settings; each reads what it needs (names as in the code's
-  # config: DICOM_ADAPTER_<flag>).
+  # config: DICOM_ADAPTER_<flag>). The transforms' settings go only where copies are made
+  # (local.transform_environment, transforms.tf).
   function_environment = {
     DICOM_ADAPTER_DICOMWEB_ADDRESS          = local.dicomweb_address
     DICOM_ADAPTER_GCS_BUFFER                = local.gcs_buffer
@@ -106,7 +107,7 @@ resource "google_cloudfunctions2_function" "function" {
     ingress_settings                 = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.function[each.key].email
-    environment_variables            = local.function_environment
+    environment_variables            = merge(local.function_environment, lookup(local.transform_environment, each.key, {}))
   }
 
   dynamic "event_trigger" {

@@ -109,3 +109,13 @@ resource "google_secret_manager_secret_iam_member" "deliver_reads_destination_se
   role      = "roles/secretmanager.secretAccessor"
   member    = google_service_account.function["deliver"].member
 }
+
+# The functions that make de-identified copies read the key's secret, and only that one (none
+# without deidentify_key_secret).
+resource "google_secret_manager_secret_iam_member" "reads_deidentify_key" {
+  for_each = local.deidentify_key_readers
+
+  secret_id = local.deidentify_key_secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.function[each.key].member
+}

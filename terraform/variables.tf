@@ -279,6 +279,75 @@ variable "function_timeout_seconds" {
 }
 
 # ---------------------------------------------------------------------------------------------
+# Transformed copies in the upload step (docs/configuration.md, "Transformed copies")
+# ---------------------------------------------------------------------------------------------
+
+variable "redact_remove_list" {
+  description = "Google's --redact_remove_list: the default store gets a de-identified copy with these attributes emptied (DICOM keywords or GGGGEEEE tags) and new UIDs. At most one of the three redact variables; needs deidentify_key_secret. Empty: no such copy."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for entry in var.redact_remove_list : can(regex("^([A-Za-z][A-Za-z0-9]*|[0-9A-Fa-f]{8})$", entry))])
+    error_message = "Each redact_remove_list entry must be a DICOM keyword (PatientName) or a tag as GGGGEEEE (00100010)."
+  }
+}
+
+variable "redact_keep_list" {
+  description = "Google's --redact_keep_list: the default store gets a de-identified copy with every attribute but these (and what a valid instance needs) emptied, and new UIDs. At most one of the three redact variables; needs deidentify_key_secret. Empty: no such copy."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for entry in var.redact_keep_list : can(regex("^([A-Za-z][A-Za-z0-9]*|[0-9A-Fa-f]{8})$", entry))])
+    error_message = "Each redact_keep_list entry must be a DICOM keyword (Modality) or a tag as GGGGEEEE (00080060)."
+  }
+}
+
+variable "redact_filter_profile" {
+  description = "Google's --redact_filter_profile: the default store gets a copy de-identified by this profile, CHC_BASIC (the Healthcare API's basic profile) or basic (DICOM PS3.15 Annex E). At most one of the three redact variables; needs deidentify_key_secret. Empty: no such copy."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = contains(["", "basic", "CHC_BASIC"], var.redact_filter_profile)
+    error_message = "redact_filter_profile must be empty, basic or CHC_BASIC."
+  }
+
+  validation {
+    condition     = length([for given in [length(var.redact_remove_list) > 0, length(var.redact_keep_list) > 0, var.redact_filter_profile != ""] : given if given]) <= 1
+    error_message = "At most one of redact_remove_list, redact_keep_list and redact_filter_profile may be set (as with the flags of Google's adapter)."
+  }
+}
+
+variable "store_compress_to_transfer_syntax" {
+  description = "Google's --store_compress_to_transfer_syntax: the default store's copy is transcoded to this lossless transfer syntax (JPEG 2000 1.2.840.10008.1.2.4.90, JPEG-LS 1.2.840.10008.1.2.4.80, RLE 1.2.840.10008.1.2.5, Explicit VR Little Endian 1.2.840.10008.1.2.1); pixels are decoded in memory, so mind function_memory. Empty: stored as received."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = contains(["", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.1"], var.store_compress_to_transfer_syntax)
+    error_message = "store_compress_to_transfer_syntax must be empty or a lossless transfer syntax UID the upload encodes: 1.2.840.10008.1.2.4.90, 1.2.840.10008.1.2.4.80, 1.2.840.10008.1.2.5 or 1.2.840.10008.1.2.1."
+  }
+}
+
+variable "deidentify_key_secret" {
+  description = "Secret Manager secret (projects/P/secrets/S, or .../versions/V to pin one) holding the key de-identified UIDs and pseudonyms derive from; required by any de-identification (the redact variables, deidentify in destination_config_json). stow_upload and deliver get it as DICOM_ADAPTER_DEIDENTIFY_KEY_SECRET and may read that secret only. Keep the key: a new one gives new UIDs. Empty: no key."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.deidentify_key_secret == "" || can(regex("^projects/[^/]+/secrets/[^/]+(/versions/[^/]+)?$", var.deidentify_key_secret))
+    error_message = "deidentify_key_secret must be empty or a Secret Manager secret: projects/P/secrets/S or projects/P/secrets/S/versions/V."
+  }
+
+  validation {
+    condition     = var.deidentify_key_secret != "" || !local.deidentifies
+    error_message = "De-identification (redact_remove_list, redact_keep_list, redact_filter_profile, or deidentify in destination_config_json) needs deidentify_key_secret: the upload refuses to de-identify without a key."
+  }
+}
+
+# ---------------------------------------------------------------------------------------------
 # The edge on GKE
 # ---------------------------------------------------------------------------------------------
 

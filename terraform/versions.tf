@@ -1,5 +1,6 @@
 terraform {
-  required_version = ">= 1.5.0"
+  # 1.9: a variable's validation may look at other variables and locals (the transforms').
+  required_version = ">= 1.9.0"
 
   required_providers {
     google = {

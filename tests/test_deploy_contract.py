@@ -15,9 +15,9 @@ import hcl2
 import pytest
 
 from dicom_adapter.aets import parse_aet_dictionary
-from dicom_adapter.config import UploadSettings
+from dicom_adapter.config import TRANSFORM_FLAGS, UploadSettings, env_name
 from edge_listener import cli
-from tests.support.terraform import REPO, TERRAFORM_DIR, load_module, unquote
+from tests.support.terraform import REPO, TERRAFORM_DIR, load_module, transforms_evaluation, unquote
 
 MAIN = REPO / "functions" / "main.py"
 CONTRACT_ENV = {
@@ -111,6 +111,42 @@ def test_the_export_functions_accept_the_contract_settings():
     assert settings.exports_topic.endswith("-exports") and settings.exports_dead_letter_topic.endswith("-exports-dead-letter")
     assert settings.notifications_dead_letter_topic.endswith("-notifications-dead-letter")
     assert settings.routing.destinations[0].label == "PACS@10.0.0.5:104"
+
+
+def test_the_transform_settings_terraform_gives_are_the_upload_codes_own(tmp_path):
+    """What the transform variables put on stow_upload and deliver is what UploadSettings reads."""
+    key = "projects/p/secrets/deid-key"
+    values = transforms_evaluation(tmp_path).values(
+        project_id="my-hospital-imaging", redact_filter_profile="CHC_BASIC", store_compress_to_transfer_syntax="1.2.840.10008.1.2.5",
+        deidentify_key_secret=key,
+    )["transform_environment"]
+    assert tuple(module.locals()["default_transform_flags"]) == TRANSFORM_FLAGS  # Google's flags, all of them
+    assert set(values["stow_upload"]) == {env_name(f) for f in ("redact_filter_profile", "store_compress_to_transfer_syntax", "deidentify_key_secret")}
+    settings = UploadSettings.from_env({**_function_environment(), **values["stow_upload"]})
+    assert settings.default_transform is not None and settings.deidentify_key_secret == key
+    assert settings.default_transform.deidentify.profile == "CHC_BASIC"
+    assert settings.default_transform.transfer_syntax == "1.2.840.10008.1.2.5"
+    delivering = UploadSettings.from_env({**_function_environment(), **values["deliver"]})
+    assert delivering.default_transform is None and delivering.deidentify_key_secret == key
+
+
+def _allowed(variable: str) -> set[str]:
+    """The values a variable's first validation allows (contains([...], var.x)), "" left out."""
+    validation = module.named("variable")[variable]["validation"][0]["condition"]
+    allowed = re.search(r"contains\(\[(.*?)\]", validation).group(1)
+    return {unquote(value.strip()) for value in allowed.split(",")} - {""}
+
+
+def test_the_transform_values_terraform_allows_are_the_codes_own():
+    from dicom_adapter.credentials import check_secret_reference
+    from dicom_adapter.transforms.deidentify import PROFILES
+    from dicom_adapter.transforms.transcode import LOSSLESS_TARGETS
+
+    assert _allowed("redact_filter_profile") == set(PROFILES)
+    assert _allowed("store_compress_to_transfer_syntax") == set(LOSSLESS_TARGETS)
+    # The key's two forms variables.tf accepts are references the upload resolves.
+    for reference in ("projects/p/secrets/k", "projects/p/secrets/k/versions/3"):
+        assert check_secret_reference(reference) == reference
 
 
 def _names_read_by_the_functions() -> set[str]:

