@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # debootstrap: the stock-Debian Quick start test (tests/test_quickstart_debian.py); dicom3tools:
-# dciodvfy, the validator the de-identification tests compare instances with.
-scripts/install-system-packages.sh debootstrap dicom3tools
+# dciodvfy, the validator the de-identification tests compare instances with; libgdcm-tools:
+# gdcmconv, the JPEG 2000 peer of bench/transcode_bench.py (DCMTK has no JPEG 2000 codec).
+scripts/install-system-packages.sh debootstrap dicom3tools libgdcm-tools
 scripts/install-adapter.sh -e '.[test]'
 scripts/install-deploy-tools.sh
 python="${DICOM_ADAPTER_VENV:-.venv}/bin/python"

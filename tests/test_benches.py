@@ -1,10 +1,12 @@
 """The benchmarks still run and still check what they measure: a quick run of each C-FIND
-query of bench/query_bench.py must give Orthanc's own answer through the adapter. No figure
+query of bench/query_bench.py must give Orthanc's own answer through the adapter, and each
+copy bench/transcode_bench.py makes must hold the source's pixels in its target syntax. No figure
 is asserted here (timed tests on a shared machine prove nothing; docs/benchmarks.md has the
 figures); a bench that no longer runs, or whose adapter answers differently, fails."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,3 +32,20 @@ def test_the_query_bench_runs_every_c_find_query_and_the_adapter_answers_as_orth
         assert f"== C-FIND {query}:" in result.stdout
     assert result.stdout.count("the adapter's answers equal Orthanc's") == 6, result.stdout[-4000:]
     assert "Targets" in result.stdout and (tmp_path / "out.json").stat().st_size > 0
+
+
+def test_the_transcode_bench_runs_every_target_and_checks_the_copies(tmp_path: Path):
+    if not Path("/usr/bin/dcmcrle").exists():
+        pytest.skip("needs DCMTK (scripts/test.sh installs it)")
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "transcode_bench.py"), "--quick", "--count", "4", "--large-mib", "1",
+         "--workdir", str(tmp_path), "--json", str(tmp_path / "out.json")],
+        cwd=BENCH, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    rows = json.loads((tmp_path / "out.json").read_text())
+    adapter = {(r["case"], r["target"]) for r in rows if r["side"] == "adapter"}
+    assert adapter == {(case, t) for case in ("corpus", "large") for t in ("j2k", "jls", "rle", "evrle", "deid")}
+    assert all(r["check"] == "OK" for r in rows), result.stdout[-4000:]
+    assert {"dcmcjpls", "dcmcrle", "dcmconv"} <= {r["side"] for r in rows}  # DCMTK: scripts/test.sh installs it
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # the work dir is removed

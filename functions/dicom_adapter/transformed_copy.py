@@ -8,6 +8,10 @@ from (size, chunks, a local path), and what happens to it happens to the origina
 takes the original out of the buffer, and dead-lettering it keeps the ORIGINAL bytes, with a
 record saying that a transformed copy was refused and how. The transform is deterministic
 (keyed UIDs), so a redelivery makes the same bytes and the upload stays idempotent.
+
+Memory: the source is a local file (the spool's, or GCS's downloaded in chunks), the copy is
+written with its large values streamed from it (transforms/streaming.py) and read back in CHUNK
+pieces for the STOW; only a transcode holds pixel data, up to the transform's max_pixel_bytes.
 """
 
 from __future__ import annotations

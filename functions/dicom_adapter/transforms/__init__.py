@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping, Union
+from typing import Any, BinaryIO, Iterator, Mapping, Union
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -30,6 +31,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 from ..part10 import IMPLEMENTATION_VERSION_NAME
 from .deidentify import DeidConfig, DeidReport, deidentify
 from .errors import TransformConfigError
+from .streaming import stream_deferred_values
 from .transcode import DEFAULT_MAX_PIXEL_BYTES, Transcoded, TranscodeSkipped, check_target, transcode
 from .uids import keyed_uid
 
@@ -43,8 +45,8 @@ __all__ = [
 ]
 
 TRANSFORM_KEYS = ("deidentify", "transfer_syntax", "allow_lossy", "max_pixel_bytes")
-# Values larger than this stay on disk until written (pydicom's defer_size): de-identification
-# never looks at them, so only the pixel data a transcode decodes is held in memory.
+# Values larger than this stay on disk (pydicom's defer_size) and are streamed into the copy
+# (streaming.py): only the pixel data a transcode decodes is ever held in memory.
 _DEFER_SIZE = 1024 * 1024
 
 
@@ -159,8 +161,30 @@ def apply_transform(source: Source, transform: Transform, key: bytes, output: st
     A de-identification that cannot be done raises (the caller dead-letters the copy: an
     instance meant to be de-identified is never sent as received); a transcode that cannot be
     done leaves the copy in its received transfer syntax (result.skipped says why).
+
+    Memory: a value over 1 MiB (Pixel Data, waveform data, padding...) is copied from the source
+    file to the copy in chunks (streaming.py), so de-identification alone, or a transcode skipped
+    for exceeding `max_pixel_bytes`, stays within a few MiB whatever the instance's size. A
+    transcode decodes the whole pixel data (transcode.py): 4-5x `max_pixel_bytes` at most.
     """
-    dataset = dcmread(source, defer_size=_DEFER_SIZE)
+    with _opened(source) as file:
+        dataset = dcmread(file, defer_size=_DEFER_SIZE)
+        stream_deferred_values(dataset, file)
+        return _transform(dataset, transform, key, output)
+
+
+@contextmanager
+def _opened(source: Source) -> Iterator[BinaryIO]:
+    """The source as a seekable binary file that stays open until the copy is written (the
+    streamed values are read from it then)."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as file:
+            yield file
+    else:
+        yield source
+
+
+def _transform(dataset: Dataset, transform: Transform, key: bytes, output: str | os.PathLike | None) -> TransformResult:
     original_syntax = str(dataset.file_meta.TransferSyntaxUID)
     report = deidentify(dataset, transform.deidentify, key) if transform.deidentify is not None else None
     skipped: TranscodeSkipped | None = None

@@ -11,9 +11,11 @@ refuses images under 32x32 pixels) comes back as
 `TranscodeSkipped` with the reason: the caller stores it as it is, with a WARNING and a counter.
 
 Memory: pydicom decodes the whole pixel data into one array and encodes from it, so a
-transcode holds the encoded source, the decoded frames and the encoded result at once (about
-3x the decoded size at peak). It does not stream; `max_pixel_bytes` refuses (skips) an instance
-whose decoded pixel data is larger, rather than pretend.
+transcode holds the source bytes, the decoded frames and the encoded result at once (4-5x the
+decoded size at peak: 0.96 GB for 210 MB of 16-bit pixels to JPEG 2000, bench/transcode_bench.py). It does not stream; `max_pixel_bytes` refuses (skips) an instance
+whose decoded pixel data is larger, rather than pretend: that is the bound, and a skipped
+instance (or one only de-identified) is copied with its large values streamed from the source
+file (streaming.py), in a few MiB whatever its size.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ def transcode(
         return dataset, TranscodeSkipped(f"decoded pixel data of {size} bytes exceeds max_pixel_bytes={max_pixel_bytes}")
     work = _copy(dataset)
     try:
+        if not current.is_compressed:
+            _read_in(work)
         if current.is_compressed or not current.is_little_endian:
             # decompress() refuses a native source; a big-endian one is decoded and rewritten.
             if current.is_compressed:
@@ -143,6 +147,16 @@ def _decoded_size(dataset: Dataset) -> int:
     frames = int(dataset.get("NumberOfFrames") or 1)
     bits = int(dataset.get("BitsAllocated") or 8)
     return int(dataset.get("Rows") or 0) * int(dataset.get("Columns") or 0) * int(dataset.get("SamplesPerPixel") or 1) * frames * ((bits + 7) // 8)
+
+
+def _read_in(work: Dataset) -> None:
+    """Native pixel data streamed from the source (streaming.py) read into memory: pydicom's
+    encoders take bytes, not a buffer (its decoders take either). Within max_pixel_bytes."""
+    element = work["PixelData"]
+    if element.is_buffered:
+        buffer = element.value
+        buffer.seek(0)
+        work.PixelData = buffer.read()
 
 
 def _copy(dataset: Dataset) -> Dataset:
