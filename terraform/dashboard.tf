@@ -13,6 +13,7 @@ locals {
       associations_rejected = google_logging_metric.counter["associations_rejected"].name
       stored                = google_logging_metric.counter["stored"].name
       retries               = google_logging_metric.counter["retries"].name
+      transcode_skipped     = google_logging_metric.counter["transcode_skipped"].name
       sweep_reannounced     = google_logging_metric.counter["sweep_reannounced"].name
       cstore_failures       = google_logging_metric.cstore_failures.name
       dead_letters          = google_logging_metric.dead_letters.name

@@ -135,6 +135,13 @@ locals {
           })]
         },
         {
+          title = "Transcodes skipped (stored in the received syntax), by function"
+          y     = "instances / min"
+          series = [merge(local.dashboard_count, {
+            metric = local.dashboard_metric.transcode_skipped, resource = "cloud_run_revision", group_by = ["metric.label.function"]
+          })]
+        },
+        {
           title  = "Upload latency (STOW-RS, retries included)"
           y      = "ms"
           series = [for p in local.dashboard_percentiles : merge(p, { metric = local.dashboard_metric.upload_duration, resource = "cloud_run_revision" })]

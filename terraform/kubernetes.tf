@@ -9,6 +9,9 @@ locals {
   edge_kubernetes_service_account = "dicom-adapter-edge"
   edge_health_port                = 8080
   edge_tls_dir                    = "/etc/dicom-adapter/tls"
+  # Where Managed Service for Prometheus runs its collectors: gke-gmp-system when GKE manages it
+  # (Autopilot), gmp-system on clusters where it was installed or enabled the older way.
+  managed_prometheus_namespaces = ["gke-gmp-system", "gmp-system"]
   edge_labels = {
     "app.kubernetes.io/name"    = local.edge_name
     "app.kubernetes.io/part-of" = "dicom-adapter"
@@ -319,8 +322,9 @@ resource "kubernetes_pod_disruption_budget_v1" "edge" {
   }
 }
 
-# Only the DIMSE port is open to other pods and to the load balancer; the kubelet's probes are
-# not subject to network policies.
+# The DIMSE port is open to other pods and to the load balancer; the health port only to
+# Managed Service for Prometheus' collectors (their namespaces), which scrape /metrics. The
+# kubelet's probes are not subject to network policies.
 resource "kubernetes_network_policy_v1" "edge" {
   metadata {
     name      = local.edge_name
@@ -337,6 +341,50 @@ resource "kubernetes_network_policy_v1" "edge" {
         port     = "dimse"
         protocol = "TCP"
       }
+    }
+    ingress {
+      ports {
+        port     = "health"
+        protocol = "TCP"
+      }
+      from {
+        namespace_selector {
+          match_expressions {
+            key      = "kubernetes.io/metadata.name"
+            operator = "In"
+            values   = local.managed_prometheus_namespaces
+          }
+        }
+      }
+    }
+  }
+}
+
+# Managed Service for Prometheus (managed collection) scrapes each edge pod's /metrics on the
+# health port; Cloud Monitoring stores the counters as prometheus.googleapis.com/NAME/counter.
+# A PodMonitoring is a custom resource: kubernetes_manifest creates it, and reads the cluster's
+# API to plan it, so it cannot be planned before the cluster exists (the provider's advice is a
+# second apply). var.scrape_edge_metrics, off by default, is that second step.
+resource "kubernetes_manifest" "edge_pod_monitoring" {
+  count = var.scrape_edge_metrics ? 1 : 0
+
+  manifest = {
+    apiVersion = "monitoring.googleapis.com/v1"
+    kind       = "PodMonitoring"
+    metadata = {
+      name      = local.edge_name
+      namespace = kubernetes_namespace_v1.edge.metadata[0].name
+      labels    = local.edge_labels
+    }
+    spec = {
+      selector = {
+        matchLabels = local.edge_labels
+      }
+      endpoints = [{
+        port     = "health"
+        path     = "/metrics"
+        interval = "30s"
+      }]
     }
   }
 }

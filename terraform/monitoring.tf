@@ -65,6 +65,14 @@ locals {
         destination = { extractor = "EXTRACT(jsonPayload.destination)", description = "The routing or export destination; empty for the default store." }
       }
     }
+    transcode_skipped = {
+      description = "Transformed copies stored (stow_upload) or delivered (deliver) in the transfer syntax they were received in, because they could not be transcoded (the WARNING line's reason says why)."
+      filter      = "${local.function_log_filter.uploads}jsonPayload.message=\"transcode skipped: the copy keeps its transfer syntax\""
+      labels = {
+        function    = local.function_label
+        destination = { extractor = "EXTRACT(jsonPayload.destination)", description = "The routing or export destination; empty for the default store." }
+      }
+    }
     sweep_reannounced = {
       description = "Buffered instances the sweep re-announced because they were not uploaded in time (their message lost or expired)."
       filter      = "${local.function_log_filter.sweep}jsonPayload.message=\"re-announced a buffered object that was not uploaded in time\""

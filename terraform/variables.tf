@@ -574,6 +574,12 @@ variable "edge_drain_timeout_seconds" {
   }
 }
 
+variable "scrape_edge_metrics" {
+  description = "Create the PodMonitoring through which Google Cloud Managed Service for Prometheus scrapes the edge pods' /metrics (the health port, every 30 s) into Cloud Monitoring. A PodMonitoring is a custom resource, which Terraform creates with kubernetes_manifest, and that reads the cluster's API at plan time: leave false on the apply that creates the cluster (or the plan fails), set true once the cluster exists. The cluster needs managed collection (on by default on Autopilot)."
+  type        = bool
+  default     = false
+}
+
 # ---------------------------------------------------------------------------------------------
 # Alerts
 # ---------------------------------------------------------------------------------------------

@@ -201,12 +201,13 @@ def test_edge_flags_are_the_contract_ones_with_the_ports_and_ae_title_of_the_var
     assert module.named("variable")["dimse_port"]["default"] == local_port.default == 2575
 
 
-def test_probes_are_paths_the_edge_serves():
+def test_probes_and_the_prometheus_scrape_are_paths_the_edge_serves():
     sources = "".join(p.read_text() for p in (REPO / "edge_listener").rglob("*.py"))
     if "edge" not in cli.main.commands:
         pytest.skip("the edge's health server is not in this checkout yet")
-    for path in ("/healthz", "/readyz"):
-        assert path in sources, f"the edge does not serve {path}"
+    scraped = [e["path"] for e in module.resource("kubernetes_manifest", "edge_pod_monitoring")["manifest"]["spec"]["endpoints"]]
+    for path in ("/healthz", "/readyz", *scraped):
+        assert f'"{path}"' in sources, f"the edge does not serve {path}"
 
 
 def test_the_example_aet_dictionary_is_one_the_adapter_parses():
@@ -216,3 +217,39 @@ def test_the_example_aet_dictionary_is_one_the_adapter_parses():
     assert set(example) <= set(variables), set(example) - set(variables)
     peers = parse_aet_dictionary(json.dumps(example["aet_dictionary"]))
     assert set(peers) == {"PACS", "CT1"} and peers["PACS"].port == 104
+
+
+def test_the_transcode_skipped_metric_counts_the_line_a_skipped_transcode_logs(tmp_path, caplog):
+    """A transformed copy that cannot be transcoded logs the very message the log-based metric
+    `transcode_skipped` matches, with each jsonPayload field its labels extract."""
+    import dataclasses
+    import logging
+    import shutil
+
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import JPEG2000Lossless
+
+    from dicom_adapter.buffers.spool import SpoolObject
+    from dicom_adapter.events import BufferedInstance
+    from dicom_adapter.routing import Destination
+    from dicom_adapter.transformed_copy import transformed
+    from dicom_adapter.transforms import Transform
+    from tests.support.dashboard import logged_messages_and_fields, logging_metric_sources
+
+    (source,) = [text for name, text in logging_metric_sources(module).items() if name.endswith("/transcode_skipped")]
+    (message,), extracted, _ = logged_messages_and_fields(source)
+    assert extracted == {"destination"}
+
+    # A structured report: no pixel data to compress, so the copy keeps its syntax.
+    path = tmp_path / "sr.dcm"
+    shutil.copy(get_testdata_file("test-SR.dcm"), path)
+    transform = Transform(transfer_syntax=JPEG2000Lossless)
+    destination = dataclasses.replace(Destination.dicomweb("https://research.example.org/dicom-web"), transform=transform)
+    instance = BufferedInstance(path.as_uri(), "1.2.840.10008.5.1.4.1.1.88.11", "1.2.3.4", "1.2.3", "1.2.3.1", "1.2.840.10008.1.2.1",
+                                "CT1", "DICOMADAPTER", path.stat().st_size, destination=destination.to_json())
+    with caplog.at_level(logging.WARNING, logger="dicom_adapter"):
+        with transformed(SpoolObject(path), instance, transform, "", "redrive") as (copy, _):
+            assert copy.path == path  # stored as received
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert record.getMessage() == message
+    assert record.json_fields["destination"] == destination.label and record.json_fields["reason"].startswith("no pixel data")

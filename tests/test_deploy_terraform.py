@@ -235,6 +235,53 @@ def test_edge_serves_dimse_tls_from_a_kubernetes_tls_secret_when_one_is_named(mo
     assert precondition["condition"] == '${!var.dimse_tls_verify_clients || var.dimse_tls_secret != ""}'
 
 
+# -- the edge's Prometheus metrics (kubernetes.tf; docs/operations.md, Cloud runtime) ------------
+
+
+def test_managed_prometheus_scrapes_the_edges_metrics_on_the_port_the_deployment_names_health(module):
+    monitoring = module.resource("kubernetes_manifest", "edge_pod_monitoring")
+    manifest = monitoring["manifest"]
+    assert (manifest["apiVersion"], manifest["kind"]) == ("monitoring.googleapis.com/v1", "PodMonitoring")
+    deployment = module.resource("kubernetes_deployment_v1", "edge")
+    assert manifest["metadata"]["namespace"] == deployment["metadata"][0]["namespace"]
+    # The pods the Deployment makes, on its container port that serves the health port's /metrics.
+    assert manifest["spec"]["selector"] == {"matchLabels": deployment["spec"][0]["selector"][0]["match_labels"]}
+    (container,) = deployment["spec"][0]["template"][0]["spec"][0]["container"]
+    ports = {p["name"]: p["container_port"] for p in container["port"]}
+    (endpoint,) = manifest["spec"]["endpoints"]
+    assert ports[endpoint["port"]] == "${local.edge_health_port}"
+    assert endpoint["path"] == "/metrics" and endpoint["interval"] == "30s"
+
+
+def test_the_health_port_is_open_to_managed_prometheus_only_and_dimse_to_all(module):
+    spec = module.resource("kubernetes_network_policy_v1", "edge")["spec"][0]
+    assert spec["pod_selector"][0]["match_labels"] == "${local.edge_labels}" and spec["policy_types"] == ["Ingress"]
+    rules = {tuple(p["port"] for p in rule["ports"]): rule.get("from") for rule in spec["ingress"]}
+    assert set(rules) == {("dimse",), ("health",)}
+    assert rules[("dimse",)] is None  # the load balancer and any pod
+    (source,) = rules[("health",)]
+    assert set(source) - {"__is_block__"} == {"namespace_selector"}  # no ip_block, no other pods
+    (selector,) = source["namespace_selector"]
+    assert "match_labels" not in selector
+    (expression,) = selector["match_expressions"]
+    assert (expression["key"], expression["operator"], expression["values"]) == ("kubernetes.io/metadata.name", "In", "${local.managed_prometheus_namespaces}")
+    # GKE-managed collection (Autopilot) runs in gke-gmp-system, older or self-installed in gmp-system.
+    assert module.locals()["managed_prometheus_namespaces"] == ["gke-gmp-system", "gmp-system"]
+
+
+def test_kubernetes_manifests_are_off_by_default_so_the_first_apply_plans(module):
+    """kubernetes_manifest reads the cluster's API at plan time: each one waits for a variable
+    that defaults to false, set once the cluster exists."""
+    variables = module.named("variable")
+    manifests = {name: body for rtype, name, body in module.resources() if rtype == "kubernetes_manifest"}
+    assert set(manifests) == {"edge_pod_monitoring"}
+    for name, body in manifests.items():
+        gate = re.fullmatch(r"\$\{var\.(\w+) \? 1 : 0\}", body.get("count", ""))
+        assert gate, f"kubernetes_manifest.{name} is not gated by a variable"
+        assert variables[gate.group(1)]["type"] == "bool" and variables[gate.group(1)]["default"] is False, gate.group(1)
+    assert "plan time" in variables["scrape_edge_metrics"]["description"]
+
+
 # -- transformed copies (variables.tf, transforms.tf; docs/configuration.md) -------------------
 
 KEY = "projects/p/secrets/deid-key"
@@ -436,4 +483,5 @@ def test_log_based_metrics_count_lines_and_fields_the_code_writes(module):
             assert re.search(rf'\b{field_name}=|"{field_name}":', code), f"{name}: no code logs a field {field_name!r}"
         assert labels <= label_keys, f"{name}: {labels - label_keys} are not entry labels (logs.LABEL_KEYS)"
     counted = {m for text in sources.values() for m in logged_messages_and_fields(text)[0]}
-    assert {"buffered", "C-STORE refused", "association rejected", "stored", "STOW-RS attempt failed, retrying", "routed"} <= counted
+    assert {"buffered", "C-STORE refused", "association rejected", "stored", "STOW-RS attempt failed, retrying", "routed",
+            "transcode skipped: the copy keeps its transfer syntax"} <= counted
