@@ -90,6 +90,7 @@ def transform_flags(func: Callable) -> Callable:
         flag("redact_filter_profile", help="De-identify the default store's copy by a profile: CHC_BASIC (the Healthcare API's) or basic (DICOM PS3.15 Annex E)."),
         flag("store_compress_to_transfer_syntax", help="Transcode the default store's copy to this transfer syntax UID (lossless unless allow_lossy in a routing entry)."),
         flag("deidentify_key_secret", help="Secret reference (env:NAME, file:PATH or projects/P/secrets/S) of the key new UIDs and pseudonyms derive from; needed by any de-identification."),
+        flag("transcode_max_pixel_bytes", type=click.IntRange(1), help="The most decoded pixel data one transcode may hold (it takes 4-5 times that in memory); caps every destination's max_pixel_bytes. Larger instances are stored untranscoded, with a WARNING."),
     ]):
         func = option(func)
     return func
@@ -115,7 +116,7 @@ def upload_transforms(options: dict[str, Any], routing: RoutingTable) -> dict[st
             check_secret_reference(key)
         except ValueError as exc:
             raise click.UsageError(f"--deidentify_key_secret: {exc}") from None
-    return {"default_transform": transform, "deidentify_key_secret": key}
+    return {"default_transform": transform, "deidentify_key_secret": key, "transcode_max_pixel_bytes": options["transcode_max_pixel_bytes"]}
 
 
 def listener_flags(func: Callable) -> Callable:

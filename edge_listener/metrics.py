@@ -42,6 +42,7 @@ class PipelineCounters:
     uploads: Counter
     upload_seconds: Histogram
     dead_lettered: Counter
+    transcodes_skipped: Counter
     exports: Counter
     export_seconds: Histogram
 
@@ -101,6 +102,9 @@ def _build() -> PipelineCounters:
         ),
         upload_seconds=Histogram(f"{PREFIX}_upload_seconds", "Time of one upload attempt (a batch's time is each of its instances').", destination, buckets=LATENCY_BUCKETS, registry=None),
         dead_lettered=Counter(f"{PREFIX}_dead_letters", "Entries moved to dead letters, per stage (upload, export) and destination.", ("stage", "destination"), registry=None),
+        transcodes_skipped=Counter(
+            f"{PREFIX}_transcodes_skipped", "Transformed copies stored in their received transfer syntax (could not be transcoded: see the WARNING).", destination, registry=None
+        ),
         exports=Counter(f"{PREFIX}_exports", "Export delivery attempts by outcome (as uploads), per export destination.", ("destination", "outcome"), registry=None),
         export_seconds=Histogram(f"{PREFIX}_export_seconds", "Time of one export delivery attempt.", destination, buckets=LATENCY_BUCKETS, registry=None),
     )
@@ -138,6 +142,11 @@ def count_export(destination: str, outcome: str, seconds: float) -> None:
         counters.export_seconds.labels(destination).observe(seconds)
         if outcome == "dead_lettered":
             counters.dead_lettered.labels("export", destination).inc()
+
+
+def count_transcode_skipped(destination: str) -> None:
+    if counters := _get():
+        counters.transcodes_skipped.labels(destination).inc()
 
 
 def count_dead_letter(stage: str, destination: str) -> None:

@@ -12,15 +12,25 @@ locals {
   }
   deidentify_key_environment = var.deidentify_key_secret == "" ? {} : { DICOM_ADAPTER_DEIDENTIFY_KEY_SECRET = var.deidentify_key_secret }
 
-  # By function, what functions.tf adds to its environment; only the settings given, so the
-  # defaults leave every function as it was. stow_upload makes the default store's copy (and
-  # those of routed destinations), deliver those of export destinations.
+  # A transcode holds 4-5 times the decoded pixel data it takes (docs/benchmarks.md, "Transcoding
+  # and de-identification"), beside the ~150 MiB a function instance needs idle; what
+  # function_memory leaves bounds it, so a large instance is stored untranscoded with a WARNING
+  # (and the transcode_skipped metric) instead of the instance running out of memory. Routed
+  # destinations may ask for a transcode the edge's routing names, so the cap is always set.
+  function_memory_mib       = tonumber(regex("^[0-9]+", var.function_memory)) * (endswith(var.function_memory, "Gi") ? 1024 : 1)
+  transcode_max_pixel_bytes = floor(max(local.function_memory_mib - 192, 160) / 5) * 1048576
+  transcode_environment     = { DICOM_ADAPTER_TRANSCODE_MAX_PIXEL_BYTES = tostring(local.transcode_max_pixel_bytes) }
+
+  # By function, what functions.tf adds to its environment: the transcode cap, and only the
+  # transform settings given. stow_upload makes the default store's copy (and those of routed
+  # destinations), deliver those of export destinations.
   transform_environment = {
     stow_upload = merge(
       { for flag, value in local.default_transform_flags : "DICOM_ADAPTER_${upper(flag)}" => value if value != "" },
       local.deidentify_key_environment,
+      local.transcode_environment,
     )
-    deliver = local.deidentify_key_environment
+    deliver = merge(local.deidentify_key_environment, local.transcode_environment)
   }
 
   # The functions that get the key may read its secret (iam.tf), and no other.

@@ -121,13 +121,16 @@ def test_the_transform_settings_terraform_gives_are_the_upload_codes_own(tmp_pat
         deidentify_key_secret=key,
     )["transform_environment"]
     assert tuple(module.locals()["default_transform_flags"]) == TRANSFORM_FLAGS  # Google's flags, all of them
-    assert set(values["stow_upload"]) == {env_name(f) for f in ("redact_filter_profile", "store_compress_to_transfer_syntax", "deidentify_key_secret")}
+    read = ("redact_filter_profile", "store_compress_to_transfer_syntax", "deidentify_key_secret", "transcode_max_pixel_bytes")
+    assert set(values["stow_upload"]) == {env_name(f) for f in read}
     settings = UploadSettings.from_env({**_function_environment(), **values["stow_upload"]})
     assert settings.default_transform is not None and settings.deidentify_key_secret == key
     assert settings.default_transform.deidentify.profile == "CHC_BASIC"
     assert settings.default_transform.transfer_syntax == "1.2.840.10008.1.2.5"
+    assert settings.transcode_max_pixel_bytes == 166 << 20
     delivering = UploadSettings.from_env({**_function_environment(), **values["deliver"]})
     assert delivering.default_transform is None and delivering.deidentify_key_secret == key
+    assert delivering.transcode_max_pixel_bytes == 166 << 20
 
 
 def _allowed(variable: str) -> set[str]:
@@ -248,7 +251,7 @@ def test_the_transcode_skipped_metric_counts_the_line_a_skipped_transcode_logs(t
     instance = BufferedInstance(path.as_uri(), "1.2.840.10008.5.1.4.1.1.88.11", "1.2.3.4", "1.2.3", "1.2.3.1", "1.2.840.10008.1.2.1",
                                 "CT1", "DICOMADAPTER", path.stat().st_size, destination=destination.to_json())
     with caplog.at_level(logging.WARNING, logger="dicom_adapter"):
-        with transformed(SpoolObject(path), instance, transform, "", "redrive") as (copy, _):
+        with transformed(SpoolObject(path), instance, transform, "", "redrive") as (copy, _, _):
             assert copy.path == path  # stored as received
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert record.getMessage() == message

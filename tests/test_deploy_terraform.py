@@ -300,7 +300,20 @@ def transforms(tmp_path_factory):
 def test_transforms_are_off_by_default_and_no_function_changes(module, transforms):
     for name in ("redact_remove_list", "redact_keep_list", "redact_filter_profile", "store_compress_to_transfer_syntax", "deidentify_key_secret"):
         assert module.named("variable")[name]["default"] in ("", []), name
-    assert transforms() == {"transform_environment": {"stow_upload": {}, "deliver": {}}, "deidentify_key_readers": [], "deidentify_key_secret_id": None}
+    # Only the transcode memory cap, from function_memory's default 1Gi: (1024 - 192) / 5 MiB.
+    cap = {"DICOM_ADAPTER_TRANSCODE_MAX_PIXEL_BYTES": str(166 << 20)}
+    assert transforms() == {"transform_environment": {"stow_upload": cap, "deliver": cap}, "deidentify_key_readers": [], "deidentify_key_secret_id": None}
+
+
+@pytest.mark.parametrize(("memory", "mib"), [("512Mi", 64), ("1Gi", 166), ("2Gi", 371), ("256Mi", 32)])
+def test_the_transcode_cap_follows_the_function_memory(transforms, memory, mib):
+    environment = transforms(function_memory=memory)["transform_environment"]
+    assert environment["stow_upload"]["DICOM_ADAPTER_TRANSCODE_MAX_PIXEL_BYTES"] == str(mib << 20)
+    assert environment["deliver"]["DICOM_ADAPTER_TRANSCODE_MAX_PIXEL_BYTES"] == str(mib << 20)
+    # The functions read it as the cap of every destination's max_pixel_bytes.
+    from dicom_adapter.config import UploadSettings
+
+    assert UploadSettings.from_env(environment["stow_upload"]).transcode_max_pixel_bytes == mib << 20
 
 
 def test_transform_variables_reach_stow_upload_and_the_key_deliver_too(module, transforms):
@@ -311,8 +324,9 @@ def test_transform_variables_reach_stow_upload_and_the_key_deliver_too(module, t
             "DICOM_ADAPTER_REDACT_REMOVE_LIST": "PatientName,00100020",
             "DICOM_ADAPTER_STORE_COMPRESS_TO_TRANSFER_SYNTAX": "1.2.840.10008.1.2.5",
             "DICOM_ADAPTER_DEIDENTIFY_KEY_SECRET": f"{KEY}/versions/3",
+            "DICOM_ADAPTER_TRANSCODE_MAX_PIXEL_BYTES": str(166 << 20),
         },
-        "deliver": {"DICOM_ADAPTER_DEIDENTIFY_KEY_SECRET": f"{KEY}/versions/3"},
+        "deliver": {"DICOM_ADAPTER_DEIDENTIFY_KEY_SECRET": f"{KEY}/versions/3", "DICOM_ADAPTER_TRANSCODE_MAX_PIXEL_BYTES": str(166 << 20)},
     }
     # Each function gets the shared settings and its own transform settings, no other's.
     service = module.resource("google_cloudfunctions2_function", "function")["service_config"][0]
@@ -320,7 +334,7 @@ def test_transform_variables_reach_stow_upload_and_the_key_deliver_too(module, t
     assert not any(key.startswith(("DICOM_ADAPTER_REDACT", "DICOM_ADAPTER_STORE_COMPRESS", "DICOM_ADAPTER_DEIDENTIFY")) for key in module.locals()["function_environment"])
     # A transcode alone needs no key.
     assert transforms(redact_keep_list=["Modality"], deidentify_key_secret=KEY)["transform_environment"]["stow_upload"]["DICOM_ADAPTER_REDACT_KEEP_LIST"] == "Modality"
-    assert transforms(store_compress_to_transfer_syntax="1.2.840.10008.1.2.1")["transform_environment"]["deliver"] == {}
+    assert "DICOM_ADAPTER_DEIDENTIFY_KEY_SECRET" not in transforms(store_compress_to_transfer_syntax="1.2.840.10008.1.2.1")["transform_environment"]["deliver"]
 
 
 def test_the_key_secret_is_readable_by_the_functions_that_get_it_and_only_with_a_key(module, transforms):
@@ -362,7 +376,7 @@ def test_a_wrong_transform_setting_fails_the_plan_with_its_reason(transforms, va
 def test_export_rules_that_only_transcode_need_no_key(transforms):
     rules = json.dumps([{"filter": "", "dicomweb_destination": "https://research.example.org/dicom-web", "transfer_syntax": "1.2.840.10008.1.2.4.90"}])
     assert transforms(destination_config_json=rules)["deidentify_key_readers"] == []
-    assert transforms(destination_config_json=EXPORT_DEIDENTIFIED, deidentify_key_secret=KEY)["transform_environment"]["deliver"] == {"DICOM_ADAPTER_DEIDENTIFY_KEY_SECRET": KEY}
+    assert transforms(destination_config_json=EXPORT_DEIDENTIFIED, deidentify_key_secret=KEY)["transform_environment"]["deliver"]["DICOM_ADAPTER_DEIDENTIFY_KEY_SECRET"] == KEY
 
 
 def test_alerts_cover_dead_letters_upload_age_and_cstore_failures(module):

@@ -148,3 +148,23 @@ def watch_in_a_terminal(spool_dir: Path, seconds: float) -> str:
             process.kill()
         os.close(controller)
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output.decode(errors="replace"))
+
+
+def test_a_copy_too_large_to_transcode_is_stored_as_received_warned_and_counted(tmp_path: Path, healthcare_fake: HealthcareApiFake):
+    """--transcode_max_pixel_bytes bounds a transcode's memory (Terraform derives it from the
+    function's memory): above it the copy keeps its transfer syntax, never dropped."""
+    health_port = free_port()
+    instance = make_ct_instance(tmp_path / "ct.dcm")
+    extra = ["--health_port", str(health_port), "--store_compress_to_transfer_syntax", "1.2.840.10008.1.2.5", "--transcode_max_pixel_bytes", "1024"]
+    with LocalAdapter(tmp_path / "adapter", healthcare_fake.url, extra_args=extra) as adapter:
+        [result] = send_files([instance.path], adapter.port, called_aet=ADAPTER_AET)
+        assert result.status == 0
+        adapter.wait_until_drained(timeout=60)
+        adapter.wait_for_log("transcode skipped")
+        wait_for(lambda: value(scrape(health_port), "uploads_total", destination=DEFAULT, outcome="stored") == 1, 30, "upload counted")
+        samples = scrape(health_port)
+        assert value(samples, "transcodes_skipped_total", destination=DEFAULT) == 1
+        assert "exceeds max_pixel_bytes=1024" in adapter.logs()
+    stored = pydicom.dcmread(healthcare_fake.get_instance(instance.sop_instance_uid).open())
+    assert stored.file_meta.TransferSyntaxUID == pydicom.dcmread(instance.path).file_meta.TransferSyntaxUID
+    assert stored.PixelData == pydicom.dcmread(instance.path).PixelData

@@ -255,7 +255,10 @@ class Dispatcher:
                     results = [results] * len(batch)
             seconds = time.monotonic() - started
             for instance, attempt, result in zip(batch, attempts, results):
-                metrics.count_upload(instance.destination_label or DEFAULT_LABEL, attempt_outcome(result), seconds)
+                label = instance.destination_label or DEFAULT_LABEL
+                metrics.count_upload(label, attempt_outcome(result), seconds)
+                if getattr(result, "transcode_skipped", ""):
+                    metrics.count_transcode_skipped(label)
                 self._settle(instance, attempt, result)
 
     def _settle(self, instance: BufferedInstance, attempt: int, result: Any) -> None:

@@ -261,6 +261,8 @@ class ExportWorker:
         started = time.monotonic()
         result = result_or_exception(self.exporter.deliver_cloud_event, message.cloud_event(), attempt)
         metrics.count_export(message.target.label, attempt_outcome(result), time.monotonic() - started)
+        if getattr(result, "transcode_skipped", ""):
+            metrics.count_transcode_skipped(message.target.label)
         if isinstance(result, Exception):
             raise result
         if result.outcome == "dead_lettered":

@@ -28,6 +28,7 @@ STAGES = (
     ("rejected", f"{PREFIX}_instances_rejected_total", ("status",)),
     ("buffered", f"{PREFIX}_instances_buffered_total", ("destination",)),
     ("uploads", f"{PREFIX}_uploads_total", ("destination", "outcome")),
+    ("transcodes skipped", f"{PREFIX}_transcodes_skipped_total", ("destination",)),
     ("dead-lettered", f"{PREFIX}_dead_letters_total", ("stage", "destination")),
     ("exports", f"{PREFIX}_exports_total", ("destination", "outcome")),
 )

@@ -62,6 +62,9 @@ class UploadSettings:
     default_transform: "Transform | None" = None
     # Secret reference (credentials.py) of the key de-identification derives new UIDs from.
     deidentify_key_secret: str = ""
+    # The most decoded pixel data one transcode may hold here (a transcode takes 4-5 times it):
+    # every destination's max_pixel_bytes is capped by it; None: each destination's own.
+    transcode_max_pixel_bytes: int | None = None
 
     @property
     def use_google_auth(self) -> bool:
@@ -81,6 +84,7 @@ class UploadSettings:
             dimse_tls=_dimse_tls_from_env(env),
             default_transform=default_transform(**{flag: env.get(env_name(flag), "") for flag in TRANSFORM_FLAGS}),
             deidentify_key_secret=env.get(env_name("deidentify_key_secret"), ""),
+            transcode_max_pixel_bytes=_positive_int(env, "transcode_max_pixel_bytes"),
         )
 
 
@@ -95,6 +99,15 @@ def default_transform(**flags: str | None) -> "Transform | None":
 
     transform = Transform.from_google_flags(**{flag: flags.get(flag) or "" for flag in TRANSFORM_FLAGS})
     return None if transform.is_identity else transform
+
+
+def _positive_int(env: Mapping[str, str], flag: str) -> int | None:
+    text = env.get(env_name(flag), "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"{env_name(flag)} must be a positive integer, not {text!r}")
+    return int(text)
 
 
 def _dimse_tls_from_env(env: Mapping[str, str]) -> "TlsFiles | None":

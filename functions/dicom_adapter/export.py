@@ -86,6 +86,7 @@ class ExportMessage:
 class DeliveryResult:
     outcome: str  # stored | duplicate | overwritten | dead_lettered
     record: dict[str, Any] | None = None  # the dead-letter record
+    transcode_skipped: str = ""  # as UploadResult's
 
 
 class _Download(SpoolObject):
@@ -207,7 +208,7 @@ class Exporter:
             result = self.uploader.upload(instance, delivery_attempt, buffered=download)
             if result.outcome == "dead_lettered":
                 return DeliveryResult("dead_lettered", self._record(message, download.record or {"reason": result.detail}, delivery_attempt))
-            return DeliveryResult(result.outcome)
+            return DeliveryResult(result.outcome, transcode_skipped=result.transcode_skipped)
 
     def fetch(self, ref: StoredInstanceRef, path: Path, transfer_syntax: str = "*") -> bool:
         """WADO-RS the instance into `path`, streamed; False if the store does not have it."""

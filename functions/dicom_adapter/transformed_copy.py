@@ -90,10 +90,10 @@ class TransformedCopy:
 @contextmanager
 def transformed(
     buffered: BufferedObject, instance: BufferedInstance, transform: Transform, key_secret: str, redrive: str
-) -> Iterator[tuple[BufferedObject, BufferedInstance]]:
+) -> Iterator[tuple[BufferedObject, BufferedInstance, TransformResult]]:
     """The object and event to store for a destination with `transform`: the copy and its
-    UIDs (the original when the transform leaves it as received), the temporary file removed
-    afterwards. Raises TransformFailed."""
+    UIDs (the original when the transform leaves it as received), with what the transform did;
+    the temporary file removed afterwards. Raises TransformFailed."""
     from .transforms import apply_transform
 
     key = _key(key_secret) if transform.deidentify is not None else b""
@@ -105,7 +105,7 @@ def transformed(
     if result.skipped is not None:
         log.warning("transcode skipped: the copy keeps its transfer syntax", extra=fields(**instance.log_fields(), reason=result.skipped.reason))
     if result.output is None:
-        yield buffered, instance
+        yield buffered, instance, result
         return
     copy = TransformedCopy(buffered, result.output, result, transform, instance, redrive)
     try:
@@ -116,7 +116,7 @@ def transformed(
             series_instance_uid=result.series_instance_uid or instance.series_instance_uid,
             transfer_syntax_uid=result.transfer_syntax,
             size=result.size,
-        )
+        ), result
     finally:
         result.output.unlink(missing_ok=True)
 

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import requests
 from cloudevents.http import CloudEvent
@@ -49,6 +49,9 @@ from .part10 import DatasetDigester
 from .routing import DEFAULT_LABEL, Destination, DestinationAuth
 from .transformed_copy import TransformedCopy, TransformFailed, transformed
 
+if TYPE_CHECKING:  # imported where a copy is made (transformed_copy.py)
+    from .transforms import Transform
+
 log = logging.getLogger(__name__)
 
 
@@ -62,6 +65,7 @@ class UploadResult:
 
     outcome: str  # stored | duplicate | overwritten | already_done | dead_lettered | malformed_event
     detail: str = ""
+    transcode_skipped: str = ""  # why a transformed copy kept its received transfer syntax
 
 
 class Uploader:
@@ -147,10 +151,18 @@ class Uploader:
         if destination.transform is None:
             return self._deliver(buffered, instance, destination, delivery_attempt)
         try:
-            with transformed(buffered, instance, destination.transform, self.settings.deidentify_key_secret, redrive_command(instance)) as (copy, copied):
-                return self._deliver(copy, copied, destination, delivery_attempt)
+            with transformed(buffered, instance, self._bounded(destination.transform), self.settings.deidentify_key_secret, redrive_command(instance)) as (copy, copied, did):
+                result = self._deliver(copy, copied, destination, delivery_attempt)
+                return replace(result, transcode_skipped=did.skipped.reason) if did.skipped else result
         except TransformFailed as exc:  # never the original instead: it was meant to be transformed
             return self._dead_letter(buffered, instance, StowOutcome(StowVerdict.REJECTED, None, str(exc)), delivery_attempt)
+
+    def _bounded(self, transform: Transform) -> Transform:
+        """The transform within this process's transcode memory (settings.transcode_max_pixel_bytes)."""
+        cap = self.settings.transcode_max_pixel_bytes
+        if cap is None or transform.max_pixel_bytes <= cap:
+            return transform
+        return replace(transform, max_pixel_bytes=cap)
 
     def _deliver(self, buffered: BufferedObject, instance: BufferedInstance, destination: Destination, delivery_attempt: int) -> UploadResult:
         """Store the object (the buffered one, or its transformed copy) and settle the outcome."""
