@@ -64,7 +64,14 @@ def enable(directory: str | os.PathLike[str], *, clear: bool = True) -> None:
     os.environ[DIRECTORY_VARIABLE] = str(path)
     global _counters
     with _lock:
-        _counters = None  # rebuilt on the next count, writing into the new directory
+        _counters = None  # rebuilt, writing into the new directory
+    start_counting()
+
+
+def start_counting() -> None:
+    """Build this process's counters now, where it starts (importing prometheus-client takes
+    ~0.2 s), so its first C-STORE does not wait for that. A no-op where counting is not enabled."""
+    _get()
 
 
 def directory() -> Path | None:

@@ -19,6 +19,7 @@ from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.logs import configure_logging, fields
 from dicom_adapter.routing import RoutingTable
 
+from edge_listener import metrics
 from edge_listener.buffer.buffering import SpoolBuffer
 from .child_process import ChildProcess, ReadyPipe, signal_ready
 from edge_listener.front.server import Listener, ListenerSettings
@@ -113,6 +114,7 @@ def _child_main(settings: ListenerProcessSettings, writer_fd: int, ready_fd: int
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     configure_logging(json_format=settings.json_logs, verbose=settings.verbose)
+    metrics.start_counting()  # into the directory the parent enabled (inherited environment)
     notices = Notices(writer_fd)
     listener = Listener(
         settings.listener,

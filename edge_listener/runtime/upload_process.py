@@ -26,6 +26,7 @@ from dicom_adapter.routing import RoutingTable
 from dicom_adapter.upload import Uploader
 
 from .child_process import ChildProcess
+from edge_listener import metrics
 from edge_listener.buffer.dispatcher import Dispatcher, DispatchSettings
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def _child_main(settings: UploadProcessSettings, reader_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(json_format=settings.json_logs, verbose=settings.verbose)
+    metrics.start_counting()  # into the directory the parent enabled (inherited environment)
     exports = _export_worker(settings)
     on_stored = None
     if exports is not None and settings.export_routing is not None and settings.export_routing.rules:
