@@ -14,7 +14,6 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
 
 import pydicom
 import requests
@@ -22,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.adapter import ADAPTER_AET, LocalAdapter, adapter_command
 from support.dicom_files import make_ct_instance
 from support.healthcare_api_fake import HealthcareApiFake
-from support.processes import free_port
+from support.processes import free_port, wait_until
 from support.sender import send_files
 
 PREFIX = "dicom_adapter_"
@@ -42,14 +41,6 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((PREFIX + name, tuple(sorted(labels.items()))), 0.0)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.1)
 
 
 def test_metrics_count_what_the_pipeline_did_across_listener_processes(tmp_path: Path, healthcare_fake: HealthcareApiFake):
@@ -72,7 +63,7 @@ def test_metrics_count_what_the_pipeline_did_across_listener_processes(tmp_path:
         assert refused.status == 0xA900
 
         # While the store is down: everything acknowledged waits in the queue, and is retried.
-        wait_for(lambda: value(scrape(health_port), "uploads_total", destination=DEFAULT, outcome="retried") >= 5, 60, "uploads retried")
+        wait_until(lambda: value(scrape(health_port), "uploads_total", destination=DEFAULT, outcome="retried") >= 5, 60, "uploads retried")
         down = scrape(health_port)
         assert value(down, "instances_received_total") == 6
         assert value(down, "instances_rejected_total", status="0xA900") == 1
@@ -91,7 +82,7 @@ def test_metrics_count_what_the_pipeline_did_across_listener_processes(tmp_path:
         healthcare_fake.clear_faults()
         healthcare_fake.reject_with(400, 0xA900, detail="IOD violation", sop_instance_uids={rejected_by_store.sop_instance_uid})
         adapter.wait_until_drained(timeout=90)
-        wait_for(lambda: value(scrape(health_port), "uploads_total", destination=DEFAULT, outcome="dead_lettered") == 1, 30, "dead letter counted")
+        wait_until(lambda: value(scrape(health_port), "uploads_total", destination=DEFAULT, outcome="dead_lettered") == 1, 30, "dead letter counted")
         after = scrape(health_port)
         assert value(after, "uploads_total", destination=DEFAULT, outcome="stored") == 4
         assert value(after, "dead_letters_total", stage="upload", destination=DEFAULT) == 1
@@ -161,7 +152,7 @@ def test_a_copy_too_large_to_transcode_is_stored_as_received_warned_and_counted(
         assert result.status == 0
         adapter.wait_until_drained(timeout=60)
         adapter.wait_for_log("transcode skipped")
-        wait_for(lambda: value(scrape(health_port), "uploads_total", destination=DEFAULT, outcome="stored") == 1, 30, "upload counted")
+        wait_until(lambda: value(scrape(health_port), "uploads_total", destination=DEFAULT, outcome="stored") == 1, 30, "upload counted")
         samples = scrape(health_port)
         assert value(samples, "transcodes_skipped_total", destination=DEFAULT) == 1
         assert "exceeds max_pixel_bytes=1024" in adapter.logs()

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
+from support.processes import wait_until
 from support.adapter import ADAPTER_AET, LocalAdapter, adapter_command
 from support.dcmtk import StoreSCP, echoscu, storescu
 from support.dicom_files import GeneratedInstance, dataset_bytes_after_meta, make_ct_instance
@@ -23,14 +23,6 @@ def _rules(tmp_path: Path, entries: list) -> Path:
     path = tmp_path / "destinations.json"
     path.write_text(json.dumps(entries, indent=2))
     return path
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.1)
 
 
 def _stored_exactly(store: Orthanc, instances: list[GeneratedInstance]) -> None:
@@ -122,7 +114,7 @@ def test_a_destination_that_is_down_does_not_hold_up_the_others_and_catches_up(
     with LocalAdapter(tmp_path / "adapter", extra_args=["--destination_config_path", str(rules)]) as adapter:
         assert all(r.status == 0 for r in send_files([i.path for i in instances], adapter.port, called_aet=ADAPTER_AET))
         # The live destinations get everything while the down store's copies wait in the queue.
-        _wait(lambda: len(adapter.queue_entries()) == 5, 60, "the live destinations served")
+        wait_until(lambda: len(adapter.queue_entries()) == 5, 60, "the live destinations served")
         assert cardiology.instance_count() == 5 and len(storescp_peer.received_files()) == 5
         status = subprocess.run(adapter_command() + ["status", "--spool_dir", str(adapter.spool_dir), "--json"], capture_output=True, text=True)
         assert json.loads(status.stdout)["queued_by_destination"] == {research.dicomweb_url: 5}
@@ -186,7 +178,7 @@ def test_imported_files_are_routed_by_the_same_rules(tmp_path: Path, stores: tup
             capture_output=True, text=True, timeout=120,
         )
         assert imported.returncode == 0, imported.stdout + imported.stderr
-        _wait(lambda: cardiology.instance_count() + research.instance_count() + default.instance_count() == 3, 60, "all three stored")
+        wait_until(lambda: cardiology.instance_count() + research.instance_count() + default.instance_count() == 3, 60, "all three stored")
         adapter.wait_until_drained()
     _stored_exactly(cardiology, [ct])
     _stored_exactly(research, [mr])

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 import weakref
 from pathlib import Path
-from typing import IO, Iterable, Mapping, Sequence
+from typing import IO, Callable, Iterable, Mapping, Sequence
 
 __all__ = [
     "free_port",
@@ -66,6 +66,15 @@ def _raise_if_dead(process: "ManagedProcess | None", what: str) -> None:
             f"{process.name} exited with code {process.returncode} while waiting for {what}\n"
             f"{process.output_tail()}"
         )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` every 0.1 s; TimeoutError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.1)
 
 
 def wait_for_port(
