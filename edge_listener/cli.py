@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -29,6 +27,7 @@ from dicom_adapter.routing import (
 )
 
 from edge_listener.runtime.stack_dumps import enable_stack_dumps
+from edge_listener.stop_signals import stop_on_signals
 
 if TYPE_CHECKING:
     from dicom_adapter.dimse_tls import TlsFiles
@@ -259,9 +258,7 @@ def serve(make_runtime: Callable[[], Any], options: dict[str, Any], **ready_fiel
         runtime = make_runtime()
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {options['dimse_host']}:{options['dimse_port']}: {exc.strerror or exc}") from None
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     try:
         runtime.start()
         listener = runtime.listener
@@ -452,9 +449,7 @@ def export(**options: Any) -> None:
         dead_letter_topic=options["dead_letter_topic"] or "",
         workers=options["export_workers"],
     ))
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     runner.start()
     log.info("ready", extra=fields(subscription=subscription, peer=peer.label))
     click.echo(f"dicom-adapter export ready: {subscription} -> {peer.label}")

@@ -29,9 +29,24 @@ cat > "$state/orthanc.json" <<JSON
   "DicomWeb": { "Enable": true, "Root": "/dicom-web/" }
 }
 JSON
+adapter_pid=""
+# Ctrl-C, a SIGTERM or an error: stop the adapter (it drains what it has acknowledged), then
+# Orthanc, and return only once both have exited. Further signals are ignored meanwhile, since
+# one would cut bash's `wait` short and leave them running behind the prompt.
+stop_all() {
+  trap '' INT TERM
+  if [ -n "$adapter_pid" ]; then
+    kill -TERM "$adapter_pid" 2>/dev/null || true
+    wait "$adapter_pid" 2>/dev/null || true
+  fi
+  kill -TERM "$orthanc_pid" 2>/dev/null || true
+  wait "$orthanc_pid" 2>/dev/null || true
+}
 /usr/sbin/Orthanc "$state/orthanc.json" > "$state/orthanc.log" 2>&1 &
 orthanc_pid=$!
-trap 'kill $orthanc_pid 2>/dev/null; wait $orthanc_pid 2>/dev/null || true' EXIT
+trap 'stop_all' EXIT
+trap 'stop_all; exit 130' INT
+trap 'stop_all; exit 143' TERM
 orthanc_up=0
 for _ in $(seq 1 150); do
   if "$venv/bin/python" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$http_port/system', timeout=1)" 2>/dev/null; then
@@ -53,5 +68,4 @@ echo "Orthanc is up: http://127.0.0.1:$http_port/ (log: $state/orthanc.log)"
   --dicomweb_address "http://127.0.0.1:$http_port/dicom-web" \
   --spool_dir "$state/spool" &
 adapter_pid=$!
-trap 'kill -TERM $adapter_pid 2>/dev/null; wait $adapter_pid 2>/dev/null || true; kill $orthanc_pid 2>/dev/null; wait $orthanc_pid 2>/dev/null || true' EXIT INT TERM
-wait $adapter_pid
+wait "$adapter_pid"

@@ -20,7 +20,7 @@ SHARED = REPO / "functions" / "dicom_adapter"
 FAST_PATH = EDGE / "front" / "fastpath"
 
 # A package may import its own modules and those of a lower rank; never a higher or equal one.
-RANKS = {"__main__": 7, "cli": 6, "runtime": 5, "intake": 4, "front": 4, "services": 3, "buffer": 2, "metrics": 1}
+RANKS = {"__main__": 7, "cli": 6, "runtime": 5, "intake": 4, "front": 4, "services": 3, "buffer": 2, "metrics": 1, "stop_signals": 1}
 # Names of pynetdicom's that its documentation offers for use despite the underscore.
 PUBLIC_BY_DOCUMENTATION = {"_config"}
 

@@ -11,6 +11,8 @@ and DIMSE_PORT), since the chroot shares this machine's network.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -69,7 +71,7 @@ def test_the_quick_start_works_on_a_stock_debian_12(tmp_path: Path, stock_debian
     http_port, orthanc_dimse_port, dimse_port = free_port(), free_port(), free_port()
     ports = {"ORTHANC_HTTP_PORT": str(http_port), "ORTHANC_DIMSE_PORT": str(orthanc_dimse_port), "DIMSE_PORT": str(dimse_port)}
     quickstart = ManagedProcess(
-        stock_debian.command(f"cd {CHECKOUT} && exec ./scripts/quickstart.sh", user=USER, env=ports),
+        stock_debian.command(f"cd {CHECKOUT} && exec setsid --wait ./scripts/quickstart.sh", user=USER, env=ports),
         log_dir=tmp_path, name="quickstart",
     )
     quickstart.start()
@@ -96,9 +98,38 @@ def test_the_quick_start_works_on_a_stock_debian_12(tmp_path: Path, stock_debian
         system_python = subprocess.run(stock_debian.command("python3 -c 'import pynetdicom'", user=USER), capture_output=True, text=True)
         assert system_python.returncode != 0 and "No module named 'pynetdicom'" in system_python.stderr
 
-        # Ctrl-C (SIGINT to the terminal's process group) stops both.
-        quickstart.send_signal(signal.SIGINT)
-        quickstart.popen.wait(timeout=60)  # type: ignore[union-attr]
-        assert stock_debian.processes() == [], "the Quick start left processes running"
+        # Ctrl-C: SIGINT to the terminal's foreground process group, the script's own (setsid
+        # gave it one, as a shell gives each command line). runuser stands in for the login and
+        # is not in it: runuser answers a signal of its own by killing the shell 2 s later.
+        os.killpg(script_process_group(stock_debian), signal.SIGINT)
+        try:
+            quickstart.popen.wait(timeout=90)  # type: ignore[union-attr]
+        except subprocess.TimeoutExpired:
+            running = stock_debian.describe_processes()
+            dump_adapter_stacks(stock_debian)
+            pytest.fail(f"Ctrl-C did not stop the Quick start within 90 s; running:\n{running}\n{quickstart.output_tail()}")
+        assert stock_debian.processes() == [], f"the Quick start left processes running:\n{stock_debian.describe_processes()}"
+        assert "stopped queued=0 dead_letters=0" in quickstart.stderr(), quickstart.output_tail()
     finally:
         quickstart.stop(timeout=30)
+
+
+def script_process_group(debian: DebianChroot) -> int:
+    """The process group quickstart.sh leads."""
+    for pid in debian.processes():
+        with contextlib.suppress(OSError):
+            arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            # `bash ./scripts/quickstart.sh` itself (runuser's command line names it too)
+            if arguments[0].endswith(b"bash") and arguments[1:2] == [b"./scripts/quickstart.sh"] and os.getpgid(pid) == pid:
+                return pid
+    raise AssertionError(f"quickstart.sh is not running:\n{debian.describe_processes()}")
+
+
+def dump_adapter_stacks(debian: DebianChroot) -> None:
+    """SIGUSR1: each adapter process writes its threads' stacks to the log (runtime/stack_dumps.py)."""
+    for pid in debian.processes():
+        with contextlib.suppress(OSError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"dicom-adapter" in command or b"edge_listener" in command:
+                os.kill(pid, signal.SIGUSR1)
+    time.sleep(2)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +10,8 @@ from typing import Sequence
 import click
 from dicom_adapter.buffers.spool import Spool
 from dicom_adapter.routing import RoutingTable
+
+from edge_listener.stop_signals import stop_on_signals
 
 from .intake import Intake
 from .ledger import Ledger
@@ -51,9 +51,7 @@ def run_import_command(
             spool.register_destinations(rules.destinations)
         sink, root = spool_sink(spool, lambda _event: wake.maybe(), rules), spool.root
     ledger = Ledger.in_spool(root)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = stop_on_signals()
     try:
         summary = run_import(paths, Intake(sink, ledger, force=force), workers=workers, stop=stop)
     finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
 from dataclasses import dataclass, field, replace
 
 from dicom_adapter.buffers.spool import Spool
@@ -20,6 +19,7 @@ from dicom_adapter.logs import configure_logging, fields
 from dicom_adapter.routing import RoutingTable
 
 from edge_listener import metrics
+from edge_listener.stop_signals import stop_on_signals
 from edge_listener.buffer.buffering import SpoolBuffer
 from .child_process import ChildProcess, ReadyPipe, signal_ready
 from edge_listener.front.server import Listener, ListenerSettings
@@ -110,9 +110,8 @@ def shared_port_settings(
 
 
 def _child_main(settings: ListenerProcessSettings, writer_fd: int, ready_fd: int) -> None:
-    stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = stop_on_signals((signal.SIGTERM,))
     configure_logging(json_format=settings.json_logs, verbose=settings.verbose)
     metrics.start_counting()  # into the directory the parent enabled (inherited environment)
     notices = Notices(writer_fd)

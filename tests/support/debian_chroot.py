@@ -152,6 +152,18 @@ class DebianChroot:
                     continue  # gone meanwhile, or not ours to read
         return found
 
+    def describe_processes(self) -> str:
+        """The processes inside, one per line (pid, parent, state, command line), for a failure message."""
+        lines = []
+        for pid in self.processes():
+            try:
+                status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue  # gone meanwhile
+            lines.append(f"{pid} (parent {status.get('PPid', '?')}, {status.get('State', '?')}): {command[:300]}")
+        return "\n".join(lines) or "none"
+
     def close(self) -> None:
         """Kill what runs inside, unmount, remove. Safe to call twice."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
