@@ -859,11 +859,11 @@ class Bench:
             if kind in ("orthanc", "stow", "e2e"):
                 row.received = orthanc.count()  # type: ignore[union-attr]
             elif kind == "edge":
-                row.received = count_files(out)
-                row.notes.append("received = files in the spool")
+                row.received = count_files(out / "queue")  # uploads held back: every ack is a queue entry
+                row.notes.append("received = entries in the spool's queue")
             else:
                 row.received = count_files(out)
-            if kind != "edge" and row.received != corpus.count:
+            if row.received != corpus.count:
                 row.ok = False
                 row.notes.append(f"received {row.received} of {corpus.count}")
             if kind == "e2e" and row.seconds is None:
@@ -990,7 +990,34 @@ def find(rows: list[Row], scenario: str, prefix: str) -> Row | None:
     return None
 
 
-def checks(rows: list[Row]) -> list[dict]:
+def time_durable_commits(folder: Path, size: int, count: int = 500) -> float:
+    """Seconds per durable commit on `folder`'s disk, made the way the edge's spool makes one
+    before each ack (write the data set, fsync it, rename it into the queue, fsync the queue
+    folder), the entries deleted behind it as the uploader does. Every ack waits for it; a
+    receiver that does not fsync (storescp) does not: so it bounds the edge's ratio to storescp."""
+    incoming, queue = folder / "incoming", folder / "queue"
+    incoming.mkdir(parents=True)
+    queue.mkdir()
+    data = os.urandom(size)
+    queue_fd = os.open(queue, os.O_RDONLY)
+    try:
+        started = time.perf_counter()
+        for i in range(count):
+            with open(incoming / f"{i}.part", "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(incoming / f"{i}.part", queue / f"{i}.dcm")
+            os.fsync(queue_fd)
+            if i >= 16:
+                os.unlink(queue / f"{i - 16}.dcm")
+        return (time.perf_counter() - started) / count
+    finally:
+        os.close(queue_fd)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def checks(rows: list[Row], commit_s: float | None = None) -> list[dict]:
     out = []
 
     def check(name: str, num: Row | None, den: Row | None, target: float, metric: str = "inst_s",
@@ -1015,6 +1042,13 @@ def checks(rows: list[Row]) -> list[dict]:
               find(rows, sc, "e2e"), find(rows, sc, "orthanc"), 0.5, info=(sc == "large"))
     check("(d) adapter e2e vs (e) STOW direct x4 (small)",
           find(rows, "small-4", "e2e"), find(rows, "small-4", "stow"), 0.0, info=True)
+    storescp = find(rows, "small-1", "storescp +B")
+    if commit_s is not None and storescp is not None and storescp.ok:
+        # An edge whose Python cost nothing: storescp's whole exchange per instance, plus the
+        # durable commit every ack waits for.
+        exchange_s = 1 / storescp.inst_s
+        out.append(dict(check="(b) ceiling: storescp +B's exchange + one durable commit per ack, vs storescp +B",
+                        target=0.0, ratio=exchange_s / (exchange_s + commit_s), status="INFO"))
     check("(b) edge: 4 associations >= 1.3 x one",
           find(rows, "small-4", "edge"), find(rows, "small-1", "edge"), 1.3)
     check("(d) e2e: 4 associations vs one",
@@ -1157,6 +1191,7 @@ def main(argv: list[str] | None = None) -> int:
         log("adapter: `dicom-adapter` not found (scripts/install-adapter.sh, then run the bench with .venv/bin/python): "
             "(b) edge and (d) e2e are SKIPPED")
     t_start = time.monotonic()
+    commit_s: float | None = None
     try:
         small = None
         if any(s in only for s in ("small-1", "small-4", "nagle")):
@@ -1164,6 +1199,9 @@ def main(argv: list[str] | None = None) -> int:
             small = make_small_corpus(workdir / "corpus-small", small_n)
             log(f"generated {small.count} CT instances, {small.nbytes / small.count / 1000:.1f} KB "
                 f"each, in {time.monotonic() - t:.1f}s")
+            commit_s = time_durable_commits(workdir / "commit-probe", small.nbytes // small.count)
+            log(f"durable commit (write, fsync, rename, fsync of the folder) on the work dir's disk: "
+                f"{commit_s * 1000:.2f} ms per instance")
         if "small-1" in only:
             # one association: one storescu scans all four shard dirs
             bench.scenario("small-1", small.as_one_association(), pick([  # type: ignore[union-attr]
@@ -1199,7 +1237,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    chk = checks(bench.rows)
+    chk = checks(bench.rows, commit_s)
     print_report(bench.rows, chk)
     log(f"\ntotal {time.monotonic() - t_start:.0f}s")
     if args.json:
@@ -1212,6 +1250,7 @@ def main(argv: list[str] | None = None) -> int:
                            quick=q, only=only),
             "rows": [r.as_json() for r in bench.rows],
             "checks": chk,
+            "durable_commit_ms": commit_s * 1000 if commit_s is not None else None,
         }, indent=2))
         log(f"wrote {args.json}")
     return 0

@@ -49,3 +49,22 @@ def test_the_transcode_bench_runs_every_target_and_checks_the_copies(tmp_path: P
     assert all(r["check"] == "OK" for r in rows), result.stdout[-4000:]
     assert {"dcmcjpls", "dcmcrle", "dcmconv"} <= {r["side"] for r in rows}  # DCMTK: scripts/test.sh installs it
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # the work dir is removed
+
+
+def test_the_import_bench_measures_acks_against_storescp_and_the_durable_commit_ceiling(tmp_path: Path):
+    if not Path("/usr/bin/storescp").exists():
+        pytest.skip("needs DCMTK (scripts/test.sh installs it)")
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "import_bench.py"), "--quick", "--only", "small-1", "--receivers", "storescp +B,edge",
+         "--workdir", str(tmp_path), "--json", str(tmp_path / "out.json")],
+        cwd=BENCH, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    rows = {r["receiver"]: r for r in out["rows"]}
+    assert set(rows) == {"storescp +B", "edge"} and all(r["ok"] for r in rows.values()), result.stdout[-4000:]
+    assert all(r["received"] == r["instances"] for r in rows.values())
+    assert 0 < out["durable_commit_ms"] < 1000
+    ceiling = next(c for c in out["checks"] if c["check"].startswith("(b) ceiling"))
+    assert 0 < ceiling["ratio"] < 1
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # the work dir is removed
