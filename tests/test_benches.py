@@ -19,15 +19,20 @@ from support.orthanc import orthanc_available
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def test_the_query_bench_runs_every_c_find_query_and_the_adapter_answers_as_orthanc(tmp_path: Path):
-    if not orthanc_available() or not Path("/usr/bin/findscu").exists():
-        pytest.skip("needs Orthanc with DICOMweb and DCMTK (scripts/test.sh installs them)")
+def run_bench(script: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A quick run of bench/`script`, its work dir and JSON in `tmp_path`; it must exit 0."""
     result = subprocess.run(
-        [sys.executable, str(BENCH / "query_bench.py"), "--quick", "--only", "find", "--repeat", "1",
-         "--workdir", str(tmp_path), "--json", str(tmp_path / "out.json")],
+        [sys.executable, str(BENCH / script), *args, "--workdir", str(tmp_path), "--json", str(tmp_path / "out.json")],
         cwd=BENCH, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+def test_the_query_bench_runs_every_c_find_query_and_the_adapter_answers_as_orthanc(tmp_path: Path):
+    if not orthanc_available() or not Path("/usr/bin/findscu").exists():
+        pytest.skip("needs Orthanc with DICOMweb and DCMTK (scripts/test.sh installs them)")
+    result = run_bench("query_bench.py", tmp_path, "--quick", "--only", "find", "--repeat", "1")
     for query in ("all", "name*", "name^", "dates", "pid", "modality"):
         assert f"== C-FIND {query}:" in result.stdout
     assert result.stdout.count("the adapter's answers equal Orthanc's") == 6, result.stdout[-4000:]
@@ -37,12 +42,7 @@ def test_the_query_bench_runs_every_c_find_query_and_the_adapter_answers_as_orth
 def test_the_transcode_bench_runs_every_target_and_checks_the_copies(tmp_path: Path):
     if not Path("/usr/bin/dcmcrle").exists():
         pytest.skip("needs DCMTK (scripts/test.sh installs it)")
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "transcode_bench.py"), "--quick", "--count", "4", "--large-mib", "1",
-         "--workdir", str(tmp_path), "--json", str(tmp_path / "out.json")],
-        cwd=BENCH, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    result = run_bench("transcode_bench.py", tmp_path, "--quick", "--count", "4", "--large-mib", "1")
     rows = json.loads((tmp_path / "out.json").read_text())
     adapter = {(r["case"], r["target"]) for r in rows if r["side"] == "adapter"}
     assert adapter == {(case, t) for case in ("corpus", "large") for t in ("j2k", "jls", "rle", "evrle", "deid")}
@@ -54,12 +54,7 @@ def test_the_transcode_bench_runs_every_target_and_checks_the_copies(tmp_path: P
 def test_the_import_bench_measures_acks_against_storescp_and_the_durable_commit_ceiling(tmp_path: Path):
     if not Path("/usr/bin/storescp").exists():
         pytest.skip("needs DCMTK (scripts/test.sh installs it)")
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "import_bench.py"), "--quick", "--only", "small-1", "--receivers", "storescp +B,edge",
-         "--workdir", str(tmp_path), "--json", str(tmp_path / "out.json")],
-        cwd=BENCH, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    result = run_bench("import_bench.py", tmp_path, "--quick", "--only", "small-1", "--receivers", "storescp +B,edge")
     out = json.loads((tmp_path / "out.json").read_text())
     rows = {r["receiver"]: r for r in out["rows"]}
     assert set(rows) == {"storescp +B", "edge"} and all(r["ok"] for r in rows.values()), result.stdout[-4000:]
