@@ -35,7 +35,9 @@ def test_the_query_bench_runs_every_c_find_query_and_the_adapter_answers_as_orth
     result = run_bench("query_bench.py", tmp_path, "--quick", "--only", "find", "--repeat", "1")
     for query in ("all", "name*", "name^", "dates", "pid", "modality"):
         assert f"== C-FIND {query}:" in result.stdout
-    assert result.stdout.count("the adapter's answers equal Orthanc's") == 6, result.stdout[-4000:]
+    for side in ("adapter", "instant"):  # instant: the adapter over the replaying store
+        assert result.stdout.count(f"the {side} side's answers equal Orthanc's") == 6, result.stdout[-4000:]
+    assert result.stdout.count("ceiling (qido-rs + instant) / qido-rs") == 6
     assert "Targets" in result.stdout and (tmp_path / "out.json").stat().st_size > 0
 
 
