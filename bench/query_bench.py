@@ -214,13 +214,18 @@ class ReplayingStore:
 
         recorded: dict[str, tuple[int, str, bytes]] = {}
         lock = threading.Lock()
+        counts = {"forwarded": 0, "replayed": 0}
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as a real store
+            # headers and body go out in two writes: with Nagle on, the second waits for the
+            # client's delayed ACK (40 ms) on a kept-alive connection
+            disable_nagle_algorithm = True
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 with lock:
                     answer = recorded.get(self.path)
+                    counts["replayed" if answer is not None else "forwarded"] += 1
                 if answer is None:
                     conn = http.client.HTTPConnection(LOOPBACK, upstream_port, timeout=120)
                     try:
@@ -246,6 +251,7 @@ class ReplayingStore:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.recorded = recorded
+        self.counts = counts  # requests forwarded to Orthanc (recorded) and replayed
         self._thread = threading.Thread(target=self.server.serve_forever, name="replaying-store", daemon=True)
         self._thread.start()
 
@@ -804,7 +810,12 @@ def run_find_query(bench: QueryBench, rows: dict[tuple[str, str], Row], name: st
                 rows[(test, side)].items = len(answers)
         return True
 
+    if bench.replaying is not None:
+        before = dict(bench.replaying.counts)
     run_test(test, find, rows, 0, warmup, repeat)
+    if bench.replaying is not None:
+        log(f"  replaying store: {bench.replaying.counts['forwarded'] - before['forwarded']} requests forwarded "
+            f"to Orthanc, {bench.replaying.counts['replayed'] - before['replayed']} replayed")
     for side in ("adapter", "instant"):
         if "orthanc" not in first or side not in first:
             continue
