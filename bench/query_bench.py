@@ -250,7 +250,6 @@ class ReplayingStore:
         self.server = ThreadingHTTPServer((LOOPBACK, 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.recorded = recorded
         self.counts = counts  # requests forwarded to Orthanc (recorded) and replayed
         self._thread = threading.Thread(target=self.server.serve_forever, name="replaying-store", daemon=True)
         self._thread.start()
@@ -700,10 +699,10 @@ def first_ratio(rows: dict[tuple[str, str], Row], test: str) -> float | None:
 
 
 def ceiling(rows: dict[tuple[str, str], Row], test: str) -> float | None:
-    """The best adapter / QIDO-RS ratio an adapter with this one's own cost can reach: the
-    store's answer (the qido-rs row) plus everything else (the instant row, the adapter over a
-    store that answers at once), over the store's answer; as if none of the two overlapped,
-    which holds for an answer of one page."""
+    """The adapter / QIDO-RS ratio an adapter with this one's own cost reaches when none of that
+    cost overlaps the store's answer, as for an answer of one page: the store's answer (the
+    qido-rs row) plus the adapter's own cost (the instant row), over the store's answer. Paging
+    overlaps the two, so a many-page answer can do better."""
     q, i = rows.get((test, "qido-rs")), rows.get((test, "instant"))
     if not (q and i and q.ok and i.ok):
         return None
@@ -814,8 +813,12 @@ def run_find_query(bench: QueryBench, rows: dict[tuple[str, str], Row], name: st
         before = dict(bench.replaying.counts)
     run_test(test, find, rows, 0, warmup, repeat)
     if bench.replaying is not None:
+        replayed = bench.replaying.counts["replayed"] - before["replayed"]
         log(f"  replaying store: {bench.replaying.counts['forwarded'] - before['forwarded']} requests forwarded "
-            f"to Orthanc, {bench.replaying.counts['replayed'] - before['replayed']} replayed")
+            f"to Orthanc, {replayed} replayed")
+        if not replayed:  # then the instant row timed Orthanc, not the adapter alone
+            rows[(test, "instant")].failures += 1
+            rows[(test, "instant")].notes.append("the replaying store replayed nothing")
     for side in ("adapter", "instant"):
         if "orthanc" not in first or side not in first:
             continue
